@@ -1,0 +1,20 @@
+# The README's two commands: `make run` (build, then serve on the embedded default) and `make test`.
+GO ?= go
+DATA_DIR ?= ./fogo-data
+
+.PHONY: run build test vet bench-failover
+
+build:
+	$(GO) build -o bin/fogo ./cmd/fogo
+
+run: build
+	./bin/fogo serve --data-dir $(DATA_DIR)
+
+# FOGO_REQUIRE_PG=1 turns "PostgreSQL 15 not installed" from a skip into a failure.
+test:
+	gofmt -l . | (! grep .) || (echo "gofmt needed"; exit 1)
+	$(GO) vet ./...
+	FOGO_REQUIRE_PG=1 $(GO) test -p 2 -timeout 25m ./...
+
+bench-failover: build
+	./bin/fogo bench failover

@@ -1,0 +1,25 @@
+// Command fogo runs self-hosted failover groups for PostgreSQL (`fogo serve`) and talks to a running fogo
+// (server, db, failover-group commands) and measures it (bench).
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	root := &cobra.Command{
+		Use:           "fogo",
+		Short:         "Failover groups for PostgreSQL behind an ARM-compatible API",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(serveCommand())
+	addClientCommands(root)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "ERROR:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/fogo-db/fogo/internal/app"
+)
+
+func serveCommand() *cobra.Command {
+	var o app.Options
+	var portRange, logLevel string
+	var minGrace int
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run fogo: the API, the gateway endpoints and the PostgreSQL instances, on this machine",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			low, high, err := parsePortRange(portRange)
+			if err != nil {
+				return err
+			}
+			o.PortLow, o.PortHigh, o.MinGraceMinutes = low, high, int32(minGrace)
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			o.PauseBeforeStep = os.Getenv("FOGO_TEST_PAUSE_BEFORE_STEP")
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			a, err := app.Start(ctx, o)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			fmt.Fprintf(os.Stderr, "fogo is listening on %s\n", a.URL())
+			if a.TokenFile != "" {
+				fmt.Fprintf(os.Stderr, "API token: %s (send it as 'Authorization: Bearer <token>')\n", a.TokenFile)
+			} else {
+				fmt.Fprintln(os.Stderr, "API token: from FOGO_API_TOKEN")
+			}
+			<-ctx.Done()
+			fmt.Fprintln(os.Stderr, "fogo is stopping")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.DataDir, "data-dir", "./fogo-data", "directory for fogo's state and the PostgreSQL instances")
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:7400", "address of the REST API")
+	f.StringVar(&o.TLSCert, "tls-cert", "", "TLS certificate for the API (with --tls-key); plain HTTP without")
+	f.StringVar(&o.TLSKey, "tls-key", "", "TLS key for the API")
+	f.StringVar(&portRange, "port-range", "7401-7999", "ports for PostgreSQL instances and gateway endpoints (LOW-HIGH)")
+	f.StringVar(&o.PGBin, "pg-bin", "", "directory of the PostgreSQL 15 server binaries (default: discovered)")
+	f.StringVar(&o.AdvertiseHost, "advertise-host", "127.0.0.1", "host name or address shown in endpoints")
+	f.IntVar(&minGrace, "min-grace-period-minutes", 60, "smallest failoverWithDataLossGracePeriodMinutes a group may use")
+	f.DurationVar(&o.CatchUpTimeout, "planned-catch-up-timeout", 30*time.Second, "bound on a planned failover's catch-up; beyond it the failover rolls back")
+	f.DurationVar(&o.TryPlannedTimeout, "try-planned-timeout", 10*time.Second, "bound on the planned attempt of tryPlannedBeforeForcedFailover")
+	f.BoolVar(&o.KeepInstancesOnExit, "keep-instances-on-exit", false, "leave PostgreSQL instances running when fogo stops")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func parsePortRange(s string) (int, int, error) {
+	lo, hi, ok := strings.Cut(s, "-")
+	low, err1 := strconv.Atoi(lo)
+	high, err2 := strconv.Atoi(hi)
+	if !ok || err1 != nil || err2 != nil || low < 1024 || high > 65535 || low > high {
+		return 0, 0, fmt.Errorf("--port-range %q: want LOW-HIGH within 1024-65535", s)
+	}
+	return low, high, nil
+}

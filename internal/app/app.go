@@ -1,0 +1,300 @@
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/api/arm"
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
+	"github.com/fogo-db/fogo/internal/controlplane/failover"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/operations"
+	"github.com/fogo-db/fogo/internal/controlplane/service"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/postgres/pgbin"
+)
+
+// Options are the settings of `fogo serve`.
+type Options struct {
+	DataDir           string
+	Listen            string // API address, default 127.0.0.1:7400
+	TLSCert, TLSKey   string
+	PortLow, PortHigh int
+	PGBin             string
+	AdvertiseHost     string
+	MinGraceMinutes   int32
+	CatchUpTimeout    time.Duration
+	TryPlannedTimeout time.Duration
+	// KeepInstancesOnExit leaves PostgreSQL running when fogo stops (default: stop them).
+	KeepInstancesOnExit bool
+	// ReconcileInterval is the observer period (default 1s).
+	ReconcileInterval time.Duration
+	Logger            *slog.Logger
+	// PauseBeforeStep pauses before the named operation step (tests of crash recovery only).
+	PauseBeforeStep string
+}
+
+// App is a running fogo.
+type App struct {
+	opts      Options
+	Token     string
+	TokenFile string
+	Store     *store.Store
+	Service   *service.Service
+	Cluster   *cluster.Manager
+	Ops       *operations.Runner
+	gw        *gatewayEndpoints
+	http      *http.Server
+	listener  net.Listener
+	cancel    context.CancelFunc
+	done      chan struct{}
+	ready     atomic.Bool
+	log       *slog.Logger
+	bin       *pgbin.Bin
+}
+
+// Start brings fogo up and returns once the API listens.
+func Start(ctx context.Context, opts Options) (*App, error) {
+	a := &App{opts: withDefaults(opts), done: make(chan struct{})}
+	a.log = a.opts.Logger
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"prepare data directory", a.prepareDataDir},
+		{"load api token", a.loadToken},
+		{"open state", a.openState},
+		{"build components", a.build},
+		{"open server endpoints", a.openEndpoints},
+		{"listen", a.listen},
+	}
+	for _, s := range steps {
+		if err := s.fn(ctx); err != nil {
+			a.Close()
+			return nil, fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return a, nil
+}
+
+func withDefaults(o Options) Options {
+	if o.DataDir == "" {
+		o.DataDir = "./fogo-data"
+	}
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:7400"
+	}
+	if o.PortLow == 0 {
+		o.PortLow, o.PortHigh = 7401, 7999
+	}
+	if o.AdvertiseHost == "" {
+		o.AdvertiseHost = "127.0.0.1"
+	}
+	if o.ReconcileInterval == 0 {
+		o.ReconcileInterval = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return o
+}
+
+func (a *App) prepareDataDir(context.Context) error {
+	abs, err := filepath.Abs(a.opts.DataDir)
+	if err != nil {
+		return err
+	}
+	a.opts.DataDir = abs
+	if err := os.MkdirAll(filepath.Join(abs, "instances"), 0o700); err != nil {
+		return err
+	}
+	bin, err := pgbin.Discover(a.opts.PGBin)
+	if err != nil {
+		return err
+	}
+	a.bin = bin
+	// The postgres OS user must reach the instance directories below; it gets search (x) permission only.
+	if err := bin.AllowTraverse(filepath.Join(abs, "instances")); err != nil {
+		return fmt.Errorf("make %s reachable for the postgres user: %w", abs, err)
+	}
+	return nil
+}
+
+
+
+// loadToken takes FOGO_API_TOKEN, or generates a token once into DIR/api-token (0600).
+func (a *App) loadToken(context.Context) error {
+	if t := os.Getenv("FOGO_API_TOKEN"); t != "" {
+		a.Token = t
+		return nil
+	}
+	a.TokenFile = filepath.Join(a.opts.DataDir, "api-token")
+	tok, err := loadOrCreateSecret(a.TokenFile)
+	a.Token = tok
+	return err
+}
+
+func loadOrCreateSecret(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	buf := make([]byte, 24)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(buf)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return tok, nil
+}
+
+func (a *App) openState(context.Context) error {
+	st, err := store.Open(filepath.Join(a.opts.DataDir, "state.db"))
+	a.Store = st
+	return err
+}
+
+func (a *App) build(ctx context.Context) error {
+	superPassword, err := loadOrCreateSecret(filepath.Join(a.opts.DataDir, "internal-secret"))
+	if err != nil {
+		return err
+	}
+	a.Cluster = cluster.New(cluster.Config{
+		DataDir: a.opts.DataDir, PortLow: a.opts.PortLow, PortHigh: a.opts.PortHigh, Bin: a.bin,
+		SuperPassword: superPassword, Logger: a.log,
+	}, a.Store)
+	runCtx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.Ops = operations.New(runCtx, a.Store, a.log)
+	if a.opts.PauseBeforeStep != "" {
+		a.Ops.PauseBeforeStep = pauseHook(a.opts.PauseBeforeStep, a.log)
+	}
+	a.gw = newGatewayEndpoints(a.log)
+	obs := service.NewObserver(a.Store, a.Cluster, a.Ops)
+	orch := failover.New(failover.Config{CatchUpTimeout: a.opts.CatchUpTimeout, TryPlannedTimeout: a.opts.TryPlannedTimeout},
+		a.Store, a.Cluster, failover.Hooks{})
+	orch.Register(a.Ops)
+	a.Service = service.New(service.Config{MinGraceMinutes: a.opts.MinGraceMinutes, AdvertiseHost: a.opts.AdvertiseHost},
+		a.Store, a.Ops, a.Cluster, a.gw, obs, a.log)
+	a.gw.svc = a.Service
+	go func() {
+		defer close(a.done)
+		// Re-adopt instances first (one reconcile pass), then resume interrupted operations.
+		obs.Tick(runCtx, a.logWarn)
+		if err := a.Ops.ResumeAll(); err != nil {
+			a.log.Error("resume operations", "err", err)
+		}
+		a.ready.Store(true)
+		obs.Run(runCtx, a.opts.ReconcileInterval, a.logWarn)
+	}()
+	return nil
+}
+
+func (a *App) logWarn(msg string, args ...any) { a.log.Warn(msg, args...) }
+
+// pauseHook sleeps before the named step: a test-only way to kill fogo at a known point of an operation.
+func pauseHook(step string, log *slog.Logger) func(*model.Operation, string) {
+	return func(op *model.Operation, name string) {
+		if name == step {
+			log.Warn("pausing before step (test hook)", "op", op.ID, "step", name)
+			time.Sleep(30 * time.Second)
+		}
+	}
+}
+
+func (a *App) openEndpoints(context.Context) error {
+	servers, err := a.Service.Servers()
+	if err != nil {
+		return err
+	}
+	for i := range servers {
+		if err := a.gw.OpenServer(&servers[i]); err != nil {
+			a.log.Error("open server endpoint", "server", servers[i].ID.Name, "err", err)
+		}
+	}
+	return nil
+}
+
+func (a *App) listen(context.Context) error {
+	ln, err := net.Listen("tcp", a.opts.Listen)
+	if err != nil {
+		return err
+	}
+	api := arm.New(arm.Config{Token: a.Token, AdvertiseHost: a.opts.AdvertiseHost, Logger: a.log, Ready: a.ready.Load}, a.Service)
+	a.http = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	if a.opts.TLSCert != "" || a.opts.TLSKey != "" {
+		cert, err := tls.LoadX509KeyPair(a.opts.TLSCert, a.opts.TLSKey)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("load tls certificate: %w", err)
+		}
+		a.http.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		ln = tls.NewListener(ln, a.http.TLSConfig)
+	}
+	a.listener = ln
+	go func() {
+		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("api server", "err", err)
+		}
+	}()
+	return nil
+}
+
+// URL is the API base URL.
+func (a *App) URL() string {
+	scheme := "http"
+	if a.opts.TLSCert != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + a.listener.Addr().String()
+}
+
+// WaitReady blocks until the first reconcile pass and operation resume are done.
+func (a *App) WaitReady(ctx context.Context) error {
+	for !a.ready.Load() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// Close stops the API, operations, endpoints and (unless told otherwise) the PostgreSQL instances.
+func (a *App) Close() {
+	if a.http != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = a.http.Shutdown(sctx)
+		cancel()
+	}
+	if a.cancel != nil {
+		a.cancel()
+		<-a.done
+		a.Ops.Wait()
+	}
+	if a.gw != nil {
+		a.gw.CloseAll()
+	}
+	if a.Cluster != nil && !a.opts.KeepInstancesOnExit {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		a.Cluster.StopAll(ctx)
+		cancel()
+	}
+	if a.Store != nil {
+		a.Store.Close()
+	}
+}

@@ -1,0 +1,408 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
+	"github.com/fogo-db/fogo/internal/postgres/pgbin"
+)
+
+// SuperUser is the name of fogo's internal superuser in every instance (management and replication).
+const SuperUser = "fogo"
+
+// Config is what the manager needs to know about the machine.
+type Config struct {
+	DataDir            string
+	PortLow, PortHigh  int
+	Bin                *pgbin.Bin
+	SuperPassword      string
+	Logger             *slog.Logger
+	ExtraInstanceConfs map[string]string
+}
+
+// Manager acts on instances.
+type Manager struct {
+	cfg   Config
+	store *store.Store
+	log   *slog.Logger
+
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+}
+
+// New returns a manager over st.
+func New(cfg Config, st *store.Store) *Manager {
+	return &Manager{cfg: cfg, store: st, log: cfg.Logger, locks: map[string]*sync.Mutex{}}
+}
+
+// Bin returns the PostgreSQL binaries in use.
+func (m *Manager) Bin() *pgbin.Bin { return m.cfg.Bin }
+
+func (m *Manager) lockFor(key string) *sync.Mutex {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l, ok := m.locks[key]
+	if !ok {
+		l = &sync.Mutex{}
+		m.locks[key] = l
+	}
+	return l
+}
+
+// Lock serialises work on one group (or one standalone database); it returns the unlock function.
+func (m *Manager) Lock(key string) func() {
+	l := m.lockFor(key)
+	l.Lock()
+	return l.Unlock
+}
+
+// TryLock is Lock that gives up at once when someone else holds it.
+func (m *Manager) TryLock(key string) (func(), bool) {
+	l := m.lockFor(key)
+	if !l.TryLock() {
+		return nil, false
+	}
+	return l.Unlock, true
+}
+
+// Handle returns the instance handle for a record.
+func (m *Manager) Handle(rec *model.Instance) *instance.Instance {
+	return &instance.Instance{
+		Dir: rec.Dir, Bin: m.cfg.Bin, Host: "127.0.0.1", Port: rec.Port,
+		SuperUser: SuperUser, SuperPassword: m.cfg.SuperPassword,
+	}
+}
+
+// NewInstanceRecord allocates an ID, a data directory and a port for a new instance, and stores the record.
+func (m *Manager) NewInstanceRecord(tx *store.Tx, server armid.ServerID, database, role string) (*model.Instance, error) {
+	id := "i" + randomHex(5)
+	port, err := m.AllocatePort(tx, "instance:"+id)
+	if err != nil {
+		return nil, err
+	}
+	rec := &model.Instance{
+		ID: id, Server: server, Database: database, Role: role, Port: port,
+		Dir:      filepath.Join(m.cfg.DataDir, "instances", id, "pgdata"),
+		SlotName: "fogo_" + id,
+	}
+	return rec, tx.Put(store.Instances, id, rec)
+}
+
+// GetInstance reads an instance record.
+func (m *Manager) GetInstance(id string) (*model.Instance, error) {
+	var rec model.Instance
+	err := m.store.View(func(tx *store.Tx) error { return tx.MustGet(store.Instances, id, &rec) })
+	return &rec, err
+}
+
+// SaveInstance writes an instance record.
+func (m *Manager) SaveInstance(rec *model.Instance) error {
+	return m.store.Update(func(tx *store.Tx) error { return tx.Put(store.Instances, rec.ID, rec) })
+}
+
+// ErrNoFreePort says the port range is exhausted.
+var ErrNoFreePort = errors.New("no free port in the configured range")
+
+// AllocatePort leases the lowest free port in the range that nothing listens on, recording the owner.
+func (m *Manager) AllocatePort(tx *store.Tx, owner string) (int, error) {
+	for p := m.cfg.PortLow; p <= m.cfg.PortHigh; p++ {
+		var o string
+		if ok, err := tx.Get(store.Ports, strconv.Itoa(p), &o); err != nil || ok {
+			continue
+		}
+		if !portFree(p) {
+			continue
+		}
+		return p, tx.Put(store.Ports, strconv.Itoa(p), owner)
+	}
+	return 0, fmt.Errorf("allocate port %d-%d: %w", m.cfg.PortLow, m.cfg.PortHigh, ErrNoFreePort)
+}
+
+// ReleasePort returns a port to the pool.
+func ReleasePort(tx *store.Tx, port int) error { return tx.Delete(store.Ports, strconv.Itoa(port)) }
+
+func portFree(p int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// settings builds the configuration of an instance from its record.
+func (m *Manager) settings(rec *model.Instance, upstream *model.Instance) instance.Settings {
+	s := instance.Settings{Port: rec.Port, ListenAddresses: "127.0.0.1", Extra: m.cfg.ExtraInstanceConfs}
+	if rec.Role == model.RoleStandby && upstream != nil {
+		s.Standby = true
+		s.PrimaryConnInfo = m.Handle(upstream).ReplicationConnInfo(rec.ID)
+		s.PrimarySlotName = rec.SlotName
+	}
+	return s
+}
+
+// Provision makes rec a running primary holding database `database` owned by the login (idempotent).
+func (m *Manager) Provision(ctx context.Context, rec *model.Instance, login, verifier string) error {
+	h := m.Handle(rec)
+	if err := m.cfg.Bin.MkdirOwned(filepath.Dir(rec.Dir)); err != nil {
+		return fmt.Errorf("provision %s: create directory: %w", rec.ID, err)
+	}
+	steps := []struct {
+		name string
+		do   func() error
+	}{
+		{"initdb", func() error { return h.Init(ctx) }},
+		{"configure", func() error { return h.Configure(m.settings(rec, nil)) }},
+		{"start", func() error { return h.Start(ctx) }},
+		{"create login", func() error { return h.EnsureRole(ctx, login, verifier) }},
+		{"create database", func() error { return h.EnsureDatabase(ctx, rec.Database, login) }},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			return fmt.Errorf("provision %s (%s) %s: %w", rec.Database, rec.ID, s.name, err)
+		}
+	}
+	return nil
+}
+
+// Seed makes rec a streaming standby of upstream: physical slot, base backup, configuration, start (idempotent).
+func (m *Manager) Seed(ctx context.Context, rec, upstream *model.Instance) error {
+	h, up := m.Handle(rec), m.Handle(upstream)
+	if err := m.cfg.Bin.MkdirOwned(filepath.Dir(rec.Dir)); err != nil {
+		return fmt.Errorf("seed %s: create directory: %w", rec.ID, err)
+	}
+	if !rec.Seeded {
+		if _, running := h.Running(); running {
+			if err := h.Stop(ctx, instance.ShutdownImmediate); err != nil {
+				return fmt.Errorf("seed %s: stop partial instance: %w", rec.ID, err)
+			}
+		}
+		if err := up.EnsurePhysicalSlot(ctx, rec.SlotName); err != nil {
+			return fmt.Errorf("seed %s: create slot on %s: %w", rec.ID, upstream.ID, err)
+		}
+		if err := h.BaseBackup(ctx, up.SourceConnInfo(), rec.SlotName); err != nil {
+			return fmt.Errorf("seed %s: base backup from %s: %w", rec.ID, upstream.ID, err)
+		}
+		// A copy of the primary must not keep the primary's physical slots: they would pin WAL here forever.
+		if err := h.RemoveSlotDirsOffline("fogo_"); err != nil {
+			return fmt.Errorf("seed %s: drop copied slots: %w", rec.ID, err)
+		}
+		rec.Seeded = true
+		if err := m.SaveInstance(rec); err != nil {
+			return err
+		}
+	}
+	if err := h.Configure(m.settings(rec, upstream)); err != nil {
+		return fmt.Errorf("seed %s: configure standby: %w", rec.ID, err)
+	}
+	if err := h.Start(ctx); err != nil {
+		return fmt.Errorf("seed %s: start standby: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// Rejoin turns a former primary into a standby of upstream: stop, rewind if diverged, configure, start.
+func (m *Manager) Rejoin(ctx context.Context, rec, upstream *model.Instance) error {
+	h, up := m.Handle(rec), m.Handle(upstream)
+	if _, running := h.Running(); running {
+		if err := h.TryShuttingDownFastImmediate(ctx, 10*time.Second); err != nil {
+			return fmt.Errorf("rejoin %s: stop: %w", rec.ID, err)
+		}
+	}
+	if err := up.EnsurePhysicalSlot(ctx, rec.SlotName); err != nil {
+		return fmt.Errorf("rejoin %s: create slot on %s: %w", rec.ID, upstream.ID, err)
+	}
+	res, err := h.Rewind(ctx, up.SourceConnInfo())
+	if err != nil {
+		return fmt.Errorf("rejoin %s: rewind from %s: %w", rec.ID, upstream.ID, err)
+	}
+	if res.Rewound {
+		m.log.Warn("former primary diverged and was rewound", "instance", rec.ID, "database", rec.Database,
+			"lost_from", res.DivergedAt.String(), "lost_to", res.TargetEnd.String())
+	}
+	if err := h.RemoveSlotDirsOffline("fogo_"); err != nil {
+		return fmt.Errorf("rejoin %s: drop stale slots: %w", rec.ID, err)
+	}
+	rec.Role, rec.Upstream, rec.NeedsRejoin, rec.Seeded = model.RoleStandby, upstream.ID, false, true
+	if err := h.Configure(m.settings(rec, upstream)); err != nil {
+		return fmt.Errorf("rejoin %s: configure standby: %w", rec.ID, err)
+	}
+	if err := h.Start(ctx); err != nil {
+		return fmt.Errorf("rejoin %s: start standby: %w", rec.ID, err)
+	}
+	return m.SaveInstance(rec)
+}
+
+// EnsureRunning starts an instance that should run and does not (crash, host reboot, fogo restart).
+// A former primary waiting for its rejoin is never started as a primary: that is the fence.
+func (m *Manager) EnsureRunning(ctx context.Context, rec *model.Instance) error {
+	if rec.NeedsRejoin || (rec.Role == model.RoleStandby && !rec.Seeded) {
+		return nil
+	}
+	h := m.Handle(rec)
+	if _, running := h.Running(); running {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(rec.Dir, "PG_VERSION")); err != nil {
+		return nil // never provisioned: the owning operation will do it
+	}
+	var up *model.Instance
+	if rec.Role == model.RoleStandby {
+		var err error
+		if up, err = m.GetInstance(rec.Upstream); err != nil {
+			return fmt.Errorf("start %s: upstream %s: %w", rec.ID, rec.Upstream, err)
+		}
+	}
+	if err := h.Configure(m.settings(rec, up)); err != nil {
+		return fmt.Errorf("start %s: configure: %w", rec.ID, err)
+	}
+	m.log.Info("starting instance", "instance", rec.ID, "database", rec.Database, "role", rec.Role)
+	return h.Start(ctx)
+}
+
+// Destroy stops an instance, removes its files and releases its port and record.
+func (m *Manager) Destroy(ctx context.Context, rec *model.Instance) error {
+	h := m.Handle(rec)
+	if err := h.Stop(ctx, instance.ShutdownImmediate); err != nil {
+		return fmt.Errorf("destroy %s: stop: %w", rec.ID, err)
+	}
+	if err := os.RemoveAll(filepath.Dir(rec.Dir)); err != nil {
+		return fmt.Errorf("destroy %s: remove files: %w", rec.ID, err)
+	}
+	return m.store.Update(func(tx *store.Tx) error {
+		if err := ReleasePort(tx, rec.Port); err != nil {
+			return err
+		}
+		return tx.Delete(store.Instances, rec.ID)
+	})
+}
+
+// StopAll stops every instance (graceful shutdown of fogo).
+func (m *Manager) StopAll(ctx context.Context) {
+	var recs []model.Instance
+	_ = m.store.View(func(tx *store.Tx) (err error) {
+		recs, err = store.List[model.Instance](tx, store.Instances, "")
+		return err
+	})
+	var wg sync.WaitGroup
+	for i := range recs {
+		wg.Add(1)
+		go func(rec *model.Instance) {
+			defer wg.Done()
+			if err := m.Handle(rec).TryShuttingDownFastImmediate(ctx, 10*time.Second); err != nil {
+				m.log.Warn("stop instance", "instance", rec.ID, "err", err)
+			}
+		}(&recs[i])
+	}
+	wg.Wait()
+}
+
+// Reconfigure rewrites an instance's configuration with extra settings (nil clears them) and reloads it.
+func (m *Manager) Reconfigure(ctx context.Context, rec *model.Instance, extra map[string]string) error {
+	var up *model.Instance
+	if rec.Role == model.RoleStandby && rec.Upstream != "" {
+		var err error
+		if up, err = m.GetInstance(rec.Upstream); err != nil {
+			return err
+		}
+	}
+	s := m.settings(rec, up)
+	merged := map[string]string{}
+	for k, v := range s.Extra {
+		merged[k] = v
+	}
+	for k, v := range extra {
+		merged[k] = v
+	}
+	s.Extra = merged
+	h := m.Handle(rec)
+	if err := h.Configure(s); err != nil {
+		return fmt.Errorf("configure: %w", err)
+	}
+	if _, running := h.Running(); !running {
+		return nil
+	}
+	conn, err := h.Connect(ctx, "postgres")
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	return nil
+}
+
+// ErrNotStreaming is the "not yet" of WaitStreaming.
+var ErrNotStreaming = errors.New("standby is not streaming yet")
+
+// WaitStreaming waits (bounded by ctx, at most 2 minutes) until a standby's WAL receiver streams.
+func (m *Manager) WaitStreaming(ctx context.Context, rec *model.Instance) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	h := m.Handle(rec)
+	for {
+		st, err := h.WalReceiverStatus(ctx)
+		if err == nil && st.Status == "streaming" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("standby %s: %w (last: %v)", rec.ID, ErrNotStreaming, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Detach ends replication from primary to standby: the standby is promoted into an independent database and the
+// primary's slot for it is dropped. Idempotent.
+func (m *Manager) Detach(ctx context.Context, standby, primary *model.Instance) error {
+	h := m.Handle(standby)
+	if standby.Seeded {
+		if _, running := h.Running(); !running {
+			if err := h.Start(ctx); err != nil {
+				return fmt.Errorf("start %s: %w", standby.ID, err)
+			}
+		}
+		if err := h.Promote(ctx); err != nil {
+			return fmt.Errorf("promote %s: %w", standby.ID, err)
+		}
+	}
+	standby.Role, standby.Upstream, standby.NeedsRejoin = model.RolePrimary, "", false
+	if err := m.SaveInstance(standby); err != nil {
+		return err
+	}
+	if err := m.Reconfigure(ctx, standby, nil); err != nil {
+		return fmt.Errorf("reconfigure %s: %w", standby.ID, err)
+	}
+	if !standby.Seeded {
+		// Never seeded: nothing worth keeping on the partner.
+		return m.Destroy(ctx, standby)
+	}
+	if _, running := m.Handle(primary).Running(); running {
+		if err := m.Handle(primary).DropSlot(ctx, standby.SlotName); err != nil {
+			return fmt.Errorf("drop slot %s on %s: %w", standby.SlotName, primary.ID, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,236 @@
+package failover
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/api/errcatalog"
+	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/operations"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+)
+
+// Pair is one database of the group: the instance that loses the primary role and the one that gains it.
+type Pair struct {
+	Database   string `json:"database"`
+	OldPrimary string `json:"oldPrimary"`
+	NewPrimary string `json:"newPrimary"`
+}
+
+// Plan is the recorded intent of a failover operation.
+type Plan struct {
+	Group string         `json:"group"`
+	From  armid.ServerID `json:"from"`
+	To    armid.ServerID `json:"to"`
+	Pairs []Pair         `json:"pairs"`
+	Epoch int64          `json:"epoch"`
+	// Mode is the kind of the operation: planned, forced, or tryPlanned.
+	Mode string `json:"mode"`
+	// Intent markers, recorded before the step acts.
+	Fenced    bool `json:"fenced,omitempty"`
+	Demoting  bool `json:"demoting,omitempty"`
+	Promoting bool `json:"promoting,omitempty"`
+	Recorded  bool `json:"recorded,omitempty"`
+	// FellBackToForced is set when a tryPlanned operation gave up on the planned path.
+	FellBackToForced bool `json:"fellBackToForced,omitempty"`
+}
+
+// NewPlan builds the plan for moving g's primary role to server `to`.
+func NewPlan(g *model.FailoverGroup, to armid.ServerID, mode string) Plan {
+	p := Plan{Group: g.Key(), From: g.Primary, To: to, Epoch: g.Epoch + 1, Mode: mode}
+	for _, d := range g.Databases {
+		p.Pairs = append(p.Pairs, Pair{Database: d.Name, OldPrimary: d.Primary, NewPrimary: d.Secondary})
+	}
+	return p
+}
+
+// Hooks let the gateway follow a failover.
+type Hooks struct {
+	Hold    func(group string)
+	Release func(group string)
+}
+
+// Config bounds the waits of a failover.
+type Config struct {
+	// CatchUpTimeout bounds the wait for the secondaries to replay the primary's last LSN (planned).
+	CatchUpTimeout time.Duration
+	// TryPlannedTimeout bounds the planned attempt of tryPlannedBeforeForcedFailover.
+	TryPlannedTimeout time.Duration
+}
+
+// Orchestrator runs failover operations.
+type Orchestrator struct {
+	cfg   Config
+	st    *store.Store
+	cl    *cluster.Manager
+	hooks Hooks
+}
+
+// New returns an orchestrator.
+func New(cfg Config, st *store.Store, cl *cluster.Manager, hooks Hooks) *Orchestrator {
+	if cfg.CatchUpTimeout <= 0 {
+		cfg.CatchUpTimeout = 30 * time.Second
+	}
+	if cfg.TryPlannedTimeout <= 0 {
+		cfg.TryPlannedTimeout = 10 * time.Second
+	}
+	if hooks.Hold == nil {
+		hooks.Hold = func(string) {}
+	}
+	if hooks.Release == nil {
+		hooks.Release = func(string) {}
+	}
+	return &Orchestrator{cfg: cfg, st: st, cl: cl, hooks: hooks}
+}
+
+// Register installs the failover handlers in the operations runner.
+func (o *Orchestrator) Register(r *operations.Runner) {
+	finish := operations.Handler{Finish: clearBusy}
+	for _, kind := range []string{model.OpPlanned, model.OpForced, model.OpTryPlanned} {
+		h := finish
+		h.Run = o.run
+		r.Register(kind, h)
+	}
+}
+
+// clearBusy releases the group's busy marker when the operation ends, whatever its outcome.
+func clearBusy(tx *store.Tx, op *model.Operation) error {
+	var p Plan
+	if err := jsonParams(op, &p); err != nil {
+		return err
+	}
+	var g model.FailoverGroup
+	ok, err := tx.Get(store.Groups, p.Group, &g)
+	if err != nil || !ok {
+		return err
+	}
+	if g.Operation == op.ID {
+		g.Operation = ""
+		return tx.Put(store.Groups, g.Key(), &g)
+	}
+	return nil
+}
+
+// run is the operation handler: it loads the plan and runs the mode's steps under the group lock.
+func (o *Orchestrator) run(ctx context.Context, run *operations.Run) error {
+	var p Plan
+	if err := run.Params(&p); err != nil {
+		return fmt.Errorf("read failover plan: %w", err)
+	}
+	unlock := o.cl.Lock(p.Group)
+	defer unlock()
+	x := &execution{o: o, run: run, plan: &p}
+	switch p.Mode {
+	case model.OpForced:
+		return x.forced(ctx)
+	case model.OpTryPlanned:
+		if p.FellBackToForced {
+			return x.forced(ctx)
+		}
+		err := x.planned(ctx, o.cfg.TryPlannedTimeout)
+		if err == nil || !x.rolledBack {
+			return err
+		}
+		p.FellBackToForced = true
+		if err := x.save(); err != nil {
+			return err
+		}
+		return x.forced(ctx)
+	default:
+		return x.planned(ctx, o.cfg.CatchUpTimeout)
+	}
+}
+
+// execution is one run of a plan.
+type execution struct {
+	o          *Orchestrator
+	run        *operations.Run
+	plan       *Plan
+	rolledBack bool
+}
+
+func (x *execution) save() error { return x.run.SetParams(x.plan) }
+
+// instances loads the old and new primary records of every pair.
+func (x *execution) instances() (olds, news []*model.Instance, err error) {
+	for _, pr := range x.plan.Pairs {
+		op, err := x.o.cl.GetInstance(pr.OldPrimary)
+		if err != nil {
+			return nil, nil, fmt.Errorf("database %s: old primary %s: %w", pr.Database, pr.OldPrimary, err)
+		}
+		np, err := x.o.cl.GetInstance(pr.NewPrimary)
+		if err != nil {
+			return nil, nil, fmt.Errorf("database %s: new primary %s: %w", pr.Database, pr.NewPrimary, err)
+		}
+		olds, news = append(olds, op), append(news, np)
+	}
+	return olds, news, nil
+}
+
+// record makes the new roles the truth in the store: group primary/secondary swap, epoch, instance roles.
+// Idempotent: it sets absolute values taken from the plan.
+func (x *execution) record(kind string) error {
+	p := x.plan
+	return x.o.st.Update(func(tx *store.Tx) error {
+		var g model.FailoverGroup
+		if err := tx.MustGet(store.Groups, p.Group, &g); err != nil {
+			return err
+		}
+		g.Primary, g.Secondary, g.Epoch = p.To, p.From, p.Epoch
+		g.LastFailoverKind, g.LastFailoverAt = kind, time.Now().UTC()
+		for i := range g.Databases {
+			for _, pr := range p.Pairs {
+				if g.Databases[i].Name == pr.Database {
+					g.Databases[i].Primary, g.Databases[i].Secondary = pr.NewPrimary, pr.OldPrimary
+				}
+			}
+		}
+		if err := tx.Put(store.Groups, g.Key(), &g); err != nil {
+			return err
+		}
+		for _, pr := range p.Pairs {
+			var np, op model.Instance
+			if err := tx.MustGet(store.Instances, pr.NewPrimary, &np); err != nil {
+				return err
+			}
+			if err := tx.MustGet(store.Instances, pr.OldPrimary, &op); err != nil {
+				return err
+			}
+			np.Role, np.Upstream, np.Epoch, np.NeedsRejoin = model.RolePrimary, "", p.Epoch, false
+			op.Role, op.Upstream, op.NeedsRejoin = model.RoleStandby, np.ID, true
+			if err := tx.Put(store.Instances, np.ID, &np); err != nil {
+				return err
+			}
+			if err := tx.Put(store.Instances, op.ID, &op); err != nil {
+				return err
+			}
+			if err := swapGeoFlag(tx, p.To, pr.Database, false); err != nil {
+				return err
+			}
+			if err := swapGeoFlag(tx, p.From, pr.Database, true); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func swapGeoFlag(tx *store.Tx, server armid.ServerID, db string, geo bool) error {
+	key := model.DatabaseKey(armid.DatabaseID{Server: server, Name: db})
+	var d model.Database
+	ok, err := tx.Get(store.Databases, key, &d)
+	if err != nil || !ok {
+		return err
+	}
+	d.GeoSecondary = geo
+	return tx.Put(store.Databases, key, &d)
+}
+
+func timedOut(db string) error {
+	return errcatalog.Newf("PlannedFailoverTimedOutForDatabase",
+		"Planned failover timed out for database '%s': its geo-secondary did not catch up in time. The failover "+
+			"was rolled back; no data was lost and the roles are unchanged. Retry, or use forceFailoverAllowDataLoss.", db)
+}

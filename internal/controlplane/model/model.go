@@ -1,0 +1,153 @@
+package model
+
+import (
+	"strings"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/controlplane/armid"
+)
+
+// Server is a logical server in a region.
+type Server struct {
+	ID         armid.ServerID    `json:"id"`
+	Location   string            `json:"location"`
+	Tags       map[string]string `json:"tags,omitempty"`
+	AdminLogin string            `json:"adminLogin"`
+	// AdminVerifier is the SCRAM-SHA-256 verifier of the admin password: the password itself is never stored.
+	AdminVerifier string    `json:"adminVerifier"`
+	Version       string    `json:"version,omitempty"`
+	State         string    `json:"state"` // Ready | Deleting
+	GatewayPort   int       `json:"gatewayPort"`
+	CreatedAt     time.Time `json:"createdAt"`
+}
+
+// Database states shown as properties.status.
+const (
+	DBCreating = "Creating"
+	DBOnline   = "Online"
+	DBDeleting = "Deleting"
+	DBOffline  = "Offline"
+)
+
+// Database is one database on one server, backed by one PostgreSQL instance.
+type Database struct {
+	ID         armid.DatabaseID  `json:"id"`
+	Location   string            `json:"location"`
+	Tags       map[string]string `json:"tags,omitempty"`
+	Status     string            `json:"status"`
+	DatabaseID string            `json:"databaseId"` // a GUID, as Azure shows
+	Instance   string            `json:"instance"`   // Instance.ID
+	Collation  string            `json:"collation,omitempty"`
+	SKUName    string            `json:"skuName,omitempty"`
+	CreatedAt  time.Time         `json:"createdAt"`
+	// Group is the failover group key this database belongs to (primary or geo-secondary copy), or "".
+	Group string `json:"group,omitempty"`
+	// GeoSecondary is true for a copy seeded on the partner server (secondaryType Geo).
+	GeoSecondary bool `json:"geoSecondary,omitempty"`
+}
+
+// Instance roles, as recorded intent. The role PostgreSQL is actually in is observed separately.
+const (
+	RolePrimary = "primary"
+	RoleStandby = "standby"
+)
+
+// Instance is one PostgreSQL data directory and the port it listens on.
+type Instance struct {
+	ID       string         `json:"id"`
+	Server   armid.ServerID `json:"server"`
+	Database string         `json:"database"`
+	Dir      string         `json:"dir"`
+	Port     int            `json:"port"`
+	Role     string         `json:"role"`
+	// Upstream is the instance this standby streams from; SlotName the physical slot it uses there.
+	Upstream string `json:"upstream,omitempty"`
+	SlotName string `json:"slotName,omitempty"`
+	// NeedsRejoin marks a former primary that must be rewound (if diverged) and restarted as a standby of
+	// Upstream before it may run again: after a forced failover it is fenced until then.
+	NeedsRejoin bool `json:"needsRejoin,omitempty"`
+	// Seeded is false until the base backup of a standby finished.
+	Seeded bool `json:"seeded"`
+	// Epoch is the group epoch at which this instance last became primary (0 for never).
+	Epoch int64 `json:"epoch,omitempty"`
+}
+
+// Replication states of a failover group's databases, as the SDK's ReplicationState enum names them.
+const (
+	StatePending   = "PENDING"
+	StateSeeding   = "SEEDING"
+	StateCatchUp   = "CATCH_UP"
+	StateSuspended = "SUSPENDED"
+)
+
+// Failover group policies.
+const (
+	PolicyManual    = "Manual"
+	PolicyAutomatic = "Automatic"
+	RODisabled      = "Disabled"
+	ROEnabled       = "Enabled"
+)
+
+// GroupDatabase pairs the primary and geo-secondary instance of one database in a group.
+type GroupDatabase struct {
+	Name      string `json:"name"`
+	Primary   string `json:"primary"`   // instance ID on the primary server
+	Secondary string `json:"secondary"` // instance ID on the partner server ("" while pending)
+}
+
+// FailoverGroup is stored once and shown from both servers, each with its own replicationRole.
+type FailoverGroup struct {
+	Name             string            `json:"name"`
+	Tags             map[string]string `json:"tags,omitempty"`
+	Primary          armid.ServerID    `json:"primary"`
+	Secondary        armid.ServerID    `json:"secondary"`
+	ReadWritePolicy  string            `json:"readWritePolicy"`
+	GraceMinutes     *int32            `json:"graceMinutes,omitempty"`
+	ReadOnlyPolicy   string            `json:"readOnlyPolicy"`
+	ReadOnlyTarget   string            `json:"readOnlyTarget,omitempty"`
+	SecondaryType    string            `json:"secondaryType,omitempty"`
+	Databases        []GroupDatabase   `json:"databases"`
+	Epoch            int64             `json:"epoch"`
+	Operation        string            `json:"operation,omitempty"` // running operation ID (busy marker)
+	CreatedAt        time.Time         `json:"createdAt"`
+	LastFailoverKind string            `json:"lastFailoverKind,omitempty"`
+	LastFailoverAt   time.Time         `json:"lastFailoverAt,omitzero"`
+}
+
+// Key is the store key of a failover group. Group names are global (in Azure they are DNS names).
+func GroupKey(name string) string { return strings.ToLower(name) }
+
+// Key returns the group's store key.
+func (g *FailoverGroup) Key() string { return GroupKey(g.Name) }
+
+// RoleOf returns "Primary" or "Secondary" for a server of the group, or "".
+func (g *FailoverGroup) RoleOf(s armid.ServerID) string {
+	switch s.Key() {
+	case g.Primary.Key():
+		return "Primary"
+	case g.Secondary.Key():
+		return "Secondary"
+	}
+	return ""
+}
+
+// PartnerOf returns the other server of the group.
+func (g *FailoverGroup) PartnerOf(s armid.ServerID) armid.ServerID {
+	if s.Key() == g.Primary.Key() {
+		return g.Secondary
+	}
+	return g.Primary
+}
+
+// Database returns the group's entry for a database name (case-insensitive).
+func (g *FailoverGroup) Database(name string) (*GroupDatabase, bool) {
+	for i := range g.Databases {
+		if strings.EqualFold(g.Databases[i].Name, name) {
+			return &g.Databases[i], true
+		}
+	}
+	return nil, false
+}
+
+// DatabaseKey is the store key of a database.
+func DatabaseKey(id armid.DatabaseID) string { return id.Server.Key() + "/" + strings.ToLower(id.Name) }

@@ -1,0 +1,171 @@
+package service
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/operations"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+)
+
+// Observer keeps the replication state of every group database, observed from PostgreSQL, and reconciles
+// instances: it starts instances that should run (after a crash or a fogo restart) and rejoins fenced former
+// primaries as standbys. It only takes locks with TryLock, so a running operation always has precedence.
+type Observer struct {
+	st  *store.Store
+	cl  *cluster.Manager
+	ops *operations.Runner
+
+	mu     sync.RWMutex
+	states map[string]string // instance ID of a geo-secondary -> replication state
+}
+
+// NewObserver returns an observer.
+func NewObserver(st *store.Store, cl *cluster.Manager, ops *operations.Runner) *Observer {
+	return &Observer{st: st, cl: cl, ops: ops, states: map[string]string{}}
+}
+
+// Run observes and reconciles every interval until ctx ends.
+func (o *Observer) Run(ctx context.Context, interval time.Duration, log func(msg string, args ...any)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		o.Tick(ctx, log)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Tick runs one observation and reconciliation pass.
+func (o *Observer) Tick(ctx context.Context, log func(msg string, args ...any)) {
+	var groups []model.FailoverGroup
+	var insts []model.Instance
+	var dbs []model.Database
+	_ = o.st.View(func(tx *store.Tx) (err error) {
+		if groups, err = store.List[model.FailoverGroup](tx, store.Groups, ""); err != nil {
+			return err
+		}
+		if dbs, err = store.List[model.Database](tx, store.Databases, ""); err != nil {
+			return err
+		}
+		insts, err = store.List[model.Instance](tx, store.Instances, "")
+		return err
+	})
+	lockOf := map[string]string{}
+	for _, d := range dbs {
+		lockOf[d.Instance] = "instance:" + d.Instance
+		if d.Group != "" {
+			lockOf[d.Instance] = d.Group
+		}
+	}
+	for i := range insts {
+		rec := &insts[i]
+		key, ok := lockOf[rec.ID]
+		if !ok {
+			continue
+		}
+		unlock, ok := o.cl.TryLock(key)
+		if !ok {
+			continue
+		}
+		if err := o.reconcile(ctx, rec); err != nil && log != nil {
+			log("reconcile instance", "instance", rec.ID, "database", rec.Database, "err", err)
+		}
+		unlock()
+	}
+	o.observe(ctx, groups, insts)
+}
+
+// reconcile starts an instance that should run, or rejoins a fenced former primary once its upstream is a
+// running primary.
+func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
+	// Re-read under the lock: an operation may have changed it since the list was taken.
+	cur, err := o.cl.GetInstance(rec.ID)
+	if err != nil {
+		return nil
+	}
+	if cur.NeedsRejoin {
+		up, err := o.cl.GetInstance(cur.Upstream)
+		if err != nil {
+			return err
+		}
+		h := o.cl.Handle(up)
+		if _, running := h.Running(); !running || h.IsStandby() {
+			return nil
+		}
+		return o.cl.Rejoin(ctx, cur, up)
+	}
+	return o.cl.EnsureRunning(ctx, cur)
+}
+
+func (o *Observer) observe(ctx context.Context, groups []model.FailoverGroup, insts []model.Instance) {
+	byID := map[string]*model.Instance{}
+	for i := range insts {
+		byID[insts[i].ID] = &insts[i]
+	}
+	states := map[string]string{}
+	for _, g := range groups {
+		busy := false
+		if g.Operation != "" {
+			if op, err := o.ops.Get(g.Operation); err == nil && !op.Done() {
+				busy = true
+			}
+		}
+		for _, d := range g.Databases {
+			sec := byID[d.Secondary]
+			states[d.Secondary] = o.stateOf(ctx, sec, busy)
+		}
+	}
+	o.mu.Lock()
+	o.states = states
+	o.mu.Unlock()
+}
+
+func (o *Observer) stateOf(ctx context.Context, sec *model.Instance, busy bool) string {
+	switch {
+	case sec == nil:
+		return model.StatePending
+	case !sec.Seeded && busy:
+		return model.StateSeeding
+	case !sec.Seeded:
+		return model.StatePending
+	}
+	h := o.cl.Handle(sec)
+	if _, running := h.Running(); !running {
+		return model.StateSuspended
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := h.WalReceiverStatus(cctx)
+	if err != nil || st.Status != "streaming" {
+		return model.StateSuspended
+	}
+	return model.StateCatchUp
+}
+
+// GroupState returns the replication state of a group: the worst of its databases' states.
+func (o *Observer) GroupState(g *model.FailoverGroup) string {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	rank := map[string]int{model.StateCatchUp: 0, model.StatePending: 1, model.StateSeeding: 2, model.StateSuspended: 3}
+	worst := model.StateCatchUp
+	for _, d := range g.Databases {
+		st, ok := o.states[d.Secondary]
+		if !ok {
+			st = model.StatePending
+			if g.Operation != "" {
+				st = model.StateSeeding
+			}
+		}
+		if rank[st] > rank[worst] {
+			worst = st
+		}
+	}
+	return worst
+}

@@ -1,0 +1,346 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Protocol codes of the startup phase.
+const (
+	protocol3     = 196608 // 3.0
+	sslRequest    = 80877103
+	gssencRequest = 80877104
+	cancelRequest = 80877102
+	// maxStartup is PostgreSQL's own limit on a startup packet.
+	maxStartup = 10000
+)
+
+// Resolver chooses the backend for a session.
+type Resolver interface {
+	// Resolve returns the backend "host:port" for database. It may block (e.g. while a failover holds new
+	// connections) until ctx ends. A *RouteError is shown to the client with its SQLSTATE.
+	Resolve(ctx context.Context, database string) (string, error)
+}
+
+// RouteError is a routing failure shown to the client as a FATAL ErrorResponse.
+type RouteError struct{ Code, Message string }
+
+func (e *RouteError) Error() string { return e.Code + ": " + e.Message }
+
+// Config tunes endpoints.
+type Config struct {
+	TLS            *tls.Config
+	StartupTimeout time.Duration // default 10s
+	DialTimeout    time.Duration // default 5s
+	ResolveTimeout time.Duration // default 60s
+	Logger         *slog.Logger
+}
+
+// Stats are an endpoint's counters.
+type Stats struct{ Active, Accepted, Refused int64 }
+
+// Manager owns named endpoints and the cancel-key registry they share.
+type Manager struct {
+	cfg       Config
+	mu        sync.Mutex
+	endpoints map[string]*Endpoint
+	cancels   *cancelRegistry
+}
+
+// NewManager returns an empty manager.
+func NewManager(cfg Config) *Manager {
+	if cfg.StartupTimeout == 0 {
+		cfg.StartupTimeout = 10 * time.Second
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.ResolveTimeout == 0 {
+		cfg.ResolveTimeout = 60 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Manager{cfg: cfg, endpoints: map[string]*Endpoint{}, cancels: &cancelRegistry{keys: map[[8]byte]string{}}}
+}
+
+// Open starts endpoint name on addr (idempotent: an open endpoint is kept) and returns its address.
+func (m *Manager) Open(name, addr string, r Resolver) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e, ok := m.endpoints[name]; ok {
+		return e.Addr(), nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	e := &Endpoint{cfg: m.cfg, ln: ln, resolver: r, cancels: m.cancels, sessions: map[net.Conn]struct{}{}}
+	m.endpoints[name] = e
+	go e.serve()
+	return e.Addr(), nil
+}
+
+// Get returns an open endpoint.
+func (m *Manager) Get(name string) (*Endpoint, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.endpoints[name]
+	return e, ok
+}
+
+// Close closes endpoint name and its sessions.
+func (m *Manager) Close(name string) {
+	m.mu.Lock()
+	e, ok := m.endpoints[name]
+	delete(m.endpoints, name)
+	m.mu.Unlock()
+	if ok {
+		e.Close()
+	}
+}
+
+// CloseAll closes every endpoint.
+func (m *Manager) CloseAll() {
+	m.mu.Lock()
+	eps := m.endpoints
+	m.endpoints = map[string]*Endpoint{}
+	m.mu.Unlock()
+	for _, e := range eps {
+		e.Close()
+	}
+}
+
+// Endpoint is one listener.
+type Endpoint struct {
+	cfg      Config
+	ln       net.Listener
+	resolver Resolver
+	cancels  *cancelRegistry
+
+	mu       sync.Mutex
+	sessions map[net.Conn]struct{}
+	closed   bool
+	active   atomic.Int64
+	accepted atomic.Int64
+	refused  atomic.Int64
+}
+
+// Addr is the listening address.
+func (e *Endpoint) Addr() string { return e.ln.Addr().String() }
+
+// Stats returns the counters.
+func (e *Endpoint) Stats() Stats {
+	return Stats{Active: e.active.Load(), Accepted: e.accepted.Load(), Refused: e.refused.Load()}
+}
+
+// Close stops accepting and ends every session.
+func (e *Endpoint) Close() {
+	e.mu.Lock()
+	e.closed = true
+	for c := range e.sessions {
+		c.Close()
+	}
+	e.mu.Unlock()
+	e.ln.Close()
+}
+
+func (e *Endpoint) track(c net.Conn) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	e.sessions[c] = struct{}{}
+	return true
+}
+
+func (e *Endpoint) untrack(c net.Conn) {
+	e.mu.Lock()
+	delete(e.sessions, c)
+	e.mu.Unlock()
+}
+
+func (e *Endpoint) serve() {
+	for {
+		c, err := e.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		e.accepted.Add(1)
+		go e.handle(c)
+	}
+}
+
+// handle runs one client connection from startup to end.
+func (e *Endpoint) handle(client net.Conn) {
+	if !e.track(client) {
+		client.Close()
+		return
+	}
+	defer e.untrack(client)
+	defer client.Close()
+	_ = client.SetDeadline(time.Now().Add(e.cfg.StartupTimeout))
+	client, startup, err := e.readStartup(client)
+	if err != nil {
+		e.refused.Add(1)
+		if err != errCancelDone && err != io.EOF {
+			e.cfg.Logger.Debug("gateway: bad startup", "remote", client.RemoteAddr().String(), "err", err)
+		}
+		return
+	}
+	e.track(client) // a TLS-wrapped conn replaces the raw one for Close
+	defer e.untrack(client)
+	params := startupParams(startup[8:])
+	database := params["database"]
+	if database == "" {
+		database = params["user"]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ResolveTimeout)
+	addr, err := e.resolver.Resolve(ctx, database)
+	cancel()
+	if err != nil {
+		e.refused.Add(1)
+		var re *RouteError
+		if !errors.As(err, &re) {
+			re = &RouteError{Code: "08006", Message: "fogo gateway: " + err.Error()}
+		}
+		writeError(client, re.Code, re.Message)
+		return
+	}
+	backend, err := net.DialTimeout("tcp", addr, e.cfg.DialTimeout)
+	if err != nil {
+		e.refused.Add(1)
+		writeError(client, "57P03", fmt.Sprintf("fogo gateway: database %q is not reachable right now", database))
+		return
+	}
+	defer backend.Close()
+	_ = client.SetDeadline(time.Time{})
+	if _, err := backend.Write(startup); err != nil {
+		writeError(client, "08006", "fogo gateway: backend closed the connection")
+		return
+	}
+	e.active.Add(1)
+	defer e.active.Add(-1)
+	e.relay(client, backend, addr)
+}
+
+var errCancelDone = errors.New("cancel request handled")
+
+// readStartup reads the startup phase and returns the (possibly TLS-wrapped) client and the raw startup message.
+func (e *Endpoint) readStartup(client net.Conn) (net.Conn, []byte, error) {
+	for {
+		msg, err := readStartupPacket(client)
+		if err != nil {
+			if err != io.EOF {
+				writeError(client, "08P01", "invalid startup packet: "+err.Error())
+			}
+			return client, nil, err
+		}
+		code := binary.BigEndian.Uint32(msg[4:8])
+		switch {
+		case code == sslRequest && e.cfg.TLS != nil:
+			if _, err := client.Write([]byte{'S'}); err != nil {
+				return client, nil, err
+			}
+			tc := tls.Server(client, e.cfg.TLS)
+			if err := tc.Handshake(); err != nil {
+				return client, nil, fmt.Errorf("tls handshake: %w", err)
+			}
+			client = tc
+		case code == sslRequest || code == gssencRequest:
+			if _, err := client.Write([]byte{'N'}); err != nil {
+				return client, nil, err
+			}
+		case code == cancelRequest:
+			if len(msg) == 16 {
+				e.cancels.forward(msg, e.cfg.DialTimeout)
+			}
+			return client, nil, errCancelDone
+		case code>>16 == 3:
+			return client, msg, nil
+		default:
+			writeError(client, "0A000", fmt.Sprintf("unsupported frontend protocol %d.%d: fogo supports 3.x", code>>16, code&0xffff))
+			return client, nil, fmt.Errorf("unsupported protocol %d", code)
+		}
+	}
+}
+
+// readStartupPacket reads one length-prefixed startup-phase packet (including its length word).
+func readStartupPacket(r io.Reader) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			return nil, errors.New("truncated length")
+		}
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n < 8 || n > maxStartup {
+		return nil, fmt.Errorf("invalid length %d", n)
+	}
+	msg := make([]byte, n)
+	copy(msg, hdr[:])
+	if _, err := io.ReadFull(r, msg[4:]); err != nil {
+		return nil, errors.New("truncated packet")
+	}
+	return msg, nil
+}
+
+// startupParams parses "key\0value\0...\0".
+func startupParams(b []byte) map[string]string {
+	out := map[string]string{}
+	for len(b) > 0 && b[0] != 0 {
+		k, rest, ok := cutZero(b)
+		if !ok {
+			break
+		}
+		v, rest2, ok := cutZero(rest)
+		if !ok {
+			break
+		}
+		out[k] = v
+		b = rest2
+	}
+	return out
+}
+
+func cutZero(b []byte) (string, []byte, bool) {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i]), b[i+1:], true
+		}
+	}
+	return "", nil, false
+}
+
+// writeError sends a FATAL ErrorResponse.
+func writeError(w io.Writer, code, message string) {
+	var body []byte
+	for _, f := range []struct {
+		t byte
+		v string
+	}{{'S', "FATAL"}, {'V', "FATAL"}, {'C', code}, {'M', message}} {
+		body = append(body, f.t)
+		body = append(body, f.v...)
+		body = append(body, 0)
+	}
+	body = append(body, 0)
+	msg := make([]byte, 5, 5+len(body))
+	msg[0] = 'E'
+	binary.BigEndian.PutUint32(msg[1:5], uint32(4+len(body)))
+	_, _ = w.Write(append(msg, body...))
+}

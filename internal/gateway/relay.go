@@ -1,0 +1,120 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// relay copies bytes both ways until either side ends. The backend's messages are framed until the first
+// ReadyForQuery to record its BackendKeyData for cancel requests.
+func (e *Endpoint) relay(client, backend net.Conn, addr string) {
+	var key [8]byte
+	var haveKey bool
+	done := make(chan struct{}, 2)
+	go func() {
+		_, _ = io.Copy(backend, client)
+		closeWrite(backend)
+		done <- struct{}{}
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		k, ok, err := e.relayUntilReady(client, backend)
+		if ok {
+			key, haveKey = k, true
+			e.cancels.add(key, addr)
+		}
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(client, backend)
+	}()
+	<-done
+	client.Close()
+	backend.Close()
+	<-done
+	if haveKey {
+		e.cancels.remove(key)
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+		return
+	}
+	c.Close()
+}
+
+// relayUntilReady forwards whole backend messages until ReadyForQuery (or an error message ends the session),
+// returning the BackendKeyData it saw.
+func (e *Endpoint) relayUntilReady(client, backend net.Conn) ([8]byte, bool, error) {
+	var key [8]byte
+	var have bool
+	hdr := make([]byte, 5)
+	for {
+		if _, err := io.ReadFull(backend, hdr); err != nil {
+			return key, have, err
+		}
+		n := binary.BigEndian.Uint32(hdr[1:5])
+		if n < 4 || n > 1<<30 {
+			return key, have, io.ErrUnexpectedEOF
+		}
+		body := make([]byte, n-4)
+		if _, err := io.ReadFull(backend, body); err != nil {
+			return key, have, err
+		}
+		if hdr[0] == 'K' && len(body) == 8 {
+			copy(key[:], body)
+			have = true
+		}
+		if _, err := client.Write(append(append([]byte{}, hdr...), body...)); err != nil {
+			return key, have, err
+		}
+		if hdr[0] == 'Z' {
+			return key, have, nil
+		}
+	}
+}
+
+// cancelRegistry maps a session's (pid, secret) to the backend that issued it; shared by all endpoints.
+type cancelRegistry struct {
+	mu   sync.Mutex
+	keys map[[8]byte]string
+}
+
+func (r *cancelRegistry) add(key [8]byte, addr string) {
+	r.mu.Lock()
+	r.keys[key] = addr
+	r.mu.Unlock()
+}
+
+func (r *cancelRegistry) remove(key [8]byte) {
+	r.mu.Lock()
+	delete(r.keys, key)
+	r.mu.Unlock()
+}
+
+// forward sends a 16-byte CancelRequest to the backend that owns its key; unknown keys are ignored, as
+// PostgreSQL ignores them.
+func (r *cancelRegistry) forward(msg []byte, timeout time.Duration) {
+	var key [8]byte
+	copy(key[:], msg[8:16])
+	r.mu.Lock()
+	addr, ok := r.keys[key]
+	r.mu.Unlock()
+	if !ok {
+		return
+	}
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	_, _ = c.Write(msg)
+	// PostgreSQL closes the connection after reading the request; wait for that so the cancel is delivered.
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	_, _ = io.Copy(io.Discard, c)
+}

@@ -1,0 +1,255 @@
+package instance
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fogo-db/fogo/internal/postgres/pgbin"
+)
+
+// ShutdownMode is a pg_ctl stop mode.
+type ShutdownMode string
+
+const (
+	// ShutdownSmart waits for every client to disconnect; fogo never needs it.
+	ShutdownSmart ShutdownMode = "smart"
+	// ShutdownFast rolls back open transactions, disconnects clients, writes a shutdown checkpoint and waits for
+	// walsenders to send it to connected standbys: the clean way to demote a primary.
+	ShutdownFast ShutdownMode = "fast"
+	// ShutdownImmediate aborts every process without a checkpoint; the next start runs crash recovery.
+	ShutdownImmediate ShutdownMode = "immediate"
+)
+
+// Instance is one data directory and the port its postmaster listens on.
+type Instance struct {
+	Dir           string
+	Bin           *pgbin.Bin
+	Host          string
+	Port          int
+	SuperUser     string
+	SuperPassword string
+}
+
+// home is the directory around the data directory: log file, passfile, init marker.
+func (i *Instance) home() string     { return filepath.Dir(i.Dir) }
+func (i *Instance) logFile() string  { return filepath.Join(i.home(), "postgres.log") }
+func (i *Instance) passFile() string { return filepath.Join(i.home(), "pgpass") }
+func (i *Instance) initMarker() string {
+	return filepath.Join(i.home(), "initialized")
+}
+func (i *Instance) env() []string {
+	return []string{"PGPASSWORD=" + i.SuperPassword, "PGCONNECT_TIMEOUT=10"}
+}
+
+// Init runs initdb once (SCRAM authentication, data checksums, the superuser with its password).
+func (i *Instance) Init(ctx context.Context) error {
+	if _, err := os.Stat(i.initMarker()); err == nil {
+		return nil
+	}
+	if err := os.RemoveAll(i.Dir); err != nil { // a half-done initdb from a crash
+		return fmt.Errorf("initdb %s: clear partial directory: %w", i.Dir, err)
+	}
+	pwfile := filepath.Join(i.home(), "initdb.pw")
+	if err := i.Bin.WriteFileOwned(pwfile, []byte(i.SuperPassword+"\n"), 0o600); err != nil {
+		return fmt.Errorf("initdb %s: write password file: %w", i.Dir, err)
+	}
+	defer os.Remove(pwfile)
+	_, err := i.Bin.Run(ctx, nil, "initdb", "-D", i.Dir, "-U", i.SuperUser, "--pwfile="+pwfile,
+		"--auth=scram-sha-256", "--data-checksums", "--encoding=UTF8", "--locale=C.UTF-8")
+	if err != nil {
+		return fmt.Errorf("initdb %s: %w", i.Dir, err)
+	}
+	if err := i.writePassFile(); err != nil {
+		return err
+	}
+	return i.Bin.WriteFileOwned(i.initMarker(), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600)
+}
+
+// writePassFile stores the superuser password for libpq (primary_conninfo) outside the data directory.
+func (i *Instance) writePassFile() error {
+	line := fmt.Sprintf("*:*:*:%s:%s\n", i.SuperUser, strings.NewReplacer(`\`, `\\`, `:`, `\:`).Replace(i.SuperPassword))
+	if err := i.Bin.WriteFileOwned(i.passFile(), []byte(line), 0o600); err != nil {
+		return fmt.Errorf("write passfile: %w", err)
+	}
+	return nil
+}
+
+// Running reports the postmaster's pid if it is alive (from postmaster.pid; works after kill -9).
+func (i *Instance) Running() (int, bool) {
+	f, err := os.Open(filepath.Join(i.Dir, "postmaster.pid"))
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	if !sc.Scan() {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(sc.Text()))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return 0, false
+	}
+	// Guard against pid reuse: the process must be a postgres whose data directory is ours.
+	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err == nil && !strings.Contains(string(cmd), "postgres") {
+		return 0, false
+	}
+	return pid, true
+}
+
+// IsStandby reports whether the data directory is configured as a standby (standby.signal; works stopped).
+func (i *Instance) IsStandby() bool {
+	_, err := os.Stat(filepath.Join(i.Dir, "standby.signal"))
+	return err == nil
+}
+
+// Start starts the postmaster and waits until it accepts connections. Already running is fine. A start right
+// after a kill -9 may find the old processes still detaching from shared memory, so it is retried briefly.
+func (i *Instance) Start(ctx context.Context) error {
+	if _, running := i.Running(); running {
+		return i.WaitReady(ctx)
+	}
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		_, err = i.Bin.Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-l", i.logFile(), "-w", "-t", "120", "start")
+		if err == nil {
+			return i.WaitReady(ctx)
+		}
+		if _, running := i.Running(); running {
+			return i.WaitReady(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 300 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("start %s: %w; log: %s", i.Dir, err, i.LogTail(1500))
+}
+
+// WaitReady waits until the instance accepts TCP connections (bounded by ctx, at most 60 s).
+func (i *Instance) WaitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	for {
+		c, err := i.Connect(ctx, "postgres")
+		if err == nil {
+			c.Close(context.Background())
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s to accept connections: %w", i.Dir, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Stop shuts the instance down in mode and waits. Not running is fine.
+func (i *Instance) Stop(ctx context.Context, mode ShutdownMode) error {
+	if _, running := i.Running(); !running {
+		return nil
+	}
+	_, err := i.Bin.Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-m", string(mode), "-w", "-t", "120", "stop")
+	if err != nil {
+		if _, running := i.Running(); !running {
+			return nil
+		}
+		return fmt.Errorf("stop %s (%s): %w", i.Dir, mode, err)
+	}
+	return nil
+}
+
+// TryShuttingDownFastImmediate first attempts a fast shutdown, bounded by fastTimeout; if the instance is still
+// running after it, it issues an immediate shutdown.
+func (i *Instance) TryShuttingDownFastImmediate(ctx context.Context, fastTimeout time.Duration) error {
+	fctx, cancel := context.WithTimeout(ctx, fastTimeout)
+	err := i.Stop(fctx, ShutdownFast)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	return i.Stop(ctx, ShutdownImmediate)
+}
+
+// Promote makes a standby a primary and waits until it accepts writes. A primary is left alone.
+func (i *Instance) Promote(ctx context.Context) error {
+	if !i.IsStandby() {
+		return nil
+	}
+	if _, err := i.Bin.Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-w", "-t", "120", "promote"); err != nil {
+		if !i.IsStandby() {
+			return nil
+		}
+		return fmt.Errorf("promote %s: %w", i.Dir, err)
+	}
+	return nil
+}
+
+// LogTail returns the end of the instance's log file.
+func (i *Instance) LogTail(n int) string {
+	b, err := os.ReadFile(i.logFile())
+	if err != nil {
+		return "(no log)"
+	}
+	s := string(b)
+	if len(s) > n {
+		s = s[len(s)-n:]
+	}
+	return strings.TrimSpace(s)
+}
+
+// Connect opens a session as the superuser over TCP.
+func (i *Instance) Connect(ctx context.Context, database string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig("")
+	if err != nil {
+		return nil, err
+	}
+	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = i.host(), uint16(i.Port), i.SuperUser, i.SuperPassword, database
+	cfg.ConnectTimeout = 5 * time.Second
+	cfg.RuntimeParams["application_name"] = "fogo"
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+func (i *Instance) host() string {
+	if i.Host == "" {
+		return "127.0.0.1"
+	}
+	return i.Host
+}
+
+// ConnInfo is how another instance or a tool reaches this one. It never carries the password.
+type ConnInfo struct {
+	Host string
+	Port int
+	User string
+}
+
+// String is the libpq keyword form (no password).
+func (c ConnInfo) String() string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", c.Host, c.Port, c.User)
+}
+
+// SourceConnInfo is the connection used by pg_basebackup and pg_rewind against this instance.
+func (i *Instance) SourceConnInfo() ConnInfo {
+	return ConnInfo{Host: i.host(), Port: i.Port, User: i.SuperUser}
+}
+
+// ReplicationConnInfo is the primary_conninfo a standby of this instance uses; the password comes from the
+// standby's passfile (outside its data directory), and application_name identifies the standby.
+func (i *Instance) ReplicationConnInfo(applicationName string) string {
+	return fmt.Sprintf("host=%s port=%d user=%s application_name=%s", i.host(), i.Port, i.SuperUser, applicationName)
+}

@@ -1,0 +1,184 @@
+package instance_test
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fogo-db/fogo/internal/postgres/instance"
+	"github.com/fogo-db/fogo/internal/testutil/pgtest"
+)
+
+func exec(t *testing.T, in *instance.Instance, sql string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := in.Connect(ctx, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func count(t *testing.T, in *instance.Instance) int {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := in.Connect(ctx, "postgres")
+		if err == nil {
+			var n int
+			err = c.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n)
+			c.Close(ctx)
+			if err == nil {
+				return n
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func waitCount(t *testing.T, in *instance.Instance, want int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for count(t, in) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("standby has %d rows, want %d", count(t, in), want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestLifecycleAndSwitchover: idempotent verbs, Running after kill -9, streaming, a planned switchover without
+// rewind, then a forced failover with rewind.
+func TestLifecycleAndSwitchover(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPrimary(t)
+	if err := p.Start(ctx); err != nil {
+		t.Fatalf("second Start: %v", err)
+	}
+	if p.IsStandby() {
+		t.Fatal("new primary says standby")
+	}
+	exec(t, p, "CREATE TABLE t(id int primary key)")
+	exec(t, p, "INSERT INTO t SELECT generate_series(1,10)")
+	s := pgtest.NewStandby(t, p, "fogo_s1")
+	waitCount(t, s, 10)
+	if rec, err := s.IsInRecovery(ctx); err != nil || !rec {
+		t.Fatalf("standby in recovery: %v %v", rec, err)
+	}
+	w, err := s.WalReceiverStatus(ctx)
+	if err != nil || w.Status != "streaming" {
+		t.Fatalf("wal receiver: %+v %v", w, err)
+	}
+
+	// Planned switchover: fast stop, promote, old primary follows without rewind.
+	if err := p.Stop(ctx, instance.ShutdownFast); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Stop(ctx, instance.ShutdownFast); err != nil {
+		t.Fatalf("second Stop: %v", err)
+	}
+	cd, err := p.ControlData(ctx)
+	if err != nil || cd.State != "shut down" || cd.CheckpointLSN == 0 {
+		t.Fatalf("control data: %+v %v", cd, err)
+	}
+	if err := s.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Promote(ctx); err != nil {
+		t.Fatalf("second Promote: %v", err)
+	}
+	exec(t, s, "INSERT INTO t VALUES (11)")
+	if err := s.EnsurePhysicalSlot(ctx, "fogo_p"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := p.Rewind(ctx, s.SourceConnInfo())
+	if err != nil || res.Rewound {
+		t.Fatalf("rewind after a clean switchover should be a no-op: %+v %v", res, err)
+	}
+	if err := p.RemoveSlotDirsOffline("fogo_"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Configure(instance.Settings{Port: p.Port, Standby: true, PrimaryConnInfo: s.ReplicationConnInfo("p"), PrimarySlotName: "fogo_p"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, p, 11)
+
+	// Forced failover: kill -9 the primary (s), promote p, write, rewind s and follow p.
+	exec(t, s, "INSERT INTO t VALUES (12)")
+	waitCount(t, p, 12)
+	pid, running := s.Running()
+	if !running {
+		t.Fatal("s not running")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, running := s.Running(); !running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Running() still true after kill -9")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := p.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, p, "INSERT INTO t VALUES (13)")
+	if err := p.EnsurePhysicalSlot(ctx, "fogo_s2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Rewind(ctx, p.SourceConnInfo()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveSlotDirsOffline("fogo_"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Configure(instance.Settings{Port: s.Port, Standby: true, PrimaryConnInfo: p.ReplicationConnInfo("s"), PrimarySlotName: "fogo_s2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, s, 13)
+}
+
+// TestScramVerifierLogin: a role whose password was set from a verifier can log in with the password.
+func TestScramVerifierLogin(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPrimary(t)
+	if err := p.EnsureRole(ctx, "app", instance.ScramVerifier("S3cret!pw")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.EnsureDatabase(ctx, "appdb", "app"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.EnsureDatabase(ctx, "appdb", "app"); err != nil {
+		t.Fatalf("EnsureDatabase twice: %v", err)
+	}
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=app password=%s dbname=appdb", p.Port, "S3cret!pw")
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("login with the password behind the verifier: %v", err)
+	}
+	c.Close(ctx)
+	if _, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=app password=wrong dbname=appdb", p.Port)); err == nil {
+		t.Fatal("wrong password accepted")
+	}
+}

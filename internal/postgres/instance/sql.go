@@ -1,0 +1,211 @@
+package instance
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fogo-db/fogo/internal/postgres/lsn"
+)
+
+// query runs fn on a short-lived superuser session.
+func (i *Instance) query(ctx context.Context, fn func(*pgx.Conn) error) error {
+	c, err := i.Connect(ctx, "postgres")
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	return fn(c)
+}
+
+func (i *Instance) scanLSN(ctx context.Context, sql string) (lsn.LSN, error) {
+	var s *string
+	err := i.query(ctx, func(c *pgx.Conn) error { return c.QueryRow(ctx, sql).Scan(&s) })
+	if err != nil {
+		return 0, err
+	}
+	if s == nil {
+		return 0, fmt.Errorf("%s: no value", sql)
+	}
+	return lsn.Parse(*s)
+}
+
+// CurrentWALLSN is a primary's flushed WAL position (every acknowledged commit is at or before it).
+func (i *Instance) CurrentWALLSN(ctx context.Context) (lsn.LSN, error) {
+	return i.scanLSN(ctx, "SELECT pg_current_wal_flush_lsn()::text")
+}
+
+// ReplayLSN is how far a standby has replayed.
+func (i *Instance) ReplayLSN(ctx context.Context) (lsn.LSN, error) {
+	return i.scanLSN(ctx, "SELECT pg_last_wal_replay_lsn()::text")
+}
+
+// ReceiveLSN is how far a standby has received and flushed WAL.
+func (i *Instance) ReceiveLSN(ctx context.Context) (lsn.LSN, error) {
+	return i.scanLSN(ctx, "SELECT pg_last_wal_receive_lsn()::text")
+}
+
+// IsInRecovery asks the running server whether it is a standby.
+func (i *Instance) IsInRecovery(ctx context.Context) (bool, error) {
+	var b bool
+	err := i.query(ctx, func(c *pgx.Conn) error { return c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&b) })
+	return b, err
+}
+
+// WalReceiver is a standby's WAL receiver, from pg_stat_wal_receiver. Status is "" when none runs.
+type WalReceiver struct {
+	Status     string
+	FlushedLSN lsn.LSN
+	SenderPort int
+}
+
+// WalReceiverStatus reads pg_stat_wal_receiver.
+func (i *Instance) WalReceiverStatus(ctx context.Context) (WalReceiver, error) {
+	var w WalReceiver
+	err := i.query(ctx, func(c *pgx.Conn) error {
+		var flushed *string
+		var port *int32
+		err := c.QueryRow(ctx, "SELECT status, flushed_lsn::text, sender_port FROM pg_stat_wal_receiver").Scan(&w.Status, &flushed, &port)
+		if err == pgx.ErrNoRows {
+			return nil
+		}
+		if flushed != nil {
+			w.FlushedLSN, _ = lsn.Parse(*flushed)
+		}
+		if port != nil {
+			w.SenderPort = int(*port)
+		}
+		return err
+	})
+	return w, err
+}
+
+// Replica is one row of pg_stat_replication.
+type Replica struct {
+	ApplicationName string
+	State           string
+	ReplayLSN       lsn.LSN
+}
+
+// ReplicationStatus reads pg_stat_replication on a primary.
+func (i *Instance) ReplicationStatus(ctx context.Context) ([]Replica, error) {
+	var out []Replica
+	err := i.query(ctx, func(c *pgx.Conn) error {
+		rows, err := c.Query(ctx, "SELECT application_name, state, coalesce(replay_lsn::text, '0/0') FROM pg_stat_replication")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var r Replica
+			var replay string
+			if err := rows.Scan(&r.ApplicationName, &r.State, &replay); err != nil {
+				return err
+			}
+			r.ReplayLSN, _ = lsn.Parse(replay)
+			out = append(out, r)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+// EnsurePhysicalSlot creates a physical slot that reserves WAL at once, unless it exists.
+func (i *Instance) EnsurePhysicalSlot(ctx context.Context, name string) error {
+	return i.query(ctx, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `SELECT pg_create_physical_replication_slot($1, true)
+			WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, name)
+		return err
+	})
+}
+
+// DropSlot drops a slot if it exists, ending the walsender that uses it first.
+func (i *Instance) DropSlot(ctx context.Context, name string) error {
+	return i.query(ctx, func(c *pgx.Conn) error {
+		if _, err := c.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, name); err != nil {
+			return err
+		}
+		var err error
+		for attempt := 0; attempt < 50; attempt++ {
+			_, err = c.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, name)
+			if err == nil {
+				return nil
+			}
+			c.Exec(ctx, "SELECT pg_sleep(0.1)")
+		}
+		return err
+	})
+}
+
+// TerminateClientBackends ends every client session except this one.
+func (i *Instance) TerminateClientBackends(ctx context.Context) error {
+	return i.query(ctx, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`)
+		return err
+	})
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// EnsureRole creates (or updates) a login role whose password is given as a SCRAM verifier.
+func (i *Instance) EnsureRole(ctx context.Context, name, scramVerifier string) error {
+	return i.query(ctx, func(c *pgx.Conn) error {
+		var exists bool
+		if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", name).Scan(&exists); err != nil {
+			return err
+		}
+		verb := "CREATE"
+		if exists {
+			verb = "ALTER"
+		}
+		_, err := c.Exec(ctx, fmt.Sprintf("%s ROLE %s LOGIN PASSWORD %s", verb, pgx.Identifier{name}.Sanitize(), quoteLiteral(scramVerifier)))
+		return err
+	})
+}
+
+// EnsureDatabase creates database name owned by owner unless it exists.
+func (i *Instance) EnsureDatabase(ctx context.Context, name, owner string) error {
+	return i.query(ctx, func(c *pgx.Conn) error {
+		var exists bool
+		if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			return nil
+		}
+		_, err := c.Exec(ctx, fmt.Sprintf("CREATE DATABASE %s OWNER %s", pgx.Identifier{name}.Sanitize(), pgx.Identifier{owner}.Sanitize()))
+		return err
+	})
+}
+
+// ScramVerifier returns the SCRAM-SHA-256 verifier of password in PostgreSQL's stored form
+// ("SCRAM-SHA-256$4096:salt$StoredKey:ServerKey", RFC 5803). PostgreSQL accepts it as a role's PASSWORD, so the
+// plain password never has to be stored or sent to an instance.
+func ScramVerifier(password string) string {
+	salt := make([]byte, 16)
+	_, _ = rand.Read(salt)
+	const iterations = 4096
+	salted, err := pbkdf2.Key(sha256.New, password, salt, iterations, sha256.Size)
+	if err != nil {
+		panic(err) // only for invalid parameters, which these are not
+	}
+	clientKey := hmacSHA256(salted, "Client Key")
+	stored := sha256.Sum256(clientKey)
+	serverKey := hmacSHA256(salted, "Server Key")
+	b64 := base64.StdEncoding.EncodeToString
+	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", iterations, b64(salt), b64(stored[:]), b64(serverKey))
+}
+
+func hmacSHA256(key []byte, msg string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(msg))
+	return m.Sum(nil)
+}
