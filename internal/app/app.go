@@ -132,8 +132,6 @@ func (a *App) prepareDataDir(context.Context) error {
 	return nil
 }
 
-
-
 // loadToken takes FOGO_API_TOKEN, or generates a token once into DIR/api-token (0600).
 func (a *App) loadToken(context.Context) error {
 	if t := os.Getenv("FOGO_API_TOKEN"); t != "" {

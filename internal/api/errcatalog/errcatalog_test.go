@@ -41,7 +41,9 @@ func TestNewFillsTemplateAndWrite(t *testing.T) {
 	}
 	w := httptest.NewRecorder()
 	Write(w, fmt.Errorf("wrapped: %w", New("FailoverGroupBusy")))
-	var env struct{ Error struct{ Code, Message string } }
+	var env struct {
+		Error struct{ Code, Message string }
+	}
 	if err := json.Unmarshal(w.Body.Bytes(), &env); err != nil || w.Code != 409 || env.Error.Code != "FailoverGroupBusy" {
 		t.Fatalf("write: %d %s", w.Code, w.Body)
 	}

@@ -26,7 +26,9 @@ func (s ServerID) String() string {
 }
 
 // Key is the canonical (lower-case) form for lookups.
-func (s ServerID) Key() string { return strings.ToLower(s.Subscription + "/" + s.ResourceGroup + "/" + s.Name) }
+func (s ServerID) Key() string {
+	return strings.ToLower(s.Subscription + "/" + s.ResourceGroup + "/" + s.Name)
+}
 
 // Equal compares case-insensitively.
 func (s ServerID) Equal(o ServerID) bool { return s.Key() == o.Key() }
