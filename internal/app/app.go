@@ -182,7 +182,7 @@ func (a *App) build(ctx context.Context) error {
 	}
 	a.gw = newGatewayEndpoints(a.log)
 	obs := service.NewObserver(a.Store, a.Cluster, a.Ops)
-	orch := failover.New(failover.Config{CatchUpTimeout: a.opts.CatchUpTimeout, TryPlannedTimeout: a.opts.TryPlannedTimeout},
+	orch := failover.New(failover.Config{CatchUpTimeout: a.opts.CatchUpTimeout, TryPlannedTimeout: a.opts.TryPlannedTimeout, Logger: a.log},
 		a.Store, a.Cluster, failover.Hooks{})
 	orch.Register(a.Ops)
 	a.Service = service.New(service.Config{MinGraceMinutes: a.opts.MinGraceMinutes, AdvertiseHost: a.opts.AdvertiseHost},

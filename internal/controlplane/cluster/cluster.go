@@ -232,13 +232,16 @@ func (m *Manager) Rejoin(ctx context.Context, rec, upstream *model.Instance) err
 	if err := up.EnsurePhysicalSlot(ctx, rec.SlotName); err != nil {
 		return fmt.Errorf("rejoin %s: create slot on %s: %w", rec.ID, upstream.ID, err)
 	}
+	if err := up.Checkpoint(ctx); err != nil {
+		return fmt.Errorf("rejoin %s: checkpoint on %s: %w", rec.ID, upstream.ID, err)
+	}
 	res, err := h.Rewind(ctx, up.SourceConnInfo())
 	if err != nil {
 		return fmt.Errorf("rejoin %s: rewind from %s: %w", rec.ID, upstream.ID, err)
 	}
 	if res.Rewound {
 		m.log.Warn("former primary diverged and was rewound", "instance", rec.ID, "database", rec.Database,
-			"lost_from", res.DivergedAt.String(), "lost_to", res.TargetEnd.String())
+			"diverged_at", res.DivergedAt.String(), "timeline", res.Timeline)
 	}
 	if err := h.RemoveSlotDirsOffline("fogo_"); err != nil {
 		return fmt.Errorf("rejoin %s: drop stale slots: %w", rec.ID, err)

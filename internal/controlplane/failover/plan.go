@@ -3,6 +3,7 @@ package failover
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/fogo-db/fogo/internal/api/errcatalog"
@@ -59,6 +60,8 @@ type Config struct {
 	CatchUpTimeout time.Duration
 	// TryPlannedTimeout bounds the planned attempt of tryPlannedBeforeForcedFailover.
 	TryPlannedTimeout time.Duration
+	// Logger receives what an operator should know; nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // Orchestrator runs failover operations.
@@ -67,6 +70,7 @@ type Orchestrator struct {
 	st    *store.Store
 	cl    *cluster.Manager
 	hooks Hooks
+	log   *slog.Logger
 }
 
 // New returns an orchestrator.
@@ -83,7 +87,10 @@ func New(cfg Config, st *store.Store, cl *cluster.Manager, hooks Hooks) *Orchest
 	if hooks.Release == nil {
 		hooks.Release = func(string) {}
 	}
-	return &Orchestrator{cfg: cfg, st: st, cl: cl, hooks: hooks}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Orchestrator{cfg: cfg, st: st, cl: cl, hooks: hooks, log: cfg.Logger}
 }
 
 // Register installs the failover handlers in the operations runner.

@@ -202,6 +202,9 @@ func (x *execution) rejoinAll(ctx context.Context, mustSucceed bool) error {
 	if err != nil && mustSucceed {
 		return err
 	}
+	if err != nil {
+		x.o.log.Warn("old primary could not rejoin yet; the reconciler retries", "group", x.plan.Group, "err", err)
+	}
 	return nil
 }
 

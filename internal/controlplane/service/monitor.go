@@ -21,11 +21,26 @@ type Observer struct {
 
 	mu     sync.RWMutex
 	states map[string]string // instance ID of a geo-secondary -> replication state
+
+	retry map[string]*retryState // instance ID -> backoff after a failed reconciliation (Tick's goroutine only)
 }
+
+// retryState spaces out reconciliation attempts that keep failing, and keeps the log to one line per
+// distinct error instead of one per tick.
+type retryState struct {
+	next    time.Time
+	delay   time.Duration
+	lastErr string
+}
+
+const (
+	minRetryDelay = time.Second
+	maxRetryDelay = 30 * time.Second
+)
 
 // NewObserver returns an observer.
 func NewObserver(st *store.Store, cl *cluster.Manager, ops *operations.Runner) *Observer {
-	return &Observer{st: st, cl: cl, ops: ops, states: map[string]string{}}
+	return &Observer{st: st, cl: cl, ops: ops, states: map[string]string{}, retry: map[string]*retryState{}}
 }
 
 // Run observes and reconciles every interval until ctx ends.
@@ -70,16 +85,45 @@ func (o *Observer) Tick(ctx context.Context, log func(msg string, args ...any)) 
 		if !ok {
 			continue
 		}
+		rs := o.retry[rec.ID]
+		if rs != nil && time.Now().Before(rs.next) {
+			continue
+		}
 		unlock, ok := o.cl.TryLock(key)
 		if !ok {
 			continue
 		}
-		if err := o.reconcile(ctx, rec); err != nil && log != nil {
-			log("reconcile instance", "instance", rec.ID, "database", rec.Database, "err", err)
-		}
+		err := o.reconcile(ctx, rec)
 		unlock()
+		o.noteResult(rec, err, log)
 	}
 	o.observe(ctx, groups, insts)
+}
+
+// noteResult records the outcome of a reconciliation: a failure backs off exponentially and is logged
+// when it first occurs or changes; a success after failures is logged once.
+func (o *Observer) noteResult(rec *model.Instance, err error, log func(msg string, args ...any)) {
+	rs := o.retry[rec.ID]
+	if err == nil {
+		if rs != nil && log != nil {
+			log("reconcile instance recovered", "instance", rec.ID, "database", rec.Database)
+		}
+		delete(o.retry, rec.ID)
+		return
+	}
+	if rs == nil {
+		rs = &retryState{delay: minRetryDelay / 2}
+		o.retry[rec.ID] = rs
+	}
+	rs.delay = min(2*rs.delay, maxRetryDelay)
+	rs.next = time.Now().Add(rs.delay)
+	if msg := err.Error(); msg != rs.lastErr {
+		rs.lastErr = msg
+		if log != nil {
+			log("reconcile instance failed; retrying with backoff", "instance", rec.ID, "database", rec.Database,
+				"retry_in", rs.delay.String(), "err", err)
+		}
+	}
 }
 
 // reconcile starts an instance that should run, or rejoins a fenced former primary once its upstream is a

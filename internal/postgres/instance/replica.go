@@ -56,6 +56,14 @@ func (i *Instance) Rewind(ctx context.Context, source ConnInfo) (RewindResult, e
 	if err := i.Bin.WriteFileOwned(backup, saved, 0o600); err != nil {
 		return res, fmt.Errorf("rewind: back up pg_control: %w", err)
 	}
+	// pg_rewind replays a crashed directory's WAL in single-user mode first, which refuses to run with a
+	// recovery signal present ("standby mode is not supported by single-user servers"). The caller writes
+	// the standby configuration again after the rewind.
+	for _, sig := range []string{"standby.signal", "recovery.signal"} {
+		if err := os.Remove(filepath.Join(i.Dir, sig)); err != nil && !os.IsNotExist(err) {
+			return res, fmt.Errorf("rewind: remove %s: %w", sig, err)
+		}
+	}
 	out, err := i.Bin.Run(ctx, i.env(), "pg_rewind", "--target-pgdata="+i.Dir, "--source-server="+source.String())
 	if err != nil {
 		if werr := i.Bin.WriteFileOwned(control, saved, 0o600); werr != nil {

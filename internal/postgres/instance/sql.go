@@ -117,6 +117,16 @@ func (i *Instance) ReplicationStatus(ctx context.Context) ([]Replica, error) {
 	return out, err
 }
 
+// Checkpoint runs CHECKPOINT. After a promotion it writes the new timeline into pg_control, which pg_rewind
+// reads to learn the source's timeline: without it a rewind can pick the old timeline and leave a target whose
+// minimum recovery point lies on a timeline the source never had.
+func (i *Instance) Checkpoint(ctx context.Context) error {
+	return i.query(ctx, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "CHECKPOINT")
+		return err
+	})
+}
+
 // EnsurePhysicalSlot creates a physical slot that reserves WAL at once, unless it exists.
 func (i *Instance) EnsurePhysicalSlot(ctx context.Context, name string) error {
 	return i.query(ctx, func(c *pgx.Conn) error {
