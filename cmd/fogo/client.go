@@ -1,5 +1,9 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"github.com/spf13/cobra"
 
-func addClientCommands(root *cobra.Command) {}
+	"github.com/fogo-db/fogo/internal/cli"
+)
+
+func addClientCommands(root *cobra.Command) { cli.AddCommands(root) }

@@ -77,6 +77,8 @@ func TestErrorCatalogue(t *testing.T) {
 		{"read-only property", "PUT", fgPath("err-east", "fg2"), "", fg(map[string]any{"replicationRole": "Secondary"}), 400, "FailoverGroupCreateOrUpdateRequestReadOnlyPropertyModified"},
 		{"group exists elsewhere", "PUT", fgPath("err-north", "fg-ok"), "", fg(map[string]any{"partnerServers": partner(serverPath("err-east"))}), 409, "FailoverGroupAlreadyExists"},
 		{"update on secondary", "PUT", fgPath("err-west", "fg-ok"), "", fg(map[string]any{"partnerServers": partner(serverPath("err-east"))}), 400, "FailoverGroupUpdateOrDeleteRequestOnSecondary"},
+		{"patch negative grace", "PATCH", fgPath("err-east", "fg-ok"), "", `{"properties":{"readWriteEndpoint":{"failoverPolicy":"Automatic","failoverWithDataLossGracePeriodMinutes":-60}}}`, 400, "FailoverGroupCreateOrUpdateRequestNegativeGracePeriodValues"},
+		{"patch manual with grace", "PATCH", fgPath("err-east", "fg-ok"), "", `{"properties":{"readWriteEndpoint":{"failoverPolicy":"Manual","failoverWithDataLossGracePeriodMinutes":60}}}`, 400, "FailoverGroupCreateOrUpdateRequestInvalidReadWriteEndpointFieldsForManualPolicy"},
 		{"patch on secondary", "PATCH", fgPath("err-west", "fg-ok"), "", `{"properties":{}}`, 400, "FailoverGroupUpdateOrDeleteRequestOnSecondary"},
 		{"delete on secondary", "DELETE", fgPath("err-west", "fg-ok"), "", nil, 400, "FailoverGroupUpdateOrDeleteRequestOnSecondary"},
 		{"failover on primary", "POST", fgPath("err-east", "fg-ok") + "/failover", "", nil, 400, "FailoverGroupFailoverRequestOnPrimary"},

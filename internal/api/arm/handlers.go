@@ -217,9 +217,9 @@ func (a *API) putGroup(w http.ResponseWriter, r *http.Request, sid armid.ServerI
 	minGrace := a.svc.Config().MinGraceMinutes
 	var spec validate.FailoverGroupSpec
 	if r.Method == http.MethodPatch {
-		g, err := a.svc.GetGroup(sid, name)
-		if err != nil {
-			errcatalog.Write(w, err)
+		g, gerr := a.svc.GetGroup(sid, name)
+		if gerr != nil {
+			errcatalog.Write(w, gerr)
 			return
 		}
 		if g.RoleOf(sid) == "Secondary" {

@@ -110,6 +110,56 @@ func (i *Instance) Running() (int, bool) {
 	return pid, true
 }
 
+// waitLockReleased waits, up to timeout, until no process holds postmaster.pid: a postmaster killed with -9
+// stays a zombie until it is reaped, and PostgreSQL (pg_ctl start, pg_rewind's single-user recovery) refuses a
+// data directory whose lock file names a process that still exists.
+func (i *Instance) waitLockReleased(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		pid := i.lockPID()
+		if pid <= 0 || syscall.Kill(pid, 0) != nil {
+			return nil
+		}
+		if !processIsPostgresOrZombie(pid) {
+			return nil // the PID was reused by another program
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("data directory %s is still locked by process %d", i.Dir, pid)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (i *Instance) lockPID() int {
+	raw, err := os.ReadFile(filepath.Join(i.Dir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	first, _, _ := strings.Cut(string(raw), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return 0
+	}
+	return pid
+}
+
+// processIsPostgresOrZombie reads /proc: a zombie has lost its command line but still holds its PID.
+func processIsPostgresOrZombie(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	if j := strings.LastIndexByte(string(stat), ')'); j >= 0 && j+2 < len(stat) && stat[j+2] == 'Z' {
+		return true
+	}
+	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.Contains(string(cmd), "postgres")
+}
+
 // IsStandby reports whether the data directory is configured as a standby (standby.signal; works stopped).
 func (i *Instance) IsStandby() bool {
 	_, err := os.Stat(filepath.Join(i.Dir, "standby.signal"))
@@ -121,6 +171,9 @@ func (i *Instance) IsStandby() bool {
 func (i *Instance) Start(ctx context.Context) error {
 	if _, running := i.Running(); running {
 		return i.WaitReady(ctx)
+	}
+	if err := i.waitLockReleased(ctx, 30*time.Second); err != nil {
+		return fmt.Errorf("start %s: %w", i.Dir, err)
 	}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
 )
@@ -44,6 +45,9 @@ var divergedRe = regexp.MustCompile(`diverged at WAL location ([0-9A-F]+/[0-9A-F
 // failed rewind can be retried from scratch. "No rewind required" is a success with Rewound false.
 func (i *Instance) Rewind(ctx context.Context, source ConnInfo) (RewindResult, error) {
 	var res RewindResult
+	if err := i.waitLockReleased(ctx, 30*time.Second); err != nil {
+		return res, fmt.Errorf("rewind: %w", err)
+	}
 	if cd, err := i.ControlData(ctx); err == nil {
 		res.TargetEnd = cd.CheckpointLSN
 	}
