@@ -44,6 +44,8 @@ type Options struct {
 	Logger            *slog.Logger
 	// PauseBeforeStep pauses before the named operation step (tests of crash recovery only).
 	PauseBeforeStep string
+	// PauseFor is how long PauseBeforeStep pauses (default 30s).
+	PauseFor time.Duration
 }
 
 // App is a running fogo.
@@ -178,7 +180,7 @@ func (a *App) build(ctx context.Context) error {
 	a.cancel = cancel
 	a.Ops = operations.New(runCtx, a.Store, a.log)
 	if a.opts.PauseBeforeStep != "" {
-		a.Ops.PauseBeforeStep = pauseHook(a.opts.PauseBeforeStep, a.log)
+		a.Ops.PauseBeforeStep = pauseHook(a.opts.PauseBeforeStep, a.opts.PauseFor, a.log)
 	}
 	a.gw = newGatewayEndpoints(a.log)
 	obs := service.NewObserver(a.Store, a.Cluster, a.Ops)
@@ -204,11 +206,19 @@ func (a *App) build(ctx context.Context) error {
 func (a *App) logWarn(msg string, args ...any) { a.log.Warn(msg, args...) }
 
 // pauseHook sleeps before the named step: a test-only way to kill fogo at a known point of an operation.
-func pauseHook(step string, log *slog.Logger) func(*model.Operation, string) {
+// spec is "step" (any operation) or "Kind:step" (e.g. "ForcedFailover:record").
+func pauseHook(spec string, pause time.Duration, log *slog.Logger) func(*model.Operation, string) {
+	if pause <= 0 {
+		pause = 30 * time.Second
+	}
+	kind, step, ok := strings.Cut(spec, ":")
+	if !ok {
+		kind, step = "", spec
+	}
 	return func(op *model.Operation, name string) {
-		if name == step {
-			log.Warn("pausing before step (test hook)", "op", op.ID, "step", name)
-			time.Sleep(30 * time.Second)
+		if name == step && (kind == "" || kind == op.Kind) {
+			log.Warn("pausing before step (test hook)", "op", op.ID, "kind", op.Kind, "step", name)
+			time.Sleep(pause)
 		}
 	}
 }

@@ -72,11 +72,25 @@ func (o *Observer) Tick(ctx context.Context, log func(msg string, args ...any)) 
 		insts, err = store.List[model.Instance](tx, store.Instances, "")
 		return err
 	})
+	// An unfinished operation owns its group's instances, even before it has taken the group lock (right
+	// after a restart, ResumeAll launches it concurrently with the first tick): starting an old primary that
+	// a planned failover has just demoted would make two primaries.
+	busy := map[string]bool{}
+	for _, g := range groups {
+		if g.Operation != "" {
+			if op, err := o.ops.Get(g.Operation); err != nil || !op.Done() {
+				busy[g.Key()] = true
+			}
+		}
+	}
 	lockOf := map[string]string{}
 	for _, d := range dbs {
 		lockOf[d.Instance] = "instance:" + d.Instance
 		if d.Group != "" {
 			lockOf[d.Instance] = d.Group
+			if busy[d.Group] {
+				delete(lockOf, d.Instance)
+			}
 		}
 	}
 	for i := range insts {
