@@ -9,14 +9,16 @@
 // Planned failover (zero data loss; it completes or it rolls back):
 //
 //  1. Hold     the read-write listener holds new connections (hook; issue 3 makes it real).
-//  2. Fence    old primaries become read-only (default_transaction_read_only) and their client sessions end.
-//  3. CatchUp  wait (bounded) until each geo-secondary has replayed its primary's final flushed LSN.
-//     On timeout: unfence and fail with PlannedFailoverTimedOutForDatabase — nothing changed.
-//  4. Demote   fast shutdown of the old primaries; their shutdown checkpoints stream to the secondaries.
-//  5. Promote  the geo-secondaries leave recovery.
-//  6. Record   the store swaps roles and bumps the epoch (the new primary's epoch wins from here on).
-//  7. Release  the listeners route to the new primary (hook).
-//  8. Rejoin   each old primary restarts as a standby of the new one (pg_rewind only if it diverged).
+//  2. CatchUp  with the primary still writable: CHECKPOINT it (a short shutdown checkpoint later), then wait
+//     (bounded) until each geo-secondary has replayed what its primary had flushed when the wait began.
+//     On timeout: fail with PlannedFailoverTimedOutForDatabase — nothing was changed.
+//  3. Demote   fast shutdown of the old primaries: their sessions end and their walsenders ship everything up to
+//     the shutdown checkpoint; wait (bounded) until each secondary has flushed past it, which proves every
+//     acknowledged commit is there. On timeout: start the old primaries again, fail as above.
+//  4. Promote  the geo-secondaries leave recovery (watched on an open session, not pg_ctl's 100 ms polling).
+//  5. Record   the store swaps roles and bumps the epoch (the new primary's epoch wins from here on).
+//  6. Release  the listeners route to the new primary (hook).
+//  7. Rejoin   each old primary restarts as a standby of the new one (pg_rewind only if it diverged).
 //
 // Forced failover (allow data loss): Fence (stop the old primary if it can be reached; either way it is marked
 // NeedsRejoin so nothing starts it as a primary again), Promote, Record, Release, then a best-effort Rejoin; the

@@ -26,7 +26,7 @@ func (x *execution) forced(ctx context.Context) error {
 	if err := x.fenceForced(ctx, olds); err != nil {
 		return err
 	}
-	if err := x.promoteAll(ctx, news); err != nil {
+	if err := x.promoteAll(ctx, news, nil); err != nil {
 		return err
 	}
 	if err := x.run.Step("record"); err != nil {

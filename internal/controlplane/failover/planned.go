@@ -15,10 +15,15 @@ import (
 
 func jsonParams(op *model.Operation, v any) error { return json.Unmarshal(op.Params, v) }
 
-// fenceSettings are the extra settings that make a primary refuse new read-write transactions.
-var fenceSettings = map[string]string{"default_transaction_read_only": "on"}
-
-// planned runs the planned failover steps; catchUp bounds step 3.
+// planned runs the planned failover steps; catchUp bounds each wait for a geo-secondary.
+//
+// Writes stop only for the demote and promote steps: the catch-up step waits, with the primary still
+// writable, until each geo-secondary has replayed what its primary had flushed when the step began (and asks
+// the primary for a checkpoint so its shutdown checkpoint is short). The demote step then shuts the old
+// primary down fast, which ends its sessions and makes its walsender ship everything up to the shutdown
+// checkpoint; the failover proceeds only once the geo-secondary has flushed past that checkpoint, so no
+// acknowledged commit can be lost. If it does not arrive in time the old primary is started again as the
+// primary and the failover fails with PlannedFailoverTimedOutForDatabase, roles unchanged.
 func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 	olds, news, err := x.instances()
 	if err != nil {
@@ -34,17 +39,12 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 		if err := x.checkPreconditions(ctx, olds, news); err != nil {
 			return err
 		}
-		if err := x.run.Step("fence"); err != nil {
-			return err
-		}
-		if err := eachPair(olds, news, func(o, _ *model.Instance) error { return x.fence(ctx, o) }); err != nil {
-			return x.rollback(ctx, olds, err)
-		}
 		if err := x.run.Step("catch-up"); err != nil {
 			return err
 		}
 		if err := eachPair(olds, news, func(o, n *model.Instance) error { return x.catchUp(ctx, o, n, catchUp) }); err != nil {
-			return x.rollback(ctx, olds, err)
+			x.rolledBack = true // nothing was changed yet
+			return err
 		}
 		x.plan.Demoting = true
 		if err := x.save(); err != nil {
@@ -54,10 +54,17 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 	if err := x.run.Step("demote"); err != nil {
 		return err
 	}
-	if err := eachPair(olds, news, func(o, n *model.Instance) error { return x.demote(ctx, o, n) }); err != nil {
+	sessions, err := x.openSessions(ctx, news)
+	if err != nil {
 		return err
 	}
-	if err := x.promoteAll(ctx, news); err != nil {
+	defer closeSessions(sessions)
+	if !x.plan.Promoting {
+		if err := eachPair(olds, news, func(o, n *model.Instance) error { return x.demote(ctx, o, sessions[n.ID], catchUp) }); err != nil {
+			return x.undoDemote(ctx, olds, err)
+		}
+	}
+	if err := x.promoteAll(ctx, news, sessions); err != nil {
 		return err
 	}
 	if err := x.run.Step("record"); err != nil {
@@ -93,29 +100,29 @@ func (x *execution) checkPreconditions(ctx context.Context, olds, news []*model.
 	})
 }
 
-// fence makes the old primary read-only for new transactions and ends its client sessions.
-func (x *execution) fence(ctx context.Context, old *model.Instance) error {
-	h := x.o.cl.Handle(old)
-	if err := x.o.cl.Reconfigure(ctx, old, fenceSettings); err != nil {
-		return fmt.Errorf("fence %s: %w", old.Database, err)
-	}
-	if err := h.TerminateClientBackends(ctx); err != nil {
-		return fmt.Errorf("fence %s: end client sessions: %w", old.Database, err)
-	}
-	return nil
-}
-
-// catchUp waits until the secondary replayed everything the fenced primary flushed.
+// catchUp checkpoints the old primary and waits, bounded, until the secondary has replayed everything the
+// primary had flushed when the wait began. The primary stays writable meanwhile.
 func (x *execution) catchUp(ctx context.Context, old, nw *model.Instance, bound time.Duration) error {
-	ho, hn := x.o.cl.Handle(old), x.o.cl.Handle(nw)
-	target, err := ho.CurrentWALLSN(ctx)
+	so, err := x.o.cl.Handle(old).OpenSession(ctx)
+	if err != nil {
+		return fmt.Errorf("catch up %s: %w", old.Database, err)
+	}
+	defer so.Close()
+	sn, err := x.o.cl.Handle(nw).OpenSession(ctx)
+	if err != nil {
+		return fmt.Errorf("catch up %s: %w", old.Database, err)
+	}
+	defer sn.Close()
+	deadline := time.Now().Add(bound)
+	if err := so.Checkpoint(ctx); err != nil {
+		return fmt.Errorf("catch up %s: checkpoint: %w", old.Database, err)
+	}
+	target, err := so.CurrentWALLSN(ctx)
 	if err != nil {
 		return fmt.Errorf("catch up %s: read primary lsn: %w", old.Database, err)
 	}
-	deadline := time.Now().Add(bound)
 	for {
-		replayed, err := hn.ReplayLSN(ctx)
-		if err == nil && replayed >= target {
+		if replayed, err := sn.ReplayLSN(ctx); err == nil && replayed >= target {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -124,26 +131,42 @@ func (x *execution) catchUp(ctx context.Context, old, nw *model.Instance, bound 
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(2 * time.Millisecond):
 		}
 	}
 }
 
-// rollback undoes the fence after a failed planned attempt; the roles stay as they were.
-func (x *execution) rollback(ctx context.Context, olds []*model.Instance, cause error) error {
-	for _, o := range olds {
-		if err := x.o.cl.Reconfigure(ctx, o, nil); err != nil {
-			return fmt.Errorf("%w (and rolling back the fence of %s failed: %v)", cause, o.Database, err)
+// openSessions connects to each new primary once for the polls of demote and promote.
+func (x *execution) openSessions(ctx context.Context, news []*model.Instance) (map[string]*instance.Session, error) {
+	out := map[string]*instance.Session{}
+	for _, n := range news {
+		h := x.o.cl.Handle(n)
+		if _, running := h.Running(); !running {
+			if err := h.Start(ctx); err != nil {
+				closeSessions(out)
+				return nil, fmt.Errorf("start the geo-secondary of %s: %w", n.Database, err)
+			}
 		}
+		s, err := h.OpenSession(ctx)
+		if err != nil {
+			closeSessions(out)
+			return nil, fmt.Errorf("connect to the geo-secondary of %s: %w", n.Database, err)
+		}
+		out[n.ID] = s
 	}
-	x.rolledBack = true
-	return cause
+	return out, nil
 }
 
-// demote shuts the old primary down cleanly and waits (briefly) for its shutdown checkpoint to reach the
-// secondary. If it does not arrive, the rejoin step rewinds instead; nothing acknowledged is lost either way.
-func (x *execution) demote(ctx context.Context, old, nw *model.Instance) error {
-	ho, hn := x.o.cl.Handle(old), x.o.cl.Handle(nw)
+func closeSessions(m map[string]*instance.Session) {
+	for _, s := range m {
+		s.Close()
+	}
+}
+
+// demote shuts the old primary down fast and waits, bounded, until the secondary has flushed its shutdown
+// checkpoint: then every commit the old primary acknowledged is on the secondary.
+func (x *execution) demote(ctx context.Context, old *model.Instance, sn *instance.Session, bound time.Duration) error {
+	ho := x.o.cl.Handle(old)
 	if err := ho.Stop(ctx, instance.ShutdownFast); err != nil {
 		return fmt.Errorf("demote %s: fast shutdown: %w", old.Database, err)
 	}
@@ -151,18 +174,41 @@ func (x *execution) demote(ctx context.Context, old, nw *model.Instance) error {
 	if err != nil {
 		return fmt.Errorf("demote %s: read control data: %w", old.Database, err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		if got, err := hn.ReceiveLSN(ctx); err == nil && got > cd.CheckpointLSN {
+	deadline := time.Now().Add(bound)
+	for {
+		if got, err := sn.ReceiveLSN(ctx); err == nil && got > cd.CheckpointLSN {
 			return nil
 		}
-		time.Sleep(2 * time.Millisecond)
+		if time.Now().After(deadline) {
+			return timedOut(old.Database)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
 	}
-	return nil
 }
 
-// promoteAll records the intent and promotes every new primary (idempotent).
-func (x *execution) promoteAll(ctx context.Context, news []*model.Instance) error {
+// undoDemote starts the old primaries again as primaries after a demote that could not be confirmed; the
+// roles stay as they were.
+func (x *execution) undoDemote(ctx context.Context, olds []*model.Instance, cause error) error {
+	for _, o := range olds {
+		if err := x.o.cl.Handle(o).Start(ctx); err != nil {
+			return fmt.Errorf("%w (and restarting the primary of %s failed: %v)", cause, o.Database, err)
+		}
+	}
+	x.plan.Demoting = false
+	if err := x.save(); err != nil {
+		return fmt.Errorf("%w (and recording the rollback failed: %v)", cause, err)
+	}
+	x.rolledBack = true
+	return cause
+}
+
+// promoteAll records the intent and promotes every new primary (idempotent). sessions, when given, are
+// open connections to the new primaries used to watch the promotion closely.
+func (x *execution) promoteAll(ctx context.Context, news []*model.Instance, sessions map[string]*instance.Session) error {
 	if !x.plan.Promoting {
 		x.plan.Promoting = true
 		if err := x.save(); err != nil {
@@ -174,6 +220,11 @@ func (x *execution) promoteAll(ctx context.Context, news []*model.Instance) erro
 	}
 	return eachInstance(news, func(n *model.Instance) error {
 		h := x.o.cl.Handle(n)
+		if s := sessions[n.ID]; s != nil && h.IsStandby() {
+			if err := s.Promote(ctx); err == nil {
+				return nil
+			}
+		}
 		if _, running := h.Running(); !running {
 			if err := h.Start(ctx); err != nil {
 				return fmt.Errorf("promote %s: start secondary: %w", n.Database, err)

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -213,6 +214,7 @@ func (r *Runner) finish(op *model.Operation, h Handler, runErr error) {
 	}
 	r.log.Info("operation finished", "op", op.ID, "kind", op.Kind, "status", op.Status,
 		"duration", op.Finished.Sub(op.Created).Round(time.Millisecond))
+	r.log.Debug("operation steps", "op", op.ID, "steps", strings.Join(op.Log, ", "))
 }
 
 func toOpError(err error) *model.OpError {

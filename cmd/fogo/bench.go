@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/fogo-db/fogo/internal/bench"
+)
+
+func benchCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "bench", Short: "Measure fogo against the raw PostgreSQL limit on this machine"}
+	var o bench.FailoverOptions
+	var asJSON bool
+	failover := &cobra.Command{
+		Use:   "failover",
+		Short: "Planned failover through fogo vs. raw pg_ctl stop -m fast + promote, in one run",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			o.Progress = os.Stderr
+			res, err := bench.Failover(ctx, o)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(struct {
+					*bench.FailoverResult
+					Ratio float64 `json:"ratio"`
+				}{res, res.Ratio()})
+			}
+			fmt.Print(res.Summary())
+			return nil
+		},
+	}
+	f := failover.Flags()
+	f.IntVar(&o.Iterations, "iterations", 5, "failovers measured on each side")
+	f.StringVar(&o.PGBin, "pg-bin", "", "PostgreSQL 15 binaries (default: discovered)")
+	f.StringVar(&o.Dir, "dir", "", "scratch directory (default: a temporary one, removed afterwards)")
+	f.IntVar(&o.PortLow, "port-low", 31000, "first of the 100 ports the benchmark uses")
+	f.DurationVar(&o.Settle, "settle", 0, "writer warm-up before and after each failover (default 1s)")
+	f.BoolVar(&asJSON, "json", false, "print the measurements as JSON")
+	cmd.AddCommand(failover)
+	return cmd
+}

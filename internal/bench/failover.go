@@ -1,0 +1,368 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/app"
+	"github.com/fogo-db/fogo/internal/cli"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
+	"github.com/fogo-db/fogo/internal/postgres/pgbin"
+)
+
+// FailoverOptions configure the failover benchmark.
+type FailoverOptions struct {
+	Iterations int           // failovers measured on each side (default 5)
+	PGBin      string        // PostgreSQL binaries ("" discovers them)
+	Dir        string        // scratch directory ("" makes a temporary one, removed afterwards)
+	PortLow    int           // first of 100 ports used (default 31000)
+	Settle     time.Duration // writer warm-up before and after each failover (default 1s)
+	Progress   io.Writer     // one line per measured failover; nil discards
+}
+
+// FailoverResult holds the measurements, in iteration order.
+type FailoverResult struct {
+	Iterations int `json:"iterations"`
+	// Fogo planned failover (POST failover to the secondary server until the operation succeeded, which
+	// includes the old primary's rejoin as a streaming standby).
+	FogoTotal []time.Duration `json:"fogoTotal"`
+	// Longest gap between two acknowledged commits of a client writing continuously through the servers'
+	// gateway endpoints, across the fogo failover.
+	FogoWriteGap []time.Duration `json:"fogoWriteGap"`
+	// Raw `pg_ctl stop -m fast -w` of the primary + `pg_ctl promote -w` of the standby (pg_ctl polls its
+	// result ten times a second, so this includes up to ~100 ms of waiting per command).
+	RawStopPromote []time.Duration `json:"rawStopPromote"`
+	// Longest commit gap of the same client writing directly to the raw pair across that switch: the floor a
+	// client can see, without pg_ctl's polling.
+	RawWriteGap []time.Duration `json:"rawWriteGap"`
+	Commits     int             `json:"commits"`
+}
+
+func median(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// Ratio is median(fogo write gap) / median(raw stop + promote): the issue's target is ≤ 1.5.
+func (r FailoverResult) Ratio() float64 {
+	raw := median(r.RawStopPromote)
+	if raw == 0 {
+		return 0
+	}
+	return float64(median(r.FogoWriteGap)) / float64(raw)
+}
+
+// Summary is a human-readable report.
+func (r FailoverResult) Summary() string {
+	row := func(name string, d []time.Duration) string {
+		return fmt.Sprintf("%-44s median %8s   min %8s   max %8s\n", name, median(d).Round(time.Millisecond),
+			slices.Min(d).Round(time.Millisecond), slices.Max(d).Round(time.Millisecond))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "planned failover, %d iterations each side, %d acknowledged commits\n", r.Iterations, r.Commits)
+	b.WriteString(row("raw pg_ctl stop -m fast + promote", r.RawStopPromote))
+	b.WriteString(row("raw: longest client commit gap", r.RawWriteGap))
+	b.WriteString(row("fogo: longest client commit gap", r.FogoWriteGap))
+	b.WriteString(row("fogo: failover operation total (incl. rejoin)", r.FogoTotal))
+	fmt.Fprintf(&b, "ratio fogo commit gap / raw stop+promote (median): %.2fx (target <= 1.5x)\n", r.Ratio())
+	fmt.Fprintf(&b, "ratio fogo commit gap / raw commit gap (median):   %.2fx\n",
+		float64(median(r.FogoWriteGap))/float64(max(median(r.RawWriteGap), 1)))
+	return b.String()
+}
+
+// Failover runs the benchmark: first the raw pair, then fogo, on the same machine.
+func Failover(ctx context.Context, o FailoverOptions) (*FailoverResult, error) {
+	if o.Iterations <= 0 {
+		o.Iterations = 5
+	}
+	if o.PortLow == 0 {
+		o.PortLow = 31000
+	}
+	if o.Settle <= 0 {
+		o.Settle = time.Second
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	bin, err := pgbin.Discover(o.PGBin)
+	if err != nil {
+		return nil, err
+	}
+	if o.Dir == "" {
+		if o.Dir, err = os.MkdirTemp("", "fogo-bench-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(o.Dir)
+	}
+	if err := bin.AllowTraverse(o.Dir); err != nil {
+		return nil, err
+	}
+	res := &FailoverResult{Iterations: o.Iterations}
+	if err := rawFailovers(ctx, bin, o, res); err != nil {
+		return nil, fmt.Errorf("raw failovers: %w", err)
+	}
+	if err := fogoFailovers(ctx, o, res); err != nil {
+		return nil, fmt.Errorf("fogo failovers: %w", err)
+	}
+	return res, nil
+}
+
+func secret() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// rawFailovers switches a plain primary/standby pair back and forth with pg_ctl, re-attaching the old primary
+// (pg_rewind + standby) untimed between iterations.
+func rawFailovers(ctx context.Context, bin *pgbin.Bin, o FailoverOptions, res *FailoverResult) error {
+	pw := secret()
+	if err := bin.MkdirOwned(filepath.Join(o.Dir, "raw")); err != nil {
+		return err
+	}
+	mk := func(name string, port int) (*instance.Instance, error) {
+		home := filepath.Join(o.Dir, "raw", name)
+		if err := bin.MkdirOwned(home); err != nil {
+			return nil, err
+		}
+		return &instance.Instance{Dir: filepath.Join(home, "pgdata"), Bin: bin, Host: "127.0.0.1", Port: port,
+			SuperUser: "fogo", SuperPassword: pw}, nil
+	}
+	a, err := mk("a", o.PortLow+90)
+	if err != nil {
+		return err
+	}
+	b, err := mk("b", o.PortLow+91)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		_ = a.Stop(context.Background(), instance.ShutdownImmediate)
+		_ = b.Stop(context.Background(), instance.ShutdownImmediate)
+	}()
+	steps := []func() error{
+		func() error { return a.Init(ctx) },
+		func() error { return a.Configure(instance.Settings{Port: a.Port}) },
+		func() error { return a.Start(ctx) },
+		func() error {
+			return execSQL(ctx, a, "CREATE TABLE bench_writes(id bigserial PRIMARY KEY, at timestamptz DEFAULT now())")
+		},
+		func() error { return follow(ctx, b, a, true) },
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	dsn := func(i *instance.Instance) string {
+		return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable", i.Port, i.SuperUser, i.SuperPassword)
+	}
+	primary, standby := a, b
+	for it := 0; it < o.Iterations; it++ {
+		w := &writer{targets: []string{dsn(primary), dsn(standby)}, table: "bench_writes"}
+		var took time.Duration
+		from, to, err := during(ctx, w, o.Settle, func() error {
+			// Literally what an operator would run: pg_ctl waits with its own 100 ms polling.
+			start := time.Now()
+			if _, err := bin.Run(ctx, nil, "pg_ctl", "-D", primary.Dir, "-m", "fast", "-w", "stop"); err != nil {
+				return err
+			}
+			if _, err := bin.Run(ctx, nil, "pg_ctl", "-D", standby.Dir, "-w", "promote"); err != nil {
+				return err
+			}
+			took = time.Since(start)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		gap := w.longestGap(from, to)
+		res.RawStopPromote = append(res.RawStopPromote, took)
+		res.RawWriteGap = append(res.RawWriteGap, gap)
+		res.Commits += w.commits()
+		fmt.Fprintf(o.Progress, "raw  %d/%d: stop+promote %s, longest commit gap %s\n", it+1, o.Iterations, took.Round(time.Millisecond), gap.Round(time.Millisecond))
+		if err := follow(ctx, primary, standby, false); err != nil {
+			return fmt.Errorf("re-attach old primary: %w", err)
+		}
+		primary, standby = standby, primary
+	}
+	return nil
+}
+
+// follow makes s a streaming standby of p: from a base backup when fresh, else by pg_rewind.
+func follow(ctx context.Context, s, p *instance.Instance, fresh bool) error {
+	slot := fmt.Sprintf("fogo_%d", s.Port)
+	if err := p.EnsurePhysicalSlot(ctx, slot); err != nil {
+		return err
+	}
+	if fresh {
+		if err := s.BaseBackup(ctx, p.SourceConnInfo(), slot); err != nil {
+			return err
+		}
+	} else {
+		if err := p.Checkpoint(ctx); err != nil {
+			return err
+		}
+		if _, err := s.Rewind(ctx, p.SourceConnInfo()); err != nil {
+			return err
+		}
+		if err := s.RemoveSlotDirsOffline("fogo_"); err != nil {
+			return err
+		}
+	}
+	if err := s.Configure(instance.Settings{Port: s.Port, Standby: true, PrimaryConnInfo: p.ReplicationConnInfo(slot), PrimarySlotName: slot}); err != nil {
+		return err
+	}
+	if err := s.Start(ctx); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if st, err := s.WalReceiverStatus(ctx); err == nil && st.Status == "streaming" {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("standby on port %d is not streaming", s.Port)
+}
+
+func execSQL(ctx context.Context, i *instance.Instance, sql string) error {
+	conn, err := i.Connect(ctx, "postgres")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+// fogoFailovers runs fogo in-process and drives planned failovers through its API, as a user would.
+func fogoFailovers(ctx context.Context, o FailoverOptions, res *FailoverResult) error {
+	a, err := app.Start(ctx, app.Options{
+		DataDir: filepath.Join(o.Dir, "fogo"), Listen: "127.0.0.1:0", PGBin: o.PGBin,
+		PortLow: o.PortLow, PortHigh: o.PortLow + 80, MinGraceMinutes: 1,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: benchLogLevel()})),
+	})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	if err := a.WaitReady(ctx); err != nil {
+		return err
+	}
+	c := &cli.Client{Endpoint: a.URL(), Token: a.Token, PollInterval: 10 * time.Millisecond}
+	const sub, rg, login = "00000000-0000-0000-0000-00000000b0b0", "bench", "benchadmin"
+	pw := "B3nch!" + secret()
+	base := fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Sql/servers/", sub, rg)
+	do := func(method, path string, body any) (*cli.Response, error) {
+		r, err := c.Do(ctx, method, path, body)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", method, path, err)
+		}
+		return r, c.Wait(ctx, method+" "+path, r)
+	}
+	endpoints := map[string]string{}
+	for _, s := range []struct{ name, loc string }{{"bench-east", "eastus"}, {"bench-west", "westus"}} {
+		if _, err := do(http.MethodPut, base+s.name, map[string]any{"location": s.loc,
+			"properties": map[string]any{"administratorLogin": login, "administratorLoginPassword": pw}}); err != nil {
+			return err
+		}
+		r, err := c.Do(ctx, http.MethodGet, base+s.name, nil)
+		if err != nil {
+			return err
+		}
+		var srv struct {
+			Properties struct {
+				Endpoint string `json:"endpoint"`
+			} `json:"properties"`
+		}
+		if err := json.Unmarshal(r.Body, &srv); err != nil {
+			return err
+		}
+		host, port, _ := strings.Cut(srv.Properties.Endpoint, ":")
+		endpoints[s.name] = fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=bench sslmode=disable", host, port, login, pw)
+	}
+	if _, err := do(http.MethodPut, base+"bench-east/databases/bench", map[string]any{"location": "eastus"}); err != nil {
+		return err
+	}
+	if err := execDSN(ctx, endpoints["bench-east"], "CREATE TABLE bench_writes(id bigserial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
+		return err
+	}
+	if _, err := do(http.MethodPut, base+"bench-east/failoverGroups/bench-fg", map[string]any{"properties": map[string]any{
+		"readWriteEndpoint": map[string]any{"failoverPolicy": "Manual"},
+		"partnerServers":    []any{map[string]any{"id": strings.TrimSuffix(base, "/") + "/bench-west"}},
+		"databases":         []string{base + "bench-east/databases/bench"},
+	}}); err != nil {
+		return err
+	}
+	primary, secondary := "bench-east", "bench-west"
+	for it := 0; it < o.Iterations; it++ {
+		if err := waitCatchUp(ctx, c, base+primary+"/failoverGroups/bench-fg"); err != nil {
+			return err
+		}
+		w := &writer{targets: []string{endpoints[primary], endpoints[secondary]}, table: "bench_writes"}
+		var took time.Duration
+		from, to, err := during(ctx, w, o.Settle, func() error {
+			start := time.Now()
+			if _, err := do(http.MethodPost, base+secondary+"/failoverGroups/bench-fg/failover", nil); err != nil {
+				return err
+			}
+			took = time.Since(start)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		gap := w.longestGap(from, to)
+		res.FogoTotal = append(res.FogoTotal, took)
+		res.FogoWriteGap = append(res.FogoWriteGap, gap)
+		res.Commits += w.commits()
+		fmt.Fprintf(o.Progress, "fogo %d/%d: operation %s, longest commit gap %s\n", it+1, o.Iterations, took.Round(time.Millisecond), gap.Round(time.Millisecond))
+		primary, secondary = secondary, primary
+	}
+	return nil
+}
+
+func waitCatchUp(ctx context.Context, c *cli.Client, groupPath string) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		r, err := c.Do(ctx, http.MethodGet, groupPath, nil)
+		if err != nil {
+			return err
+		}
+		var g struct {
+			Properties struct {
+				ReplicationState string `json:"replicationState"`
+			} `json:"properties"`
+		}
+		if err := json.Unmarshal(r.Body, &g); err == nil && g.Properties.ReplicationState == "CATCH_UP" {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s never reached CATCH_UP", groupPath)
+}
+
+// benchLogLevel is warn, or FOGO_BENCH_LOG (debug shows each operation's step timings).
+func benchLogLevel() slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(os.Getenv("FOGO_BENCH_LOG"))); err != nil {
+		return slog.LevelWarn
+	}
+	return l
+}
