@@ -62,6 +62,8 @@ func serveCommand() *cobra.Command {
 	f.StringVar(&o.PGBin, "pg-bin", "", "directory of the PostgreSQL 15 server binaries (default: discovered)")
 	f.StringVar(&o.AdvertiseHost, "advertise-host", "127.0.0.1", "host name or address shown in endpoints")
 	f.IntVar(&minGrace, "min-grace-period-minutes", 60, "smallest failoverWithDataLossGracePeriodMinutes a group may use")
+	f.IntVar(&o.MaxGroupsPerServer, "max-groups-per-server", 100, "failover groups a server may be part of (LimitOfFailoverGroupsPerServerExceeded beyond)")
+	f.IntVar(&o.MaxDatabasesPerServer, "max-databases-per-server", 100, "databases (each its own PostgreSQL instance) per server")
 	f.DurationVar(&o.CatchUpTimeout, "planned-catch-up-timeout", 30*time.Second, "bound on a planned failover's catch-up; beyond it the failover rolls back")
 	f.DurationVar(&o.TryPlannedTimeout, "try-planned-timeout", 10*time.Second, "bound on the planned attempt of tryPlannedBeforeForcedFailover")
 	f.BoolVar(&o.KeepInstancesOnExit, "keep-instances-on-exit", false, "leave PostgreSQL instances running when fogo stops")

@@ -35,8 +35,10 @@ type Options struct {
 	PGBin             string
 	AdvertiseHost     string
 	MinGraceMinutes   int32
-	CatchUpTimeout    time.Duration
-	TryPlannedTimeout time.Duration
+	// MaxGroupsPerServer and MaxDatabasesPerServer are the per-server limits (default 100 each).
+	MaxGroupsPerServer, MaxDatabasesPerServer int
+	CatchUpTimeout                            time.Duration
+	TryPlannedTimeout                         time.Duration
 	// KeepInstancesOnExit leaves PostgreSQL running when fogo stops (default: stop them).
 	KeepInstancesOnExit bool
 	// ReconcileInterval is the observer period (default 1s).
@@ -187,7 +189,8 @@ func (a *App) build(ctx context.Context) error {
 	orch := failover.New(failover.Config{CatchUpTimeout: a.opts.CatchUpTimeout, TryPlannedTimeout: a.opts.TryPlannedTimeout, Logger: a.log},
 		a.Store, a.Cluster, failover.Hooks{})
 	orch.Register(a.Ops)
-	a.Service = service.New(service.Config{MinGraceMinutes: a.opts.MinGraceMinutes, AdvertiseHost: a.opts.AdvertiseHost},
+	a.Service = service.New(service.Config{MinGraceMinutes: a.opts.MinGraceMinutes, AdvertiseHost: a.opts.AdvertiseHost,
+		MaxGroupsPerServer: a.opts.MaxGroupsPerServer, MaxDatabasesPerServer: a.opts.MaxDatabasesPerServer},
 		a.Store, a.Ops, a.Cluster, a.gw, obs, a.log)
 	a.gw.svc = a.Service
 	go func() {

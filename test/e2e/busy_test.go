@@ -65,6 +65,7 @@ func TestBusyAndRollback(t *testing.T) {
 			t.Fatalf("request during a failover: %d %s, want 409 FailoverGroupBusy", r.Status, r.Raw)
 		}
 	}
+	noteCode("FailoverGroupBusy", 409)
 	if st := f.wait(first); st["status"] != "Succeeded" {
 		t.Fatalf("first failover: %v", st)
 	}
@@ -80,6 +81,10 @@ func TestBusyAndRollback(t *testing.T) {
 	if st["status"] != "Failed" || errBody["code"] != "PlannedFailoverTimedOutForDatabase" {
 		t.Fatalf("planned failover without catch-up: %v", st)
 	}
+	if loc := f.do(http.MethodGet, r.Header.Get("Location"), nil); loc.Status != 400 || loc.errCode() != "PlannedFailoverTimedOutForDatabase" {
+		t.Fatalf("final result of the rolled-back failover: %d %s", loc.Status, loc.Raw)
+	}
+	noteCode("PlannedFailoverTimedOutForDatabase", 400)
 	if role(t, f, "busy-west", "busy-fg") != "Primary" {
 		t.Fatal("a rolled-back failover changed the roles")
 	}
@@ -97,4 +102,70 @@ func TestBusyAndRollback(t *testing.T) {
 	mustExec(t, f, "busy-east", "acct", "INSERT INTO ledger(note) VALUES ('east-primary')")
 	f.waitGroupState("busy-east", "busy-fg", "CATCH_UP")
 	f.waitRowOn(t, "busy-west", "acct", "east-primary")
+}
+
+// TestFailoverPreconditionsAndLimits: a planned failover needs a running primary and a running geo-secondary
+// (DatabaseUnavailable, IncorrectReplicationLinkState), the per-server limits, and a geo-secondary name that is
+// taken on the partner (RemoteDatabaseExists). The reconciler is slowed down so stopped instances stay stopped.
+func TestFailoverPreconditionsAndLimits(t *testing.T) {
+	f := startFogo(t, func(o *app.Options) {
+		o.ReconcileInterval = time.Hour
+		o.MaxGroupsPerServer, o.MaxDatabasesPerServer = 1, 2
+	})
+	f.createServer("pre-east", "eastus")
+	f.createServer("pre-west", "westus")
+	f.createDB("pre-east", "one", "eastus")
+	f.createDB("pre-east", "two", "eastus")
+	f.createDB("pre-west", "two", "westus")
+	f.mustSucceed(f.createGroup("pre-east", "pre-west", "pre-fg", "one"), 201)
+
+	expect := func(r response, status int, code string) {
+		t.Helper()
+		if r.Status != status || r.errCode() != code {
+			t.Fatalf("got %d %s, want %d %s: %s", r.Status, r.errCode(), status, code, r.Raw)
+		}
+		noteCode(code, status)
+	}
+	expect(f.do(http.MethodPut, dbPath("pre-east", "three"), map[string]any{"location": "eastus"}), 400, "InvalidParameterValue")
+	expect(f.createGroup("pre-east", "pre-west", "pre-fg2", "two"), 400, "LimitOfFailoverGroupsPerServerExceeded")
+	// "two" exists on the partner already: adding it to the group would overwrite it.
+	expect(f.do(http.MethodPatch, fgPath("pre-east", "pre-fg"), map[string]any{"properties": map[string]any{
+		"databases": []any{dbPath("pre-east", "one"), dbPath("pre-east", "two")}}}), 409, "RemoteDatabaseExists")
+
+	stopInstance := func(server, db string) func() {
+		d, err := f.app.Service.GetDatabase(armid.DatabaseID{Server: armid.ServerID{Subscription: sub, ResourceGroup: rg, Name: server}, Name: db})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := f.app.Cluster.GetInstance(d.Instance)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := f.app.Cluster.Handle(rec)
+		if err := h.Stop(context.Background(), "fast"); err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			if err := h.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	restart := stopInstance("pre-west", "one")
+	st := f.wait(f.do(http.MethodPost, fgPath("pre-west", "pre-fg")+"/failover", nil))
+	if e, _ := st["error"].(map[string]any); st["status"] != "Failed" || e["code"] != "IncorrectReplicationLinkState" {
+		t.Fatalf("planned failover with the geo-secondary down: %v", st)
+	}
+	noteCode("IncorrectReplicationLinkState", 400)
+	restart()
+	restart = stopInstance("pre-east", "one")
+	st = f.wait(f.do(http.MethodPost, fgPath("pre-west", "pre-fg")+"/failover", nil))
+	if e, _ := st["error"].(map[string]any); st["status"] != "Failed" || e["code"] != "DatabaseUnavailable" {
+		t.Fatalf("planned failover with the primary down: %v", st)
+	}
+	noteCode("DatabaseUnavailable", 503)
+	restart()
+	if role(t, f, "pre-east", "pre-fg") != "Primary" {
+		t.Fatal("a refused failover changed the roles")
+	}
 }

@@ -115,6 +115,16 @@ func TestCLI(t *testing.T) {
 	if len(groups) != 1 || len(groups[0]["properties"].(map[string]any)["databases"].([]any)) != 0 {
 		t.Fatalf("list after removing the database: %v", groups)
 	}
+	// The removed database's geo-secondary copy stays on the partner as an independent read-write database.
+	var west map[string]any
+	if err := json.Unmarshal([]byte(f.mustCLI(t, "db", "show", "-s", "cli-west", "-n", "sales", "-o", "json")), &west); err != nil {
+		t.Fatal(err)
+	}
+	if p := west["properties"].(map[string]any); p["failoverGroupId"] != nil || p["secondaryType"] != nil {
+		t.Fatalf("west copy still linked after removal: %v", p)
+	}
+	mustExec(t, f, "cli-west", "sales", "CREATE TABLE independent(x int)")
+	mustExec(t, f, "cli-east", "sales", "CREATE TABLE independent(x int)") // no conflict: replication has ended
 	f.mustCLI(t, "failover-group", "delete", "-n", "cli-fg", "-s", "cli-east")
 	if _, _, err := f.runCLI("failover-group", "show", "-n", "cli-fg", "-s", "cli-east"); !errors.As(err, &armErr) || armErr.Status != 404 {
 		t.Fatalf("show after delete: %v", err)

@@ -93,6 +93,11 @@ func TestErrorCatalogue(t *testing.T) {
 		{"weak password", "PUT", serverPath("weak-srv"), "", map[string]any{"location": "eastus", "properties": map[string]any{"administratorLogin": login, "administratorLoginPassword": "password"}}, 400, "PasswordNotComplex"},
 		{"no location", "PUT", serverPath("noloc-srv"), "", map[string]any{"properties": map[string]any{"administratorLogin": login, "administratorLoginPassword": password}}, 400, "LocationRequired"},
 		{"invalid subscription", "GET", "/subscriptions/not-a-guid/resourceGroups/rg/providers/Microsoft.Sql/servers/x", "", nil, 400, "InvalidSubscriptionId"},
+		{"invalid login name", "PUT", serverPath("login-srv"), "", map[string]any{"location": "eastus", "properties": map[string]any{"administratorLogin": "admin", "administratorLoginPassword": password}}, 400, "InvalidLoginName"},
+		{"invalid database name", "PUT", dbPath("err-east", "bad*db"), "", map[string]any{"location": "eastus"}, 400, "InvalidDatabaseName"},
+		{"control character in a name", "GET", serverPath("bad%01name"), "", nil, 400, "InvalidIdentifier"},
+		{"invalid resource group", "GET", "/subscriptions/" + sub + "/resourceGroups/bad*rg/providers/Microsoft.Sql/servers", "", nil, 400, "InvalidResourceGroupName"},
+		{"unknown operation", "GET", "/subscriptions/" + sub + "/resourceGroups/" + rg + "/providers/Microsoft.Sql/locations/eastus/failoverGroupAzureAsyncOperation/00000000-0000-0000-0000-000000000000", "", nil, 404, "OperationIdNotFound"},
 		{"unsupported method", "POST", serverPath("err-east"), "", nil, 405, "UnsupportedHttpMethod"},
 	}
 	for _, c := range cases {
@@ -111,6 +116,7 @@ func TestErrorCatalogue(t *testing.T) {
 			if r.Status != c.status || r.errCode() != c.code {
 				t.Fatalf("got %d %s, want %d %s: %s", r.Status, r.errCode(), c.status, c.code, r.Raw)
 			}
+			noteCode(c.code, c.status)
 			if msg, _ := r.Body["error"].(map[string]any)["message"].(string); msg == "" {
 				t.Fatalf("error without message: %s", r.Raw)
 			}

@@ -87,6 +87,12 @@ func (a *API) route(w http.ResponseWriter, r *http.Request) {
 		errcatalog.Write(w, err)
 		return
 	}
+	if p.rg != "" {
+		if err := armid.ValidateResourceGroup(p.rg); err != nil {
+			errcatalog.Write(w, err)
+			return
+		}
+	}
 	switch {
 	case p.opID != "":
 		a.operation(w, r, p)
