@@ -186,6 +186,7 @@ func (a *App) build(ctx context.Context) error {
 	}
 	a.gw = newGatewayEndpoints(a.log)
 	obs := service.NewObserver(a.Store, a.Cluster, a.Ops)
+	a.Ops.AfterFinish = func(*model.Operation) { obs.Invalidate() }
 	orch := failover.New(failover.Config{CatchUpTimeout: a.opts.CatchUpTimeout, TryPlannedTimeout: a.opts.TryPlannedTimeout, Logger: a.log},
 		a.Store, a.Cluster, failover.Hooks{})
 	orch.Register(a.Ops)

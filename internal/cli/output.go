@@ -63,7 +63,12 @@ var (
 		{"SERVER", func(r map[string]any) string { return serverOfID(field("id")(r)) }},
 		{"LOCATION", field("location")},
 		{"STATUS", field("properties", "status")},
-		{"FAILOVER GROUP", func(r map[string]any) string { return path.Base(field("properties", "failoverGroupId")(r)) }},
+		{"FAILOVER GROUP", func(r map[string]any) string {
+			if id := field("properties", "failoverGroupId")(r); id != "" {
+				return path.Base(id)
+			}
+			return ""
+		}},
 		{"ENDPOINT", field("properties", "endpoint")},
 	}
 	failoverGroupColumns = []column{

@@ -248,7 +248,16 @@ func (x *execution) rejoinAll(ctx context.Context, mustSucceed bool) error {
 		if !o.NeedsRejoin {
 			return nil
 		}
-		return x.o.cl.Rejoin(ctx, o, n)
+		if err := x.o.cl.Rejoin(ctx, o, n); err != nil {
+			return err
+		}
+		// The operation ends when replication runs again, so the group reads CATCH_UP, not a stale state.
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := x.o.cl.WaitStreaming(wctx, o); err != nil {
+			x.o.log.Warn("rejoined old primary is not streaming yet", "database", o.Database, "err", err)
+		}
+		return nil
 	})
 	if err != nil && mustSucceed {
 		return err

@@ -50,6 +50,8 @@ type Runner struct {
 	running map[string]bool
 	ctx     context.Context
 	wg      sync.WaitGroup
+	// AfterFinish, if set, is called after an operation's terminal status is recorded.
+	AfterFinish func(op *model.Operation)
 	// PauseBeforeStep, if set, is called before each step (test hook for crash tests).
 	PauseBeforeStep func(op *model.Operation, step string)
 }
@@ -215,6 +217,9 @@ func (r *Runner) finish(op *model.Operation, h Handler, runErr error) {
 	r.log.Info("operation finished", "op", op.ID, "kind", op.Kind, "status", op.Status,
 		"duration", op.Finished.Sub(op.Created).Round(time.Millisecond))
 	r.log.Debug("operation steps", "op", op.ID, "steps", strings.Join(op.Log, ", "))
+	if r.AfterFinish != nil {
+		r.AfterFinish(op)
+	}
 }
 
 func toOpError(err error) *model.OpError {

@@ -207,23 +207,47 @@ func (o *Observer) stateOf(ctx context.Context, sec *model.Instance, busy bool) 
 	return model.StateCatchUp
 }
 
-// GroupState returns the replication state of a group: the worst of its databases' states.
+// Invalidate forgets every observed state (an operation changed roles or replication); the next read observes.
+func (o *Observer) Invalidate() {
+	o.mu.Lock()
+	o.states = map[string]string{}
+	o.mu.Unlock()
+}
+
+// GroupState returns the replication state of a group: the worst of its databases' states. A geo-secondary
+// the last pass did not see (just seeded, or the roles just swapped) is observed now rather than reported as
+// PENDING.
 func (o *Observer) GroupState(g *model.FailoverGroup) string {
-	o.mu.RLock()
-	defer o.mu.RUnlock()
 	rank := map[string]int{model.StateCatchUp: 0, model.StatePending: 1, model.StateSeeding: 2, model.StateSuspended: 3}
 	worst := model.StateCatchUp
 	for _, d := range g.Databases {
+		o.mu.RLock()
 		st, ok := o.states[d.Secondary]
+		o.mu.RUnlock()
 		if !ok {
-			st = model.StatePending
-			if g.Operation != "" {
-				st = model.StateSeeding
-			}
+			st = o.observeOne(g, d.Secondary)
 		}
 		if rank[st] > rank[worst] {
 			worst = st
 		}
 	}
 	return worst
+}
+
+func (o *Observer) observeOne(g *model.FailoverGroup, id string) string {
+	busy := false
+	if g.Operation != "" {
+		if op, err := o.ops.Get(g.Operation); err == nil && !op.Done() {
+			busy = true
+		}
+	}
+	var sec *model.Instance
+	if rec, err := o.cl.GetInstance(id); err == nil {
+		sec = rec
+	}
+	st := o.stateOf(context.Background(), sec, busy)
+	o.mu.Lock()
+	o.states[id] = st
+	o.mu.Unlock()
+	return st
 }
