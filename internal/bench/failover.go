@@ -174,27 +174,19 @@ func rawFailovers(ctx context.Context, bin *pgbin.Bin, o FailoverOptions, res *F
 	}
 	primary, standby := a, b
 	for it := 0; it < o.Iterations; it++ {
-		w := &writer{targets: []string{dsn(primary), dsn(standby)}, table: "bench_writes"}
-		var took time.Duration
-		from, to, err := during(ctx, w, o.Settle, func() error {
+		took, gap, err := measure(ctx, o, res, []string{dsn(primary), dsn(standby)}, func() error {
 			// Literally what an operator would run: pg_ctl waits with its own 100 ms polling.
-			start := time.Now()
 			if _, err := bin.Run(ctx, nil, "pg_ctl", "-D", primary.Dir, "-m", "fast", "-w", "stop"); err != nil {
 				return err
 			}
-			if _, err := bin.Run(ctx, nil, "pg_ctl", "-D", standby.Dir, "-w", "promote"); err != nil {
-				return err
-			}
-			took = time.Since(start)
-			return nil
+			_, err := bin.Run(ctx, nil, "pg_ctl", "-D", standby.Dir, "-w", "promote")
+			return err
 		})
 		if err != nil {
 			return err
 		}
-		gap := w.longestGap(from, to)
 		res.RawStopPromote = append(res.RawStopPromote, took)
 		res.RawWriteGap = append(res.RawWriteGap, gap)
-		res.Commits += w.commits()
 		fmt.Fprintf(o.Progress, "raw  %d/%d: stop+promote %s, longest commit gap %s\n", it+1, o.Iterations, took.Round(time.Millisecond), gap.Round(time.Millisecond))
 		if err := follow(ctx, primary, standby, false); err != nil {
 			return fmt.Errorf("re-attach old primary: %w", err)
@@ -315,23 +307,15 @@ func fogoFailovers(ctx context.Context, o FailoverOptions, res *FailoverResult) 
 		if err := waitCatchUp(ctx, c, base+primary+"/failoverGroups/bench-fg"); err != nil {
 			return err
 		}
-		w := &writer{targets: []string{endpoints[primary], endpoints[secondary]}, table: "bench_writes"}
-		var took time.Duration
-		from, to, err := during(ctx, w, o.Settle, func() error {
-			start := time.Now()
-			if _, err := do(http.MethodPost, base+secondary+"/failoverGroups/bench-fg/failover", nil); err != nil {
-				return err
-			}
-			took = time.Since(start)
-			return nil
+		took, gap, err := measure(ctx, o, res, []string{endpoints[primary], endpoints[secondary]}, func() error {
+			_, err := do(http.MethodPost, base+secondary+"/failoverGroups/bench-fg/failover", nil)
+			return err
 		})
 		if err != nil {
 			return err
 		}
-		gap := w.longestGap(from, to)
 		res.FogoTotal = append(res.FogoTotal, took)
 		res.FogoWriteGap = append(res.FogoWriteGap, gap)
-		res.Commits += w.commits()
 		fmt.Fprintf(o.Progress, "fogo %d/%d: operation %s, longest commit gap %s\n", it+1, o.Iterations, took.Round(time.Millisecond), gap.Round(time.Millisecond))
 		primary, secondary = secondary, primary
 	}
@@ -365,4 +349,21 @@ func benchLogLevel() slog.Level {
 		return slog.LevelWarn
 	}
 	return l
+}
+
+// measure runs one switch while a writer commits to targets, and returns how long the switch took and the
+// longest gap between two acknowledged commits around it.
+func measure(ctx context.Context, o FailoverOptions, res *FailoverResult, targets []string, switchOver func() error) (took, gap time.Duration, err error) {
+	w := &writer{targets: targets, table: "bench_writes"}
+	from, to, err := during(ctx, w, o.Settle, func() error {
+		start := time.Now()
+		err := switchOver()
+		took = time.Since(start)
+		return err
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	res.Commits += w.commits()
+	return took, w.longestGap(from, to), nil
 }

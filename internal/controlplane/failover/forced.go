@@ -29,20 +29,7 @@ func (x *execution) forced(ctx context.Context) error {
 	if err := x.promoteAll(ctx, news, nil); err != nil {
 		return err
 	}
-	if err := x.run.Step("record"); err != nil {
-		return err
-	}
-	if err := x.record("Forced"); err != nil {
-		return fmt.Errorf("record new roles: %w", err)
-	}
-	if err := x.run.Step("release"); err != nil {
-		return err
-	}
-	x.o.hooks.Release(x.plan.Group)
-	if err := x.run.Step("rejoin"); err != nil {
-		return err
-	}
-	return x.rejoinAll(ctx, false)
+	return x.recordReleaseRejoin(ctx, "Forced", false)
 }
 
 // fenceForced marks every old primary NeedsRejoin first (so nothing restarts it as a primary), then stops it if it

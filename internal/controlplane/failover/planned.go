@@ -67,10 +67,17 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 	if err := x.promoteAll(ctx, news, sessions); err != nil {
 		return err
 	}
+	return x.recordReleaseRejoin(ctx, "Planned", true)
+}
+
+// recordReleaseRejoin ends every failover mode: record the new roles and epoch, let the listeners route to the
+// new primaries, and rejoin the old primaries as standbys (which must succeed for a planned failover; a forced
+// one leaves a failed rejoin to the reconciler).
+func (x *execution) recordReleaseRejoin(ctx context.Context, kind string, mustRejoin bool) error {
 	if err := x.run.Step("record"); err != nil {
 		return err
 	}
-	if err := x.record("Planned"); err != nil {
+	if err := x.record(kind); err != nil {
 		return fmt.Errorf("record new roles: %w", err)
 	}
 	if err := x.run.Step("release"); err != nil {
@@ -80,7 +87,7 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 	if err := x.run.Step("rejoin"); err != nil {
 		return err
 	}
-	return x.rejoinAll(ctx, true)
+	return x.rejoinAll(ctx, mustRejoin)
 }
 
 // checkPreconditions refuses a planned failover that cannot be lossless: every old primary must run as a
@@ -121,17 +128,25 @@ func (x *execution) catchUp(ctx context.Context, old, nw *model.Instance, bound 
 	if err != nil {
 		return fmt.Errorf("catch up %s: read primary lsn: %w", old.Database, err)
 	}
+	return pollUntil(ctx, deadline, 2*time.Millisecond, timedOut(old.Database), func() bool {
+		replayed, err := sn.ReplayLSN(ctx)
+		return err == nil && replayed >= target
+	})
+}
+
+// pollUntil calls done every interval until it reports true (nil), the deadline passes (onTimeout) or ctx ends.
+func pollUntil(ctx context.Context, deadline time.Time, interval time.Duration, onTimeout error, done func() bool) error {
 	for {
-		if replayed, err := sn.ReplayLSN(ctx); err == nil && replayed >= target {
+		if done() {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return timedOut(old.Database)
+			return onTimeout
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(2 * time.Millisecond):
+		case <-time.After(interval):
 		}
 	}
 }
@@ -174,20 +189,10 @@ func (x *execution) demote(ctx context.Context, old *model.Instance, sn *instanc
 	if err != nil {
 		return fmt.Errorf("demote %s: read control data: %w", old.Database, err)
 	}
-	deadline := time.Now().Add(bound)
-	for {
-		if got, err := sn.ReceiveLSN(ctx); err == nil && got > cd.CheckpointLSN {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return timedOut(old.Database)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Millisecond):
-		}
-	}
+	return pollUntil(ctx, time.Now().Add(bound), time.Millisecond, timedOut(old.Database), func() bool {
+		got, err := sn.ReceiveLSN(ctx)
+		return err == nil && got > cd.CheckpointLSN
+	})
 }
 
 // undoDemote starts the old primaries again as primaries after a demote that could not be confirmed; the

@@ -25,31 +25,38 @@ func (i *Instance) query(ctx context.Context, fn func(*pgx.Conn) error) error {
 	return fn(c)
 }
 
-func (i *Instance) scanLSN(ctx context.Context, sql string) (lsn.LSN, error) {
-	var s *string
-	err := i.query(ctx, func(c *pgx.Conn) error { return c.QueryRow(ctx, sql).Scan(&s) })
+// withSession runs fn on a short-lived session.
+func (i *Instance) withSession(ctx context.Context, fn func(*Session) error) error {
+	s, err := i.OpenSession(ctx)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	if s == nil {
-		return 0, fmt.Errorf("%s: no value", sql)
-	}
-	return lsn.Parse(*s)
+	defer s.Close()
+	return fn(s)
+}
+
+func (i *Instance) lsnOf(ctx context.Context, read func(*Session, context.Context) (lsn.LSN, error)) (lsn.LSN, error) {
+	var l lsn.LSN
+	err := i.withSession(ctx, func(s *Session) (err error) {
+		l, err = read(s, ctx)
+		return err
+	})
+	return l, err
 }
 
 // CurrentWALLSN is a primary's flushed WAL position (every acknowledged commit is at or before it).
 func (i *Instance) CurrentWALLSN(ctx context.Context) (lsn.LSN, error) {
-	return i.scanLSN(ctx, "SELECT pg_current_wal_flush_lsn()::text")
+	return i.lsnOf(ctx, (*Session).CurrentWALLSN)
 }
 
 // ReplayLSN is how far a standby has replayed.
 func (i *Instance) ReplayLSN(ctx context.Context) (lsn.LSN, error) {
-	return i.scanLSN(ctx, "SELECT pg_last_wal_replay_lsn()::text")
+	return i.lsnOf(ctx, (*Session).ReplayLSN)
 }
 
 // ReceiveLSN is how far a standby has received and flushed WAL.
 func (i *Instance) ReceiveLSN(ctx context.Context) (lsn.LSN, error) {
-	return i.scanLSN(ctx, "SELECT pg_last_wal_receive_lsn()::text")
+	return i.lsnOf(ctx, (*Session).ReceiveLSN)
 }
 
 // IsInRecovery asks the running server whether it is a standby.
