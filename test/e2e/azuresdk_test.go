@@ -195,4 +195,46 @@ func TestAzureSDKForGo(t *testing.T) {
 	if _, err := ddp.PollUntilDone(ctx, fastPoll); err != nil {
 		t.Fatalf("delete database: %v", err)
 	}
+
+	// The geo-secondary copy stayed on west as an independent database when the group was deleted.
+	dbPager := dbs.NewListByServerPager(rg, "sdk-west", nil)
+	var westDBs []string
+	for dbPager.More() {
+		page, err := dbPager.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range page.Value {
+			westDBs = append(westDBs, *d.Name)
+		}
+	}
+	if len(westDBs) != 1 || westDBs[0] != "sales" {
+		t.Fatalf("databases on west after the group was deleted: %v", westDBs)
+	}
+
+	// Servers by subscription, then delete both (west with its database).
+	subPager := servers.NewListPager(nil)
+	n = 0
+	for subPager.More() {
+		page, err := subPager.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(page.Value)
+	}
+	if n != 2 {
+		t.Fatalf("listed %d servers in the subscription, want 2", n)
+	}
+	for _, name := range []string{"sdk-east", "sdk-west"} {
+		sp, err := servers.BeginDelete(ctx, rg, name, nil)
+		if err != nil {
+			t.Fatalf("delete server %s: %v", name, err)
+		}
+		if _, err := sp.PollUntilDone(ctx, fastPoll); err != nil {
+			t.Fatalf("delete server %s: %v", name, err)
+		}
+		if _, err := servers.Get(ctx, rg, name, nil); !errors.As(err, &re) || re.StatusCode != 404 {
+			t.Fatalf("get deleted server %s: %v", name, err)
+		}
+	}
 }
