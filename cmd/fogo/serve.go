@@ -67,6 +67,11 @@ func serveCommand() *cobra.Command {
 	f.DurationVar(&o.CatchUpTimeout, "planned-catch-up-timeout", 30*time.Second, "bound on a planned failover's catch-up; beyond it the failover rolls back")
 	f.DurationVar(&o.TryPlannedTimeout, "try-planned-timeout", 10*time.Second, "bound on the planned attempt of tryPlannedBeforeForcedFailover")
 	f.BoolVar(&o.KeepInstancesOnExit, "keep-instances-on-exit", false, "leave PostgreSQL instances running when fogo stops")
+	f.StringVar(&o.GatewayListenHost, "gateway-listen-host", "127.0.0.1", "address the server endpoints and group listeners bind")
+	f.StringVar(&o.GatewayTLSCert, "gateway-tls-cert", "", "TLS certificate for the endpoints and listeners (with --gateway-tls-key); without, SSLRequest is answered N")
+	f.StringVar(&o.GatewayTLSKey, "gateway-tls-key", "", "TLS key for the endpoints and listeners")
+	f.DurationVar(&o.ListenerHoldTimeout, "listener-hold-timeout", 30*time.Second, "how long new read-write sessions wait for a failover to finish")
+	f.DurationVar(&o.GraceUnit, "grace-period-unit", time.Minute, "TESTING ONLY: the length of one minute of failoverWithDataLossGracePeriodMinutes")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

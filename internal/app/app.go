@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,9 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/operations"
 	"github.com/fogo-db/fogo/internal/controlplane/service"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/listener"
+	"github.com/fogo-db/fogo/internal/metrics"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
 	"github.com/fogo-db/fogo/internal/postgres/pgbin"
 )
 
@@ -44,6 +48,14 @@ type Options struct {
 	// ReconcileInterval is the observer period (default 1s).
 	ReconcileInterval time.Duration
 	Logger            *slog.Logger
+	// GatewayListenHost is the address the server endpoints and group listeners bind (default 127.0.0.1).
+	GatewayListenHost string
+	// GatewayTLSCert and GatewayTLSKey, when set, make the endpoints and listeners answer SSLRequest with TLS.
+	GatewayTLSCert, GatewayTLSKey string
+	// ListenerHoldTimeout bounds how long new read-write sessions wait during a failover (default 30s).
+	ListenerHoldTimeout time.Duration
+	// GraceUnit is the length of one grace-period "minute" of the Automatic policy (default 1m; tests shorten it).
+	GraceUnit time.Duration
 	// PauseBeforeStep pauses before the named operation step (tests of crash recovery only).
 	PauseBeforeStep string
 	// PauseFor is how long PauseBeforeStep pauses (default 30s).
@@ -60,6 +72,7 @@ type App struct {
 	Cluster   *cluster.Manager
 	Ops       *operations.Runner
 	gw        *gatewayEndpoints
+	metrics   *metrics.Metrics
 	http      *http.Server
 	listener  net.Listener
 	cancel    context.CancelFunc
@@ -184,16 +197,29 @@ func (a *App) build(ctx context.Context) error {
 	if a.opts.PauseBeforeStep != "" {
 		a.Ops.PauseBeforeStep = pauseHook(a.opts.PauseBeforeStep, a.opts.PauseFor, a.log)
 	}
-	a.gw = newGatewayEndpoints(a.log)
+	if a.gw, err = newGatewayEndpoints(a.opts, a.log); err != nil {
+		return err
+	}
 	obs := service.NewObserver(a.Store, a.Cluster, a.Ops)
-	a.Ops.AfterFinish = func(*model.Operation) { obs.Invalidate() }
+	a.metrics = metrics.New(metricsSource{a})
+	a.Ops.AfterFinish = func(op *model.Operation) {
+		obs.Invalidate()
+		a.metrics.ObserveOperation(op, initiatedBy(op))
+	}
+	hooks := failover.Hooks{
+		Hold:    func(group string) { a.gw.lis.Hold(group) },
+		Release: func(group string) { a.gw.lis.Release(group) },
+	}
 	orch := failover.New(failover.Config{CatchUpTimeout: a.opts.CatchUpTimeout, TryPlannedTimeout: a.opts.TryPlannedTimeout, Logger: a.log},
-		a.Store, a.Cluster, failover.Hooks{})
+		a.Store, a.Cluster, hooks)
 	orch.Register(a.Ops)
 	a.Service = service.New(service.Config{MinGraceMinutes: a.opts.MinGraceMinutes, AdvertiseHost: a.opts.AdvertiseHost,
-		MaxGroupsPerServer: a.opts.MaxGroupsPerServer, MaxDatabasesPerServer: a.opts.MaxDatabasesPerServer},
+		MaxGroupsPerServer: a.opts.MaxGroupsPerServer, MaxDatabasesPerServer: a.opts.MaxDatabasesPerServer,
+		GraceUnit: a.opts.GraceUnit},
 		a.Store, a.Ops, a.Cluster, a.gw, obs, a.log)
 	a.gw.svc = a.Service
+	a.gw.lis = listener.New(listener.Config{ListenHost: a.opts.GatewayListenHost, HoldTimeout: a.opts.ListenerHoldTimeout, Logger: a.log},
+		a.gw.mgr, a.Service)
 	go func() {
 		defer close(a.done)
 		// Re-adopt instances first (one reconcile pass), then resume interrupted operations.
@@ -237,7 +263,7 @@ func (a *App) openEndpoints(context.Context) error {
 			a.log.Error("open server endpoint", "server", servers[i].ID.Name, "err", err)
 		}
 	}
-	return nil
+	return a.Service.OpenGroupListeners()
 }
 
 func (a *App) listen(context.Context) error {
@@ -245,7 +271,8 @@ func (a *App) listen(context.Context) error {
 	if err != nil {
 		return err
 	}
-	api := arm.New(arm.Config{Token: a.Token, AdvertiseHost: a.opts.AdvertiseHost, Logger: a.log, Ready: a.ready.Load}, a.Service)
+	api := arm.New(arm.Config{Token: a.Token, AdvertiseHost: a.opts.AdvertiseHost, Logger: a.log, Ready: a.ready.Load,
+		Metrics: a.metrics.Handler()}, a.Service)
 	a.http = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	if a.opts.TLSCert != "" || a.opts.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(a.opts.TLSCert, a.opts.TLSKey)
@@ -309,4 +336,24 @@ func (a *App) Close() {
 	if a.Store != nil {
 		a.Store.Close()
 	}
+}
+
+// metricsSource feeds the metrics collector from the running app.
+type metricsSource struct{ a *App }
+
+func (m metricsSource) Groups() ([]model.FailoverGroup, map[string]model.Instance, error) {
+	return m.a.Service.GroupsWithInstances()
+}
+
+func (m metricsSource) Handle(rec *model.Instance) *instance.Instance { return m.a.Cluster.Handle(rec) }
+
+func (m metricsSource) ListenerStats() []listener.Stats { return m.a.gw.lis.Stats() }
+
+// initiatedBy reads who asked for a failover operation from its recorded plan.
+func initiatedBy(op *model.Operation) string {
+	var p struct {
+		InitiatedBy string `json:"initiatedBy"`
+	}
+	_ = json.Unmarshal(op.Params, &p)
+	return p.InitiatedBy
 }

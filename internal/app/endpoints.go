@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,31 +13,53 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/service"
 	"github.com/fogo-db/fogo/internal/gateway"
+	"github.com/fogo-db/fogo/internal/listener"
 )
 
-// gatewayEndpoints opens one gateway endpoint per logical server; it routes by database name to that server's
-// instance of the database (primary or geo-secondary, whatever role it has now).
+// gatewayEndpoints opens one gateway endpoint per logical server, which routes by database name to that
+// server's instance of the database (primary or geo-secondary, whatever role it has now), and the listeners of
+// every failover group (package listener). All share one gateway manager, so cancel requests work everywhere.
 type gatewayEndpoints struct {
-	mgr *gateway.Manager
-	svc *service.Service
-	log *slog.Logger
+	mgr  *gateway.Manager
+	svc  *service.Service
+	lis  *listener.Listeners
+	host string
+	log  *slog.Logger
 }
 
-func newGatewayEndpoints(log *slog.Logger) *gatewayEndpoints {
-	return &gatewayEndpoints{mgr: gateway.NewManager(gateway.Config{Logger: log}), log: log}
+func newGatewayEndpoints(o Options, log *slog.Logger) (*gatewayEndpoints, error) {
+	cfg := gateway.Config{Logger: log}
+	if o.GatewayTLSCert != "" || o.GatewayTLSKey != "" {
+		cert, err := tls.LoadX509KeyPair(o.GatewayTLSCert, o.GatewayTLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("gateway TLS certificate: %w", err)
+		}
+		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	host := o.GatewayListenHost
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return &gatewayEndpoints{mgr: gateway.NewManager(cfg), host: host, log: log}, nil
 }
 
 func endpointName(id armid.ServerID) string { return "server:" + id.Key() }
 
 // OpenServer opens the server's endpoint on its leased port (idempotent).
 func (g *gatewayEndpoints) OpenServer(srv *model.Server) error {
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(srv.GatewayPort))
+	addr := net.JoinHostPort(g.host, strconv.Itoa(srv.GatewayPort))
 	_, err := g.mgr.Open(endpointName(srv.ID), addr, serverResolver{svc: g.svc, server: srv.ID})
 	if err != nil {
 		return fmt.Errorf("open endpoint of server %s on %s: %w", srv.ID.Name, addr, err)
 	}
 	return nil
 }
+
+// OpenGroup opens the group's read-write and read-only listeners.
+func (g *gatewayEndpoints) OpenGroup(fg *model.FailoverGroup) error { return g.lis.Open(fg) }
+
+// CloseGroup closes the group's listeners.
+func (g *gatewayEndpoints) CloseGroup(fg *model.FailoverGroup) { g.lis.Close(fg) }
 
 // CloseServer closes the server's endpoint and its sessions.
 func (g *gatewayEndpoints) CloseServer(srv *model.Server) { g.mgr.Close(endpointName(srv.ID)) }
@@ -54,6 +77,8 @@ func (r serverResolver) Resolve(_ context.Context, database string) (string, err
 	switch {
 	case errors.Is(err, service.ErrUnknownDatabase):
 		return "", &gateway.RouteError{Code: "3D000", Message: fmt.Sprintf("database %q does not exist on server %q", database, r.server.Name)}
+	case errors.Is(err, service.ErrFenced):
+		return "", &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf("database %q on server %q is a former primary waiting to rejoin as a secondary", database, r.server.Name)}
 	case err != nil:
 		return "", &gateway.RouteError{Code: "58000", Message: "fogo could not resolve the database"}
 	case status != model.DBOnline:

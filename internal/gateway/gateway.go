@@ -42,7 +42,10 @@ type Config struct {
 	StartupTimeout time.Duration // default 10s
 	DialTimeout    time.Duration // default 5s
 	ResolveTimeout time.Duration // default 60s
-	Logger         *slog.Logger
+	// RetryFor bounds how long a session is retried against backends that refuse it or answer "cannot connect
+	// now" (57P03) before the client gets the error (default 5s).
+	RetryFor time.Duration
+	Logger   *slog.Logger
 }
 
 // Stats are an endpoint's counters.
@@ -66,6 +69,9 @@ func NewManager(cfg Config) *Manager {
 	}
 	if cfg.ResolveTimeout == 0 {
 		cfg.ResolveTimeout = 60 * time.Second
+	}
+	if cfg.RetryFor == 0 {
+		cfg.RetryFor = 5 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -209,9 +215,7 @@ func (e *Endpoint) handle(client net.Conn) {
 	if database == "" {
 		database = params["user"]
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ResolveTimeout)
-	addr, err := e.resolver.Resolve(ctx, database)
-	cancel()
+	backend, addr, first, err := e.connectBackend(database, startup)
 	if err != nil {
 		e.refused.Add(1)
 		var re *RouteError
@@ -221,21 +225,114 @@ func (e *Endpoint) handle(client net.Conn) {
 		writeError(client, re.Code, re.Message)
 		return
 	}
-	backend, err := net.DialTimeout("tcp", addr, e.cfg.DialTimeout)
-	if err != nil {
-		e.refused.Add(1)
-		writeError(client, "57P03", fmt.Sprintf("fogo gateway: database %q is not reachable right now", database))
-		return
-	}
 	defer backend.Close()
 	_ = client.SetDeadline(time.Time{})
-	if _, err := backend.Write(startup); err != nil {
-		writeError(client, "08006", "fogo gateway: backend closed the connection")
+	if _, err := client.Write(first); err != nil {
 		return
 	}
 	e.active.Add(1)
 	defer e.active.Add(-1)
 	e.relay(client, backend, addr)
+}
+
+// connectBackend resolves the database, dials the backend, sends the startup message and reads the backend's
+// first answer. A backend that answers "cannot connect now" (57P03: starting up, shutting down, in recovery)
+// before anything reached the client is left for a fresh resolution: during a failover the resolver waits for
+// the new primary, so the client is connected there instead of being refused. Bounded by ResolveTimeout.
+func (e *Endpoint) connectBackend(database string, startup []byte) (net.Conn, string, []byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ResolveTimeout)
+	defer cancel()
+	var retryUntil time.Time
+	for attempt := 0; ; attempt++ {
+		addr, err := e.resolver.Resolve(ctx, database)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		backend, first, err := e.dialStartup(addr, startup)
+		if err == nil && !cannotConnectNow(first) {
+			return backend, addr, first, nil
+		}
+		if backend != nil {
+			backend.Close()
+		}
+		if retryUntil.IsZero() {
+			retryUntil = time.Now().Add(e.cfg.RetryFor)
+		}
+		if time.Now().After(retryUntil) {
+			ctx = expired
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				return nil, "", nil, &RouteError{Code: "57P03", Message: fmt.Sprintf("fogo gateway: database %q is not accepting connections right now", database)}
+			}
+			return nil, "", nil, &RouteError{Code: "57P03", Message: fmt.Sprintf("fogo gateway: database %q is not reachable right now", database)}
+		case <-time.After(min(time.Duration(attempt+1)*10*time.Millisecond, 200*time.Millisecond)):
+		}
+	}
+}
+
+// expired is a context that has ended, to leave the retry loop through its error path.
+var expired = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// dialStartup connects to addr, sends the startup message and returns the first whole backend message.
+func (e *Endpoint) dialStartup(addr string, startup []byte) (net.Conn, []byte, error) {
+	backend, err := net.DialTimeout("tcp", addr, e.cfg.DialTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	_ = backend.SetDeadline(time.Now().Add(e.cfg.DialTimeout))
+	if _, err := backend.Write(startup); err != nil {
+		return backend, nil, err
+	}
+	msg, err := readMessage(backend)
+	if err != nil {
+		return backend, nil, err
+	}
+	_ = backend.SetDeadline(time.Time{})
+	return backend, msg, nil
+}
+
+// readMessage reads one typed backend message (type, length, body).
+func readMessage(r io.Reader) ([]byte, error) {
+	hdr := make([]byte, 5)
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:5])
+	if n < 4 || n > 1<<30 {
+		return nil, fmt.Errorf("invalid backend message length %d", n)
+	}
+	msg := make([]byte, 1+n)
+	copy(msg, hdr)
+	if _, err := io.ReadFull(r, msg[5:]); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
+
+// cannotConnectNow reports whether msg is an ErrorResponse with SQLSTATE 57P03.
+func cannotConnectNow(msg []byte) bool {
+	if len(msg) < 5 || msg[0] != 'E' {
+		return false
+	}
+	fields := msg[5:]
+	for len(fields) > 1 {
+		t := fields[0]
+		v, rest, ok := cutZero(fields[1:])
+		if !ok {
+			return false
+		}
+		if t == 'C' {
+			return v == "57P03"
+		}
+		fields = rest
+	}
+	return false
 }
 
 var errCancelDone = errors.New("cancel request handled")

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"encoding/binary"
 	"io"
 	"net"
 	"sync"
@@ -53,27 +52,19 @@ func closeWrite(c net.Conn) {
 func (e *Endpoint) relayUntilReady(client, backend net.Conn) ([8]byte, bool, error) {
 	var key [8]byte
 	var have bool
-	hdr := make([]byte, 5)
 	for {
-		if _, err := io.ReadFull(backend, hdr); err != nil {
+		msg, err := readMessage(backend)
+		if err != nil {
 			return key, have, err
 		}
-		n := binary.BigEndian.Uint32(hdr[1:5])
-		if n < 4 || n > 1<<30 {
-			return key, have, io.ErrUnexpectedEOF
-		}
-		body := make([]byte, n-4)
-		if _, err := io.ReadFull(backend, body); err != nil {
-			return key, have, err
-		}
-		if hdr[0] == 'K' && len(body) == 8 {
-			copy(key[:], body)
+		if msg[0] == 'K' && len(msg) == 13 {
+			copy(key[:], msg[5:13])
 			have = true
 		}
-		if _, err := client.Write(append(append([]byte{}, hdr...), body...)); err != nil {
+		if _, err := client.Write(msg); err != nil {
 			return key, have, err
 		}
-		if hdr[0] == 'Z' {
+		if msg[0] == 'Z' || msg[0] == 'E' {
 			return key, have, nil
 		}
 	}

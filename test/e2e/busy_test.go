@@ -132,33 +132,14 @@ func TestFailoverPreconditionsAndLimits(t *testing.T) {
 	expect(f.do(http.MethodPatch, fgPath("pre-east", "pre-fg"), map[string]any{"properties": map[string]any{
 		"databases": []any{dbPath("pre-east", "one"), dbPath("pre-east", "two")}}}), 409, "RemoteDatabaseExists")
 
-	stopInstance := func(server, db string) func() {
-		d, err := f.app.Service.GetDatabase(armid.DatabaseID{Server: armid.ServerID{Subscription: sub, ResourceGroup: rg, Name: server}, Name: db})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rec, err := f.app.Cluster.GetInstance(d.Instance)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := f.app.Cluster.Handle(rec)
-		if err := h.Stop(context.Background(), "fast"); err != nil {
-			t.Fatal(err)
-		}
-		return func() {
-			if err := h.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	restart := stopInstance("pre-west", "one")
+	restart := f.stopInstance(t, "pre-west", "one")
 	st := f.wait(f.do(http.MethodPost, fgPath("pre-west", "pre-fg")+"/failover", nil))
 	if e, _ := st["error"].(map[string]any); st["status"] != "Failed" || e["code"] != "IncorrectReplicationLinkState" {
 		t.Fatalf("planned failover with the geo-secondary down: %v", st)
 	}
 	noteCode("IncorrectReplicationLinkState", 400)
 	restart()
-	restart = stopInstance("pre-east", "one")
+	restart = f.stopInstance(t, "pre-east", "one")
 	st = f.wait(f.do(http.MethodPost, fgPath("pre-west", "pre-fg")+"/failover", nil))
 	if e, _ := st["error"].(map[string]any); st["status"] != "Failed" || e["code"] != "DatabaseUnavailable" {
 		t.Fatalf("planned failover with the primary down: %v", st)

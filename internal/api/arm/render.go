@@ -93,7 +93,13 @@ func (a *API) renderGroup(g *model.FailoverGroup, from armid.ServerID, fromSrv, 
 	if g.GraceMinutes != nil {
 		rw["failoverWithDataLossGracePeriodMinutes"] = *g.GraceMinutes
 	}
+	if g.RWPort != 0 {
+		rw["endpoint"] = a.endpoint(g.RWPort) // extension: the read-write listener
+	}
 	ro := map[string]any{"failoverPolicy": g.ReadOnlyPolicy}
+	if g.ROPort != 0 {
+		ro["endpoint"] = a.endpoint(g.ROPort) // extension: the read-only listener
+	}
 	if g.ReadOnlyTarget != "" {
 		ro["targetServer"] = g.ReadOnlyTarget
 	}
@@ -115,6 +121,11 @@ func (a *API) renderGroup(g *model.FailoverGroup, from armid.ServerID, fromSrv, 
 	}
 	if g.SecondaryType != "" {
 		props["secondaryType"] = g.SecondaryType
+	}
+	if !g.LastFailoverAt.IsZero() {
+		// extension: the last failover, and who asked for it ("user" or "Automatic policy")
+		props["lastFailover"] = map[string]any{"kind": g.LastFailoverKind, "time": g.LastFailoverAt.Format(time.RFC3339Nano),
+			"initiatedBy": g.LastFailoverBy, "operationId": g.LastFailoverOp}
 	}
 	loc := ""
 	if fromSrv != nil {

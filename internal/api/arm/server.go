@@ -26,8 +26,10 @@ type Config struct {
 	// RetryAfter is sent with every long-running operation response (seconds; default 1).
 	RetryAfter int
 	Logger     *slog.Logger
-	// Ready reports whether fogo finished starting (GET /healthz).
+	// Ready reports whether fogo finished starting (GET /healthz, /readyz).
 	Ready func() bool
+	// Metrics, if set, is served at GET /metrics (bearer token required).
+	Metrics http.Handler
 }
 
 // API is the HTTP handler.
@@ -47,6 +49,11 @@ func New(cfg Config, svc *service.Service) *API {
 	}
 	a := &API{cfg: cfg, svc: svc, mux: http.NewServeMux()}
 	a.mux.HandleFunc("GET /healthz", a.healthz)
+	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.mux.HandleFunc("GET /health/failoverGroups/{group}/servers/{server}/{check}", a.groupHealth)
+	if cfg.Metrics != nil {
+		a.mux.Handle("GET /metrics", a.authenticated(cfg.Metrics))
+	}
 	a.mux.Handle("/subscriptions/", a.authenticated(http.HandlerFunc(a.route)))
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		errcatalog.Write(w, errcatalog.Newf("ResourceNotFound", "No route for '%s %s'.", r.Method, r.URL.Path))
@@ -59,7 +66,7 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w, status: 200}
 	a.mux.ServeHTTP(rec, r)
-	if a.cfg.Logger != nil && r.URL.Path != "/healthz" {
+	if a.cfg.Logger != nil && r.URL.Path != "/healthz" && r.URL.Path != "/readyz" && r.URL.Path != "/metrics" {
 		a.cfg.Logger.Debug("api", "method", r.Method, "path", r.URL.Path, "status", rec.status,
 			"duration", time.Since(start).Round(time.Microsecond))
 	}

@@ -35,6 +35,8 @@ type Plan struct {
 	Demoting  bool `json:"demoting,omitempty"`
 	Promoting bool `json:"promoting,omitempty"`
 	Recorded  bool `json:"recorded,omitempty"`
+	// InitiatedBy says who asked: "user" (the API) or "Automatic policy" (the monitor).
+	InitiatedBy string `json:"initiatedBy,omitempty"`
 	// FellBackToForced is set when a tryPlanned operation gave up on the planned path.
 	FellBackToForced bool `json:"fellBackToForced,omitempty"`
 }
@@ -187,7 +189,7 @@ func (x *execution) record(kind string) error {
 			return err
 		}
 		g.Primary, g.Secondary, g.Epoch = p.To, p.From, p.Epoch
-		g.LastFailoverKind, g.LastFailoverAt = kind, time.Now().UTC()
+		g.LastFailoverKind, g.LastFailoverAt, g.LastFailoverBy, g.LastFailoverOp = kind, time.Now().UTC(), p.InitiatedBy, x.run.Op.ID
 		for i := range g.Databases {
 			for _, pr := range p.Pairs {
 				if g.Databases[i].Name == pr.Database {

@@ -97,21 +97,26 @@ type GroupDatabase struct {
 
 // FailoverGroup is stored once and shown from both servers, each with its own replicationRole.
 type FailoverGroup struct {
-	Name             string            `json:"name"`
-	Tags             map[string]string `json:"tags,omitempty"`
-	Primary          armid.ServerID    `json:"primary"`
-	Secondary        armid.ServerID    `json:"secondary"`
-	ReadWritePolicy  string            `json:"readWritePolicy"`
-	GraceMinutes     *int32            `json:"graceMinutes,omitempty"`
-	ReadOnlyPolicy   string            `json:"readOnlyPolicy"`
-	ReadOnlyTarget   string            `json:"readOnlyTarget,omitempty"`
-	SecondaryType    string            `json:"secondaryType,omitempty"`
-	Databases        []GroupDatabase   `json:"databases"`
-	Epoch            int64             `json:"epoch"`
-	Operation        string            `json:"operation,omitempty"` // running operation ID (busy marker)
-	CreatedAt        time.Time         `json:"createdAt"`
-	LastFailoverKind string            `json:"lastFailoverKind,omitempty"`
-	LastFailoverAt   time.Time         `json:"lastFailoverAt,omitzero"`
+	Name            string            `json:"name"`
+	Tags            map[string]string `json:"tags,omitempty"`
+	Primary         armid.ServerID    `json:"primary"`
+	Secondary       armid.ServerID    `json:"secondary"`
+	ReadWritePolicy string            `json:"readWritePolicy"`
+	GraceMinutes    *int32            `json:"graceMinutes,omitempty"`
+	ReadOnlyPolicy  string            `json:"readOnlyPolicy"`
+	ReadOnlyTarget  string            `json:"readOnlyTarget,omitempty"`
+	SecondaryType   string            `json:"secondaryType,omitempty"`
+	Databases       []GroupDatabase   `json:"databases"`
+	Epoch           int64             `json:"epoch"`
+	Operation       string            `json:"operation,omitempty"` // running operation ID (busy marker)
+	CreatedAt       time.Time         `json:"createdAt"`
+	// RWPort and ROPort are the group's read-write and read-only listener ports.
+	RWPort           int       `json:"rwPort,omitempty"`
+	ROPort           int       `json:"roPort,omitempty"`
+	LastFailoverKind string    `json:"lastFailoverKind,omitempty"`
+	LastFailoverAt   time.Time `json:"lastFailoverAt,omitzero"`
+	LastFailoverBy   string    `json:"lastFailoverBy,omitempty"` // "user" or "Automatic policy"
+	LastFailoverOp   string    `json:"lastFailoverOp,omitempty"`
 }
 
 // Key is the store key of a failover group. Group names are global (in Azure they are DNS names).

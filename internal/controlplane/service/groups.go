@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"strings"
 
 	"github.com/fogo-db/fogo/internal/api/errcatalog"
@@ -111,6 +112,9 @@ func (s *Service) PutGroup(primary armid.ServerID, name string, spec validate.Fa
 				return err
 			}
 			existing = &model.FailoverGroup{Name: name, Primary: srv.ID, Secondary: partner.ID, CreatedAt: now()}
+			if err := s.leaseListenerPorts(tx, existing); err != nil {
+				return err
+			}
 			res.Created = true
 		}
 		g = existing
@@ -132,8 +136,61 @@ func (s *Service) PutGroup(primary armid.ServerID, name string, spec validate.Fa
 		return nil, res, err
 	}
 	res.Op = op
+	if res.Created {
+		if err := s.ep.OpenGroup(g); err != nil {
+			s.log.Error("open failover group listeners", "group", g.Name, "err", err)
+		}
+	}
 	s.ops.Launch(op.ID)
 	return g, res, nil
+}
+
+// leaseListenerPorts gives a group ports for its read-write and read-only listeners (once).
+func (s *Service) leaseListenerPorts(tx *store.Tx, g *model.FailoverGroup) error {
+	var err error
+	if g.RWPort == 0 {
+		if g.RWPort, err = s.cl.AllocatePort(tx, "listener-rw:"+g.Key()); err != nil {
+			return err
+		}
+	}
+	if g.ROPort == 0 {
+		if g.ROPort, err = s.cl.AllocatePort(tx, "listener-ro:"+g.Key()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OpenGroupListeners opens the listeners of every group, leasing ports for groups stored without them (at start).
+func (s *Service) OpenGroupListeners() error {
+	var groups []model.FailoverGroup
+	err := s.st.Update(func(tx *store.Tx) error {
+		all, err := store.List[model.FailoverGroup](tx, store.Groups, "")
+		if err != nil {
+			return err
+		}
+		for i := range all {
+			if all[i].RWPort == 0 || all[i].ROPort == 0 {
+				if err := s.leaseListenerPorts(tx, &all[i]); err != nil {
+					return err
+				}
+				if err := tx.Put(store.Groups, all[i].Key(), &all[i]); err != nil {
+					return err
+				}
+			}
+		}
+		groups = all
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i := range groups {
+		if err := s.ep.OpenGroup(&groups[i]); err != nil {
+			s.log.Error("open failover group listeners", "group", groups[i].Name, "err", err)
+		}
+	}
+	return nil
 }
 
 func groupID(server armid.ServerID, name string) string {
@@ -309,7 +366,24 @@ func (s *Service) runUpsertGroup(ctx context.Context, run *operations.Run) error
 		if err := run.Step("delete group"); err != nil {
 			return err
 		}
-		return s.st.Update(func(tx *store.Tx) error { return tx.Delete(store.Groups, ch.Group) })
+		var g model.FailoverGroup
+		err := s.st.Update(func(tx *store.Tx) error {
+			if ok, err := tx.Get(store.Groups, ch.Group, &g); err != nil || !ok {
+				return err
+			}
+			for _, p := range []int{g.RWPort, g.ROPort} {
+				if p != 0 {
+					if err := cluster.ReleasePort(tx, p); err != nil {
+						return err
+					}
+				}
+			}
+			return tx.Delete(store.Groups, ch.Group)
+		})
+		if err != nil {
+			return err
+		}
+		s.ep.CloseGroup(&g)
 	}
 	return nil
 }
@@ -439,9 +513,22 @@ func (s *Service) DeleteGroup(server armid.ServerID, name string) (Result, error
 
 var errNoGroup = fmt.Errorf("no such group")
 
-// Failover starts a failover of group `name` to `server` (which must be its secondary). kind is
-// model.OpPlanned, model.OpForced or model.OpTryPlanned.
+// Failover starts a failover of group `name` to `server` (which must be its secondary), asked through the API.
+// kind is model.OpPlanned, model.OpForced or model.OpTryPlanned.
 func (s *Service) Failover(server armid.ServerID, name, kind string) (Result, error) {
+	return s.failover(server, name, kind, "user")
+}
+
+// automaticFailover is the Automatic policy's forced failover of a group whose primary stayed unavailable.
+func (s *Service) automaticFailover(g *model.FailoverGroup) error {
+	res, err := s.failover(g.Secondary, g.Name, model.OpForced, "Automatic policy")
+	if err == nil && res.Op != nil {
+		s.log.Warn("Automatic policy: forced failover started", "group", g.Name, "to", g.Secondary.Name, "op", res.Op.ID)
+	}
+	return err
+}
+
+func (s *Service) failover(server armid.ServerID, name, kind, initiatedBy string) (Result, error) {
 	var res Result
 	var op *model.Operation
 	err := s.st.Update(func(tx *store.Tx) error {
@@ -468,6 +555,7 @@ func (s *Service) Failover(server armid.ServerID, name, kind string) (Result, er
 			}
 		}
 		plan := failover.NewPlan(g, server, kind)
+		plan.InitiatedBy = initiatedBy
 		if op, err = operations.NewOperation(kind, groupID(server, name), "failoverGroup", regionKey(srv.Location), plan); err != nil {
 			return err
 		}

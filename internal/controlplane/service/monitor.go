@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -23,6 +24,11 @@ type Observer struct {
 	states map[string]string // instance ID of a geo-secondary -> replication state
 
 	retry map[string]*retryState // instance ID -> backoff after a failed reconciliation (Tick's goroutine only)
+
+	// The Automatic policy (Tick's goroutine only).
+	graceUnit    time.Duration
+	autoFailover func(g *model.FailoverGroup) error
+	downSince    map[string]time.Time // group key -> when its primary was first seen unavailable
 }
 
 // retryState spaces out reconciliation attempts that keep failing, and keeps the log to one line per
@@ -40,7 +46,8 @@ const (
 
 // NewObserver returns an observer.
 func NewObserver(st *store.Store, cl *cluster.Manager, ops *operations.Runner) *Observer {
-	return &Observer{st: st, cl: cl, ops: ops, states: map[string]string{}, retry: map[string]*retryState{}}
+	return &Observer{st: st, cl: cl, ops: ops, states: map[string]string{}, retry: map[string]*retryState{},
+		graceUnit: time.Minute, downSince: map[string]time.Time{}}
 }
 
 // Run observes and reconciles every interval until ctx ends.
@@ -112,6 +119,78 @@ func (o *Observer) Tick(ctx context.Context, log func(msg string, args ...any)) 
 		o.noteResult(rec, err, log)
 	}
 	o.observe(ctx, groups, insts)
+	o.automatic(ctx, groups, busy, log)
+}
+
+// automatic applies the Automatic read-write failover policy: a group whose primary has been unavailable for
+// failoverWithDataLossGracePeriodMinutes (each minute lasting graceUnit) is failed over, forced, to its partner.
+// Availability is probed, not assumed: every primary instance of the group must answer a query as a primary.
+func (o *Observer) automatic(ctx context.Context, groups []model.FailoverGroup, busy map[string]bool, log func(msg string, args ...any)) {
+	for i := range groups {
+		g := &groups[i]
+		key := g.Key()
+		if g.ReadWritePolicy != "Automatic" || g.GraceMinutes == nil || busy[key] || o.autoFailover == nil {
+			delete(o.downSince, key)
+			continue
+		}
+		down := o.unavailablePrimary(ctx, g)
+		if down == "" {
+			if _, was := o.downSince[key]; was && log != nil {
+				log("primary available again; automatic failover cancelled", "group", g.Name)
+			}
+			delete(o.downSince, key)
+			continue
+		}
+		grace := time.Duration(*g.GraceMinutes) * o.graceUnit
+		since, seen := o.downSince[key]
+		if !seen {
+			o.downSince[key] = time.Now()
+			if log != nil {
+				log("primary unavailable; automatic forced failover after the grace period", "group", g.Name,
+					"database", down, "grace", grace.String())
+			}
+			continue
+		}
+		if time.Since(since) < grace {
+			continue
+		}
+		if err := o.autoFailover(g); err != nil {
+			if log != nil {
+				log("automatic failover could not start", "group", g.Name, "err", err)
+			}
+			continue
+		}
+		delete(o.downSince, key)
+	}
+}
+
+// unavailablePrimary returns the name of a database whose primary instance does not answer as a primary.
+func (o *Observer) unavailablePrimary(ctx context.Context, g *model.FailoverGroup) string {
+	for _, d := range g.Databases {
+		rec, err := o.cl.GetInstance(d.Primary)
+		if err != nil {
+			return d.Name
+		}
+		h := o.cl.Handle(rec)
+		if _, running := h.Running(); !running {
+			return d.Name
+		}
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		inRecovery, err := h.IsInRecovery(pctx)
+		cancel()
+		if err != nil || inRecovery {
+			return d.Name
+		}
+	}
+	return ""
+}
+
+// SetAutomatic installs the Automatic policy's failover action and the length of a grace-period minute.
+func (o *Observer) SetAutomatic(graceUnit time.Duration, failover func(g *model.FailoverGroup) error) {
+	if graceUnit > 0 {
+		o.graceUnit = graceUnit
+	}
+	o.autoFailover = failover
 }
 
 // noteResult records the outcome of a reconciliation: a failure backs off exponentially and is logged
@@ -149,6 +228,15 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 		return nil
 	}
 	if cur.NeedsRejoin {
+		// Fence first: a former primary that is running (it came back, or fogo could not stop it during the
+		// failover) must not serve anything before it is rewound, whether or not it can rejoin yet.
+		if h := o.cl.Handle(cur); h != nil {
+			if _, running := h.Running(); running {
+				if err := h.TryShuttingDownFastImmediate(ctx, 2*time.Second); err != nil {
+					return fmt.Errorf("fence former primary %s: %w", cur.ID, err)
+				}
+			}
+		}
 		up, err := o.cl.GetInstance(cur.Upstream)
 		if err != nil {
 			return err

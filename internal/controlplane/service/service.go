@@ -2,7 +2,6 @@ package service
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"strings"
 	"time"
@@ -21,6 +20,8 @@ type Config struct {
 	MinGraceMinutes int32
 	// MaxGroupsPerServer is the LimitOfFailoverGroupsPerServerExceeded limit.
 	MaxGroupsPerServer int
+	// GraceUnit is the length of one minute of failoverWithDataLossGracePeriodMinutes (tests shorten it).
+	GraceUnit time.Duration
 	// MaxDatabasesPerServer bounds databases (each is a PostgreSQL instance) on one server.
 	MaxDatabasesPerServer int
 	AdvertiseHost         string
@@ -30,6 +31,10 @@ type Config struct {
 type Endpoints interface {
 	OpenServer(srv *model.Server) error
 	CloseServer(srv *model.Server)
+	// OpenGroup opens a group's read-write and read-only listeners on its leased ports (idempotent).
+	OpenGroup(g *model.FailoverGroup) error
+	// CloseGroup closes a group's listeners and their sessions.
+	CloseGroup(g *model.FailoverGroup)
 }
 
 // Service is the domain layer.
@@ -55,6 +60,7 @@ func New(cfg Config, st *store.Store, ops *operations.Runner, cl *cluster.Manage
 		cfg.MaxDatabasesPerServer = 100
 	}
 	s := &Service{cfg: cfg, st: st, ops: ops, cl: cl, ep: ep, log: log, obs: obs}
+	obs.SetAutomatic(cfg.GraceUnit, s.automaticFailover)
 	s.registerHandlers()
 	return s
 }
@@ -123,32 +129,6 @@ func (s *Service) WaitOperation(ctx context.Context, id string) (*model.Operatio
 
 // ReplicationState is the observed replication state of a group.
 func (s *Service) ReplicationState(g *model.FailoverGroup) string { return s.obs.GroupState(g) }
-
-// ResolveDatabase returns the loopback address of the instance behind database `name` on a server, for the
-// server's gateway endpoint. Unknown databases and databases that are not online are errors the gateway shows
-// to the client with a SQLSTATE.
-func (s *Service) ResolveDatabase(server armid.ServerID, name string) (port int, status string, err error) {
-	err = s.st.View(func(tx *store.Tx) error {
-		db, ok, err := getDatabase(tx, armid.DatabaseID{Server: server, Name: name})
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return ErrUnknownDatabase
-		}
-		status = db.Status
-		var inst model.Instance
-		if err := tx.MustGet(store.Instances, db.Instance, &inst); err != nil {
-			return err
-		}
-		port = inst.Port
-		return nil
-	})
-	return port, status, err
-}
-
-// ErrUnknownDatabase is returned by ResolveDatabase for a database the server does not have.
-var ErrUnknownDatabase = errors.New("database does not exist on this server")
 
 // Servers lists every server (for reopening gateway endpoints at start).
 func (s *Service) Servers() ([]model.Server, error) {

@@ -29,7 +29,7 @@ var baseSettings = map[string]string{
 	"hot_standby_feedback":         "on",
 	"wal_log_hints":                "on",
 	"shared_buffers":               "16MB",
-	"max_connections":              "100",
+	"max_connections":              "256",
 	"wal_keep_size":                "256MB",
 	"password_encryption":          "scram-sha-256",
 	"unix_socket_directories":      "",

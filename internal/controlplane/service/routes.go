@@ -1,0 +1,100 @@
+package service
+
+import (
+	"errors"
+
+	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+)
+
+// Routing errors the gateway and the listeners turn into SQLSTATEs for the client.
+var (
+	// ErrUnknownDatabase: the server or group has no database of that name.
+	ErrUnknownDatabase = errors.New("database does not exist on this server")
+	// ErrUnknownGroup: the listener's group is gone.
+	ErrUnknownGroup = errors.New("failover group does not exist")
+	// ErrFenced: the instance is a former primary waiting to be rewound; it must not serve anything.
+	ErrFenced = errors.New("the instance is fenced until it rejoins as a secondary")
+	// ErrNoReadableSecondary: a read-only listener with policy Disabled has no running geo-secondary to use.
+	ErrNoReadableSecondary = errors.New("no readable geo-secondary is available")
+)
+
+// ResolveDatabase returns the loopback port of the instance behind database `name` on a server, for the
+// server's gateway endpoint, with the database's status. A fenced former primary is never routed to.
+func (s *Service) ResolveDatabase(server armid.ServerID, name string) (port int, status string, err error) {
+	err = s.st.View(func(tx *store.Tx) error {
+		db, ok, err := getDatabase(tx, armid.DatabaseID{Server: server, Name: name})
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return ErrUnknownDatabase
+		}
+		status = db.Status
+		var inst model.Instance
+		if err := tx.MustGet(store.Instances, db.Instance, &inst); err != nil {
+			return err
+		}
+		if inst.NeedsRejoin {
+			return ErrFenced
+		}
+		port = inst.Port
+		return nil
+	})
+	return port, status, err
+}
+
+// ResolveGroupDatabase returns the loopback port a group listener sends a session for `database` to: the
+// primary instance now recorded in the store (read-write), or the geo-secondary when it runs as a standby
+// (read-only; the primary instead when the read-only policy is Enabled and no secondary is available).
+func (s *Service) ResolveGroupDatabase(groupKey, database string, readOnly bool) (int, error) {
+	var g model.FailoverGroup
+	var primary, secondary model.Instance
+	err := s.st.View(func(tx *store.Tx) error {
+		ok, err := tx.Get(store.Groups, groupKey, &g)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return ErrUnknownGroup
+		}
+		var d *model.GroupDatabase
+		for i := range g.Databases {
+			if g.Databases[i].Name == database {
+				d = &g.Databases[i]
+			}
+		}
+		if d == nil {
+			return ErrUnknownDatabase
+		}
+		if err := tx.MustGet(store.Instances, d.Primary, &primary); err != nil {
+			return err
+		}
+		if d.Secondary != "" {
+			if _, err := tx.Get(store.Instances, d.Secondary, &secondary); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if !readOnly {
+		if primary.NeedsRejoin {
+			return 0, ErrFenced
+		}
+		return primary.Port, nil
+	}
+	if secondary.ID != "" && secondary.Seeded && !secondary.NeedsRejoin {
+		h := s.cl.Handle(&secondary)
+		if _, running := h.Running(); running && h.IsStandby() {
+			return secondary.Port, nil
+		}
+	}
+	if g.ReadOnlyPolicy == "Enabled" && !primary.NeedsRejoin {
+		return primary.Port, nil
+	}
+	return 0, ErrNoReadableSecondary
+}

@@ -1,0 +1,258 @@
+// Package listener runs each failover group's read-write and read-only listener endpoints: PostgreSQL
+// wire-protocol gateways (package gateway) whose routing follows the roles recorded in the store.
+//
+// The read-write listener routes a session, by the database in its startup packet, to the instance that is the
+// group's primary now. While a failover holds the group (Hold … Release), new read-write sessions wait, bounded
+// by HoldTimeout, and are then routed to whichever instance is primary: they are not refused. The route is read
+// from the store, where a failover records the new primary (and its epoch) before it releases the group, so a
+// former primary is never routed to again, even if its instance comes back before it is rewound.
+//
+// The read-only listener routes to the geo-secondary when it runs as a standby; with the read-only policy
+// Enabled it falls back to the primary while no secondary is available, with Disabled it refuses.
+package listener
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/service"
+	"github.com/fogo-db/fogo/internal/gateway"
+)
+
+// Routes answers where a group's database lives now.
+type Routes interface {
+	ResolveGroupDatabase(groupKey, database string, readOnly bool) (int, error)
+}
+
+// Config tunes the listeners.
+type Config struct {
+	// ListenHost is the address listeners bind (default 127.0.0.1).
+	ListenHost string
+	// HoldTimeout bounds how long a new read-write session waits for a failover to finish (default 30s).
+	HoldTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// Kinds of listener.
+const (
+	ReadWrite = "rw"
+	ReadOnly  = "ro"
+)
+
+// Stats are one listener's counters.
+type Stats struct {
+	Group, Kind                        string
+	Active, Waiting, Accepted, Refused int64
+}
+
+// Listeners owns the group listeners.
+type Listeners struct {
+	cfg    Config
+	gw     *gateway.Manager
+	routes Routes
+
+	mu      sync.Mutex
+	gates   map[string]*gate
+	waiting map[string]*atomic.Int64 // group key -> sessions waiting on the read-write listener
+	open    map[string]bool          // group key -> listeners open
+}
+
+// New returns listeners that open their endpoints in gw (shared with the server endpoints, so cancel requests
+// work across them).
+func New(cfg Config, gw *gateway.Manager, routes Routes) *Listeners {
+	if cfg.ListenHost == "" {
+		cfg.ListenHost = "127.0.0.1"
+	}
+	if cfg.HoldTimeout <= 0 {
+		cfg.HoldTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Listeners{cfg: cfg, gw: gw, routes: routes, gates: map[string]*gate{},
+		waiting: map[string]*atomic.Int64{}, open: map[string]bool{}}
+}
+
+func endpointName(kind, group string) string { return "listener-" + kind + ":" + group }
+
+// Open opens the group's two listeners on their leased ports (idempotent).
+func (l *Listeners) Open(g *model.FailoverGroup) error {
+	key := g.Key()
+	for _, ep := range []struct {
+		kind string
+		port int
+	}{{ReadWrite, g.RWPort}, {ReadOnly, g.ROPort}} {
+		if ep.port == 0 {
+			return fmt.Errorf("failover group %s has no %s listener port", g.Name, ep.kind)
+		}
+		addr := net.JoinHostPort(l.cfg.ListenHost, strconv.Itoa(ep.port))
+		r := resolver{l: l, group: key, readOnly: ep.kind == ReadOnly}
+		if _, err := l.gw.Open(endpointName(ep.kind, key), addr, r); err != nil {
+			return fmt.Errorf("open %s listener of %s on %s: %w", ep.kind, g.Name, addr, err)
+		}
+	}
+	l.mu.Lock()
+	l.open[key] = true
+	l.mu.Unlock()
+	return nil
+}
+
+// Close closes the group's listeners and their sessions.
+func (l *Listeners) Close(g *model.FailoverGroup) {
+	key := g.Key()
+	l.gw.Close(endpointName(ReadWrite, key))
+	l.gw.Close(endpointName(ReadOnly, key))
+	l.mu.Lock()
+	delete(l.open, key)
+	l.mu.Unlock()
+}
+
+// Hold makes new read-write sessions of the group wait (a failover starts).
+func (l *Listeners) Hold(group string) { l.gate(group).hold() }
+
+// Release lets them through to the primary recorded now (a failover ended, whatever its outcome).
+func (l *Listeners) Release(group string) { l.gate(group).release() }
+
+// Held reports whether the group is held.
+func (l *Listeners) Held(group string) bool { return l.gate(group).isHeld() }
+
+func (l *Listeners) gate(group string) *gate {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	g, ok := l.gates[group]
+	if !ok {
+		g = &gate{}
+		l.gates[group] = g
+	}
+	return g
+}
+
+func (l *Listeners) waitingCounter(group string) *atomic.Int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, ok := l.waiting[group]
+	if !ok {
+		c = &atomic.Int64{}
+		l.waiting[group] = c
+	}
+	return c
+}
+
+// Stats returns the counters of every open listener.
+func (l *Listeners) Stats() []Stats {
+	l.mu.Lock()
+	groups := make([]string, 0, len(l.open))
+	for g := range l.open {
+		groups = append(groups, g)
+	}
+	l.mu.Unlock()
+	var out []Stats
+	for _, g := range groups {
+		for _, kind := range []string{ReadWrite, ReadOnly} {
+			ep, ok := l.gw.Get(endpointName(kind, g))
+			if !ok {
+				continue
+			}
+			st := ep.Stats()
+			s := Stats{Group: g, Kind: kind, Active: st.Active, Accepted: st.Accepted, Refused: st.Refused}
+			if kind == ReadWrite {
+				s.Waiting = l.waitingCounter(g).Load()
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// gate is a group's hold: closed channel = open gate.
+type gate struct {
+	mu       sync.Mutex
+	held     bool
+	released chan struct{}
+}
+
+func (g *gate) hold() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.held {
+		g.held, g.released = true, make(chan struct{})
+	}
+}
+
+func (g *gate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.held {
+		g.held = false
+		close(g.released)
+	}
+}
+
+func (g *gate) isHeld() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.held
+}
+
+// wait returns when the gate is open, or ctx's error.
+func (g *gate) wait(ctx context.Context) error {
+	g.mu.Lock()
+	held, ch := g.held, g.released
+	g.mu.Unlock()
+	if !held {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// resolver routes one listener's sessions.
+type resolver struct {
+	l        *Listeners
+	group    string
+	readOnly bool
+}
+
+func (r resolver) Resolve(ctx context.Context, database string) (string, error) {
+	if !r.readOnly {
+		wctx, cancel := context.WithTimeout(ctx, r.l.cfg.HoldTimeout)
+		waiting := r.l.waitingCounter(r.group)
+		waiting.Add(1)
+		err := r.l.gate(r.group).wait(wctx)
+		waiting.Add(-1)
+		cancel()
+		if err != nil {
+			return "", &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf(
+				"fogo listener: a failover of group %q is still in progress after %s; retry", r.group, r.l.cfg.HoldTimeout)}
+		}
+	}
+	port, err := r.l.routes.ResolveGroupDatabase(r.group, database, r.readOnly)
+	switch {
+	case err == nil:
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
+	case errors.Is(err, service.ErrUnknownDatabase):
+		return "", &gateway.RouteError{Code: "3D000", Message: fmt.Sprintf("database %q is not in failover group %q", database, r.group)}
+	case errors.Is(err, service.ErrNoReadableSecondary):
+		return "", &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf(
+			"fogo listener: no readable geo-secondary of %q is available and the read-only failover policy is Disabled", database)}
+	case errors.Is(err, service.ErrUnknownGroup):
+		return "", &gateway.RouteError{Code: "08006", Message: fmt.Sprintf("failover group %q no longer exists", r.group)}
+	case errors.Is(err, service.ErrFenced):
+		return "", &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf("database %q has no primary right now", database)}
+	default:
+		r.l.cfg.Logger.Error("listener route", "group", r.group, "database", database, "err", err)
+		return "", &gateway.RouteError{Code: "58000", Message: "fogo listener could not resolve the database"}
+	}
+}

@@ -1,0 +1,170 @@
+// Package metrics exposes fogo's state in the Prometheus text format: the role of every instance, replication lag
+// per group database (bytes and seconds, read from the primary's pg_stat_replication at scrape time), failovers by
+// kind and initiator, listener connections (active, waiting, accepted, refused) and operation durations.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/listener"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
+)
+
+// Source is what the collector reads at scrape time.
+type Source interface {
+	// Groups returns every failover group and the instances they use, by ID.
+	Groups() ([]model.FailoverGroup, map[string]model.Instance, error)
+	// Handle gives access to an instance.
+	Handle(rec *model.Instance) *instance.Instance
+	// ListenerStats returns the listeners' counters.
+	ListenerStats() []listener.Stats
+}
+
+// Metrics owns fogo's registry.
+type Metrics struct {
+	reg       *prometheus.Registry
+	failovers *prometheus.CounterVec
+	opSeconds *prometheus.HistogramVec
+}
+
+// New registers fogo's metrics over src.
+func New(src Source) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fogo_failovers_total", Help: "Failovers that completed, by kind (planned, forced, tryPlanned) and initiator.",
+		}, []string{"kind", "initiated_by"}),
+		opSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "fogo_operation_duration_seconds", Help: "Duration of long-running operations by kind and final status.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"kind", "status"}),
+	}
+	m.reg.MustRegister(m.failovers, m.opSeconds, &collector{src: src},
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the registry.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// ObserveOperation records a finished operation (called once per operation).
+func (m *Metrics) ObserveOperation(op *model.Operation, initiatedBy string) {
+	m.opSeconds.WithLabelValues(op.Kind, op.Status).Observe(op.Finished.Sub(op.Created).Seconds())
+	if op.Status != model.OpSucceeded {
+		return
+	}
+	switch op.Kind {
+	case model.OpPlanned, model.OpForced, model.OpTryPlanned:
+		if initiatedBy == "" {
+			initiatedBy = "user"
+		}
+		m.failovers.WithLabelValues(op.Kind, initiatedBy).Inc()
+	}
+}
+
+var (
+	roleDesc = prometheus.NewDesc("fogo_instance_role",
+		"1 for the role each group database's instance has now (role=primary|secondary).",
+		[]string{"group", "database", "server", "role"}, nil)
+	upDesc = prometheus.NewDesc("fogo_instance_up", "1 when the instance's postmaster runs.",
+		[]string{"group", "database", "server", "role"}, nil)
+	lagBytesDesc = prometheus.NewDesc("fogo_replication_lag_bytes",
+		"WAL the primary wrote that the geo-secondary has not replayed.", []string{"group", "database"}, nil)
+	lagSecondsDesc = prometheus.NewDesc("fogo_replication_lag_seconds",
+		"pg_stat_replication.replay_lag of the geo-secondary (0 when idle and caught up).", []string{"group", "database"}, nil)
+	streamingDesc = prometheus.NewDesc("fogo_replication_streaming",
+		"1 when the geo-secondary streams from the primary.", []string{"group", "database"}, nil)
+	epochDesc     = prometheus.NewDesc("fogo_group_epoch", "The group's failover epoch.", []string{"group"}, nil)
+	lisActiveDesc = prometheus.NewDesc("fogo_listener_connections_active",
+		"Sessions relayed by a listener now.", []string{"group", "listener"}, nil)
+	lisWaitingDesc = prometheus.NewDesc("fogo_listener_connections_waiting",
+		"New read-write sessions waiting for a failover to finish.", []string{"group", "listener"}, nil)
+	lisAcceptedDesc = prometheus.NewDesc("fogo_listener_connections_accepted_total",
+		"Connections a listener accepted.", []string{"group", "listener"}, nil)
+	lisRefusedDesc = prometheus.NewDesc("fogo_listener_connections_refused_total",
+		"Connections a listener refused (bad startup, no route, backend unreachable).", []string{"group", "listener"}, nil)
+)
+
+// collector reads the current state at scrape time.
+type collector struct {
+	src Source
+	mu  sync.Mutex // one scrape at a time: each opens a connection per primary
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{roleDesc, upDesc, lagBytesDesc, lagSecondsDesc, streamingDesc, epochDesc,
+		lisActiveDesc, lisWaitingDesc, lisAcceptedDesc, lisRefusedDesc} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.src.ListenerStats() {
+		ch <- prometheus.MustNewConstMetric(lisActiveDesc, prometheus.GaugeValue, float64(s.Active), s.Group, s.Kind)
+		ch <- prometheus.MustNewConstMetric(lisWaitingDesc, prometheus.GaugeValue, float64(s.Waiting), s.Group, s.Kind)
+		ch <- prometheus.MustNewConstMetric(lisAcceptedDesc, prometheus.CounterValue, float64(s.Accepted), s.Group, s.Kind)
+		ch <- prometheus.MustNewConstMetric(lisRefusedDesc, prometheus.CounterValue, float64(s.Refused), s.Group, s.Kind)
+	}
+	groups, insts, err := c.src.Groups()
+	if err != nil {
+		return
+	}
+	for _, g := range groups {
+		ch <- prometheus.MustNewConstMetric(epochDesc, prometheus.GaugeValue, float64(g.Epoch), g.Name)
+		for _, d := range g.Databases {
+			c.collectDatabase(ch, &g, d, insts)
+		}
+	}
+}
+
+func (c *collector) collectDatabase(ch chan<- prometheus.Metric, g *model.FailoverGroup, d model.GroupDatabase, insts map[string]model.Instance) {
+	primary, okP := insts[d.Primary]
+	secondary, okS := insts[d.Secondary]
+	for _, x := range []struct {
+		rec    model.Instance
+		ok     bool
+		role   string
+		server string
+	}{{primary, okP, "primary", g.Primary.Name}, {secondary, okS, "secondary", g.Secondary.Name}} {
+		if !x.ok {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(roleDesc, prometheus.GaugeValue, 1, g.Name, d.Name, x.server, x.role)
+		up := 0.0
+		if _, running := c.src.Handle(&x.rec).Running(); running {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up, g.Name, d.Name, x.server, x.role)
+	}
+	if !okP || !okS {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	replicas, err := c.src.Handle(&primary).ReplicationStatus(ctx)
+	streaming := 0.0
+	if err == nil {
+		for _, r := range replicas {
+			if r.ApplicationName != secondary.ID {
+				continue
+			}
+			if r.State == "streaming" {
+				streaming = 1
+			}
+			ch <- prometheus.MustNewConstMetric(lagBytesDesc, prometheus.GaugeValue, float64(r.LagBytes), g.Name, d.Name)
+			ch <- prometheus.MustNewConstMetric(lagSecondsDesc, prometheus.GaugeValue, r.ReplayLagSeconds, g.Name, d.Name)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(streamingDesc, prometheus.GaugeValue, streaming, g.Name, d.Name)
+}
