@@ -176,7 +176,7 @@ func (i *Instance) Start(ctx context.Context) error {
 		return fmt.Errorf("start %s: %w", i.Dir, err)
 	}
 	var err error
-	for attempt := 0; attempt < 5; attempt++ {
+	for attempt := 0; attempt < 3; attempt++ {
 		_, err = i.Bin.Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-l", i.logFile(), "-w", "-t", "120", "start")
 		if err == nil {
 			return i.WaitReady(ctx)

@@ -31,9 +31,11 @@ func (i *Instance) BaseBackup(ctx context.Context, source ConnInfo, slot string)
 
 // RewindResult says whether pg_rewind had to rewrite anything, and from where the histories diverged.
 type RewindResult struct {
-	Rewound    bool
-	DivergedAt lsn.LSN
-	Timeline   string
+	// AlreadyRewound: the directory still holds the backup_label of an earlier rewind; nothing was done.
+	AlreadyRewound bool
+	Rewound        bool
+	DivergedAt     lsn.LSN
+	Timeline       string
 	// TargetEnd is the last checkpoint of the target before the rewind: what it had beyond DivergedAt is lost.
 	TargetEnd lsn.LSN
 }
@@ -47,6 +49,13 @@ func (i *Instance) Rewind(ctx context.Context, source ConnInfo) (RewindResult, e
 	var res RewindResult
 	if err := i.waitLockReleased(ctx, 30*time.Second); err != nil {
 		return res, fmt.Errorf("rewind: %w", err)
+	}
+	// A backup_label means an earlier rewind (or base backup) finished but the instance has not yet recovered
+	// past it. Rewinding again would run crash recovery over that state and break it; starting it as a standby
+	// completes it.
+	if _, err := os.Stat(filepath.Join(i.Dir, "backup_label")); err == nil {
+		res.AlreadyRewound = true
+		return res, nil
 	}
 	if cd, err := i.ControlData(ctx); err == nil {
 		res.TargetEnd = cd.CheckpointLSN
