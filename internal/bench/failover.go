@@ -37,8 +37,8 @@ type FailoverResult struct {
 	// Fogo planned failover (POST failover to the secondary server until the operation succeeded, which
 	// includes the old primary's rejoin as a streaming standby).
 	FogoTotal []time.Duration `json:"fogoTotal"`
-	// Longest gap between two acknowledged commits of a client writing continuously through the servers'
-	// gateway endpoints, across the fogo failover.
+	// Longest gap between two acknowledged commits of a client writing continuously through the group's
+	// read-write listener, across the fogo failover.
 	FogoWriteGap []time.Duration `json:"fogoWriteGap"`
 	// Raw `pg_ctl stop -m fast -w` of the primary + `pg_ctl promote -w` of the standby (pg_ctl polls its
 	// result ten times a second, so this includes up to ~100 ms of waiting per command).
@@ -243,73 +243,114 @@ func execSQL(ctx context.Context, i *instance.Instance, sql string) error {
 	return err
 }
 
-// fogoFailovers runs fogo in-process and drives planned failovers through its API, as a user would.
-func fogoFailovers(ctx context.Context, o FailoverOptions, res *FailoverResult) error {
+// fogoEnv is an in-process fogo with two servers (bench-east primary, bench-west partner), a database
+// "bench" and a failover group "bench-fg", driven through its API as a user would.
+type fogoEnv struct {
+	app         *app.App
+	c           *cli.Client
+	base        string // .../providers/Microsoft.Sql/servers/
+	login, pw   string
+	rwAddr      string // the group's read-write listener
+	primaryPort int    // bench-east's instance of bench, for direct connections
+}
+
+func (e *fogoEnv) close() { e.app.Close() }
+
+// do sends one request and waits for its long-running operation.
+func (e *fogoEnv) do(ctx context.Context, method, path string, body any) error {
+	r, err := e.c.Do(ctx, method, path, body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	return e.c.Wait(ctx, method+" "+path, r)
+}
+
+// dsn is a connection string for the admin login to addr (host:port).
+func (e *fogoEnv) dsn(addr string) string {
+	host, port, _ := strings.Cut(addr, ":")
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=bench sslmode=disable", host, port, e.login, e.pw)
+}
+
+func startFogoGroup(ctx context.Context, dataDir, pgBin string, portLow int) (*fogoEnv, error) {
 	a, err := app.Start(ctx, app.Options{
-		DataDir: filepath.Join(o.Dir, "fogo"), Listen: "127.0.0.1:0", PGBin: o.PGBin,
-		PortLow: o.PortLow, PortHigh: o.PortLow + 80, MinGraceMinutes: 1,
+		DataDir: dataDir, Listen: "127.0.0.1:0", PGBin: pgBin,
+		PortLow: portLow, PortHigh: portLow + 80, MinGraceMinutes: 1,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: benchLogLevel()})),
 	})
 	if err != nil {
+		return nil, err
+	}
+	e := &fogoEnv{app: a, login: "benchadmin", pw: "B3nch!" + secret(),
+		c:    &cli.Client{Endpoint: a.URL(), Token: a.Token, PollInterval: 10 * time.Millisecond},
+		base: "/subscriptions/00000000-0000-0000-0000-00000000b0b0/resourceGroups/bench/providers/Microsoft.Sql/servers/"}
+	if err := e.setup(ctx); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *fogoEnv) setup(ctx context.Context) error {
+	if err := e.app.WaitReady(ctx); err != nil {
 		return err
 	}
-	defer a.Close()
-	if err := a.WaitReady(ctx); err != nil {
-		return err
-	}
-	c := &cli.Client{Endpoint: a.URL(), Token: a.Token, PollInterval: 10 * time.Millisecond}
-	const sub, rg, login = "00000000-0000-0000-0000-00000000b0b0", "bench", "benchadmin"
-	pw := "B3nch!" + secret()
-	base := fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Sql/servers/", sub, rg)
-	do := func(method, path string, body any) (*cli.Response, error) {
-		r, err := c.Do(ctx, method, path, body)
-		if err != nil {
-			return nil, fmt.Errorf("%s %s: %w", method, path, err)
-		}
-		return r, c.Wait(ctx, method+" "+path, r)
-	}
-	endpoints := map[string]string{}
 	for _, s := range []struct{ name, loc string }{{"bench-east", "eastus"}, {"bench-west", "westus"}} {
-		if _, err := do(http.MethodPut, base+s.name, map[string]any{"location": s.loc,
-			"properties": map[string]any{"administratorLogin": login, "administratorLoginPassword": pw}}); err != nil {
+		if err := e.do(ctx, http.MethodPut, e.base+s.name, map[string]any{"location": s.loc,
+			"properties": map[string]any{"administratorLogin": e.login, "administratorLoginPassword": e.pw}}); err != nil {
 			return err
 		}
-		r, err := c.Do(ctx, http.MethodGet, base+s.name, nil)
-		if err != nil {
-			return err
-		}
-		var srv struct {
-			Properties struct {
-				Endpoint string `json:"endpoint"`
-			} `json:"properties"`
-		}
-		if err := json.Unmarshal(r.Body, &srv); err != nil {
-			return err
-		}
-		host, port, _ := strings.Cut(srv.Properties.Endpoint, ":")
-		endpoints[s.name] = fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=bench sslmode=disable", host, port, login, pw)
 	}
-	if _, err := do(http.MethodPut, base+"bench-east/databases/bench", map[string]any{"location": "eastus"}); err != nil {
+	if err := e.do(ctx, http.MethodPut, e.base+"bench-east/databases/bench", map[string]any{"location": "eastus"}); err != nil {
 		return err
 	}
-	if err := execDSN(ctx, endpoints["bench-east"], "CREATE TABLE bench_writes(id bigserial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
-		return err
-	}
-	if _, err := do(http.MethodPut, base+"bench-east/failoverGroups/bench-fg", map[string]any{"properties": map[string]any{
+	if err := e.do(ctx, http.MethodPut, e.base+"bench-east/failoverGroups/bench-fg", map[string]any{"properties": map[string]any{
 		"readWriteEndpoint": map[string]any{"failoverPolicy": "Manual"},
-		"partnerServers":    []any{map[string]any{"id": strings.TrimSuffix(base, "/") + "/bench-west"}},
-		"databases":         []string{base + "bench-east/databases/bench"},
+		"partnerServers":    []any{map[string]any{"id": strings.TrimSuffix(e.base, "/") + "/bench-west"}},
+		"databases":         []string{e.base + "bench-east/databases/bench"},
 	}}); err != nil {
+		return err
+	}
+	r, err := e.c.Do(ctx, http.MethodGet, e.base+"bench-east/failoverGroups/bench-fg", nil)
+	if err != nil {
+		return err
+	}
+	var g struct {
+		Properties struct {
+			ReadWriteEndpoint struct {
+				Endpoint string `json:"endpoint"`
+			} `json:"readWriteEndpoint"`
+		} `json:"properties"`
+	}
+	if err := json.Unmarshal(r.Body, &g); err != nil {
+		return err
+	}
+	e.rwAddr = g.Properties.ReadWriteEndpoint.Endpoint
+	groups, insts, err := e.app.Service.GroupsWithInstances()
+	if err != nil || len(groups) != 1 || len(groups[0].Databases) != 1 {
+		return fmt.Errorf("read the bench group back: %v", err)
+	}
+	e.primaryPort = insts[groups[0].Databases[0].Primary].Port
+	return waitCatchUp(ctx, e.c, e.base+"bench-east/failoverGroups/bench-fg")
+}
+
+// fogoFailovers drives planned failovers through fogo's API while a client writes through the group's
+// read-write listener, the one address applications keep across failovers.
+func fogoFailovers(ctx context.Context, o FailoverOptions, res *FailoverResult) error {
+	e, err := startFogoGroup(ctx, filepath.Join(o.Dir, "fogo"), o.PGBin, o.PortLow)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	if err := execDSN(ctx, e.dsn(e.rwAddr), "CREATE TABLE bench_writes(id bigserial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
 		return err
 	}
 	primary, secondary := "bench-east", "bench-west"
 	for it := 0; it < o.Iterations; it++ {
-		if err := waitCatchUp(ctx, c, base+primary+"/failoverGroups/bench-fg"); err != nil {
+		if err := waitCatchUp(ctx, e.c, e.base+primary+"/failoverGroups/bench-fg"); err != nil {
 			return err
 		}
-		took, gap, err := measure(ctx, o, res, []string{endpoints[primary], endpoints[secondary]}, func() error {
-			_, err := do(http.MethodPost, base+secondary+"/failoverGroups/bench-fg/failover", nil)
-			return err
+		took, gap, err := measure(ctx, o, res, []string{e.dsn(e.rwAddr)}, func() error {
+			return e.do(ctx, http.MethodPost, e.base+secondary+"/failoverGroups/bench-fg/failover", nil)
 		})
 		if err != nil {
 			return err

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/fogo-db/fogo/internal/gateway"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
+	"github.com/fogo-db/fogo/internal/testutil/certs"
 	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
 
@@ -202,4 +204,39 @@ func rawExchange(t *testing.T, addr string, pkt []byte) []byte {
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	reply, _ := io.ReadAll(c)
 	return reply
+}
+
+// TestGatewayTLS: with a certificate the gateway answers SSLRequest with S and terminates TLS; clients verifying
+// the certificate connect, and a plaintext client is still served.
+func TestGatewayTLS(t *testing.T) {
+	pg := pgtest.NewPrimary(t)
+	certFile, keyFile, _ := certs.SelfSigned(t)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := gateway.NewManager(gateway.Config{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
+	t.Cleanup(m.CloseAll)
+	addr, err := m.Open("tls", "127.0.0.1:0", routes{addr: fmt.Sprintf("127.0.0.1:%d", pg.Port)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := strings.Cut(addr, ":")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, mode := range []string{"verify-full sslrootcert=" + certFile, "require", "disable"} {
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=postgres sslmode=%s",
+			host, port, pg.SuperUser, pg.SuperPassword, mode))
+		if err != nil {
+			t.Fatalf("sslmode=%s: %v", mode, err)
+		}
+		if _, ok := conn.PgConn().Conn().(*tls.Conn); ok != (mode != "disable") {
+			t.Errorf("sslmode=%s: TLS %v", mode, ok)
+		}
+		var one int
+		if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+			t.Fatalf("sslmode=%s: %v", mode, err)
+		}
+		conn.Close(ctx)
+	}
 }

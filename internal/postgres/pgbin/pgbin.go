@@ -84,7 +84,13 @@ func open(dir string) (*Bin, error) {
 }
 
 // Path returns the absolute path of the named program.
-func (b *Bin) Path(program string) string { return filepath.Join(b.Dir, program) }
+// An absolute path names another program (e.g. pgbouncer for the benchmarks), run the same way.
+func (b *Bin) Path(program string) string {
+	if filepath.IsAbs(program) {
+		return program
+	}
+	return filepath.Join(b.Dir, program)
+}
 
 // Command prepares program with args, to run as the postgres OS user when fogo is root. Extra environment entries
 // (e.g. "PGPASSWORD=...") are appended to a minimal environment; they are never logged by this package.
