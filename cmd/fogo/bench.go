@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -48,6 +49,42 @@ func benchCommand() *cobra.Command {
 	f.IntVar(&o.PortLow, "port-low", 31000, "first of the 100 ports the benchmark uses")
 	f.DurationVar(&o.Settle, "settle", 0, "writer warm-up before and after each failover (default 1s)")
 	f.BoolVar(&asJSON, "json", false, "print the measurements as JSON")
-	cmd.AddCommand(failover)
+	cmd.AddCommand(failover, proxyBenchCommand())
+	return cmd
+}
+
+func proxyBenchCommand() *cobra.Command {
+	var o bench.ProxyOptions
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "pgbench -S and -N directly vs. through fogo's read-write listener, pgbouncer and HAProxy, in one run",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			o.Progress = os.Stderr
+			res, err := bench.Proxy(ctx, o)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(res)
+			}
+			fmt.Print(res.Summary())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntSliceVar(&o.Clients, "clients", []int{1, 8, 32}, "pgbench client counts")
+	f.DurationVar(&o.Duration, "duration", 5*time.Second, "length of each pgbench run")
+	f.IntVar(&o.Scale, "scale", 10, "pgbench scale factor")
+	f.IntVar(&o.Rounds, "rounds", 3, "runs per path and configuration, interleaved; the median is reported")
+	f.StringVar(&o.PGBin, "pg-bin", "", "PostgreSQL 15 binaries (default: discovered)")
+	f.StringVar(&o.Dir, "dir", "", "scratch directory (default: a temporary one, removed afterwards)")
+	f.IntVar(&o.PortLow, "port-low", 32000, "first of the 100 ports the benchmark uses")
+	f.BoolVar(&asJSON, "json", false, "print the measurements as JSON")
 	return cmd
 }

@@ -99,19 +99,12 @@ func Failover(ctx context.Context, o FailoverOptions) (*FailoverResult, error) {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
-	bin, err := pgbin.Discover(o.PGBin)
+	bin, dir, cleanup, err := scratch(o.PGBin, o.Dir)
 	if err != nil {
 		return nil, err
 	}
-	if o.Dir == "" {
-		if o.Dir, err = os.MkdirTemp("", "fogo-bench-"); err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(o.Dir)
-	}
-	if err := bin.AllowTraverse(o.Dir); err != nil {
-		return nil, err
-	}
+	defer cleanup()
+	o.Dir = dir
 	res := &FailoverResult{Iterations: o.Iterations}
 	if err := rawFailovers(ctx, bin, o, res); err != nil {
 		return nil, fmt.Errorf("raw failovers: %w", err)
@@ -407,4 +400,25 @@ func measure(ctx context.Context, o FailoverOptions, res *FailoverResult, target
 	}
 	res.Commits += w.commits()
 	return took, w.longestGap(from, to), nil
+}
+
+// scratch finds the PostgreSQL binaries and prepares the scratch directory (a temporary one when dir is "",
+// removed by cleanup) so that the postgres OS user can reach it.
+func scratch(pgBin, dir string) (bin *pgbin.Bin, out string, cleanup func(), err error) {
+	cleanup = func() {}
+	if bin, err = pgbin.Discover(pgBin); err != nil {
+		return nil, "", cleanup, err
+	}
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "fogo-bench-"); err != nil {
+			return nil, "", cleanup, err
+		}
+		tmp := dir
+		cleanup = func() { os.RemoveAll(tmp) }
+	}
+	if err := bin.AllowTraverse(dir); err != nil {
+		cleanup()
+		return nil, "", func() {}, err
+	}
+	return bin, dir, cleanup, nil
 }

@@ -87,6 +87,8 @@ var (
 			}
 			return pol
 		}},
+		{"RW LISTENER", field("properties", "readWriteEndpoint", "endpoint")},
+		{"RO LISTENER", field("properties", "readOnlyEndpoint", "endpoint")},
 		{"DATABASES", func(r map[string]any) string {
 			props, _ := r["properties"].(map[string]any)
 			ids, _ := props["databases"].([]any)

@@ -90,7 +90,7 @@ func (m *Manager) Open(name, addr string, r Resolver) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	e := &Endpoint{cfg: m.cfg, ln: ln, resolver: r, cancels: m.cancels, sessions: map[net.Conn]struct{}{}}
+	e := &Endpoint{cfg: m.cfg, ln: ln, resolver: r, cancels: m.cancels, sessions: map[net.Conn]func(){}}
 	m.endpoints[name] = e
 	go e.serve()
 	return e.Addr(), nil
@@ -134,7 +134,7 @@ type Endpoint struct {
 	cancels  *cancelRegistry
 
 	mu       sync.Mutex
-	sessions map[net.Conn]struct{}
+	sessions map[net.Conn]func() // client connection -> how to end the session
 	closed   bool
 	active   atomic.Int64
 	accepted atomic.Int64
@@ -153,7 +153,8 @@ func (e *Endpoint) Stats() Stats {
 func (e *Endpoint) Close() {
 	e.mu.Lock()
 	e.closed = true
-	for c := range e.sessions {
+	for c, end := range e.sessions {
+		end()
 		c.Close()
 	}
 	e.mu.Unlock()
@@ -166,8 +167,20 @@ func (e *Endpoint) track(c net.Conn) bool {
 	if e.closed {
 		return false
 	}
-	e.sessions[c] = struct{}{}
+	e.sessions[c] = func() {}
 	return true
+}
+
+// onEnd sets how to end c's session when the endpoint closes (a relay on raw descriptors must shut them down).
+func (e *Endpoint) onEnd(c net.Conn, end func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.sessions[c]; ok {
+		e.sessions[c] = end
+	}
+	if e.closed {
+		end()
+	}
 }
 
 func (e *Endpoint) untrack(c net.Conn) {

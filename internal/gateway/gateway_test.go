@@ -157,6 +157,32 @@ func TestGateway(t *testing.T) {
 		}
 	})
 
+	t.Run("large transfers both ways", func(t *testing.T) {
+		conn, err := connect(ctx, pg, ep, "postgres", "disable")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		// 8 MB to the client, more than the socket buffers hold: the relay must hold back and resume.
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT length(repeat('x', 8000000))").Scan(&n); err != nil || n != 8000000 {
+			t.Fatalf("length: %d %v", n, err)
+		}
+		var big string
+		if err := conn.QueryRow(ctx, "SELECT repeat('y', 8000000)").Scan(&big); err != nil || len(big) != 8000000 || strings.Trim(big, "y") != "" {
+			t.Fatalf("8 MB result: %d bytes, %v", len(big), err)
+		}
+		// 20 MB from the client with COPY.
+		if _, err := conn.Exec(ctx, "CREATE TEMP TABLE big(line text)"); err != nil {
+			t.Fatal(err)
+		}
+		row := strings.Repeat("z", 1000) + "\n"
+		tag, err := conn.PgConn().CopyFrom(ctx, strings.NewReader(strings.Repeat(row, 20000)), "COPY big FROM STDIN")
+		if err != nil || tag.RowsAffected() != 20000 {
+			t.Fatalf("COPY 20 MB: %v %v", tag, err)
+		}
+	})
+
 	t.Run("many concurrent sessions", func(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 50)

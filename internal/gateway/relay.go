@@ -1,42 +1,64 @@
 package gateway
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 )
 
 // relay copies bytes both ways until either side ends. The backend's messages are framed until the first
-// ReadyForQuery to record its BackendKeyData for cancel requests.
+// ReadyForQuery to record its BackendKeyData for cancel requests. After that, a plain TCP session is handed to
+// the event loop (eventloop_linux.go); a TLS session keeps going through the netpoller.
 func (e *Endpoint) relay(client, backend net.Conn, addr string) {
-	var key [8]byte
-	var haveKey bool
-	done := make(chan struct{}, 2)
+	c2b := make(chan error, 1)
 	go func() {
-		_, _ = io.Copy(backend, client)
-		closeWrite(backend)
-		done <- struct{}{}
+		_, err := io.Copy(backend, client)
+		c2b <- err
 	}()
-	go func() {
-		defer func() { done <- struct{}{} }()
-		k, ok, err := e.relayUntilReady(client, backend)
-		if ok {
-			key, haveKey = k, true
-			e.cancels.add(key, addr)
-		}
-		if err != nil {
+	key, haveKey, err := e.relayUntilReady(client, backend)
+	if haveKey {
+		e.cancels.add(key, addr)
+		defer e.cancels.remove(key)
+	}
+	if err != nil {
+		client.Close()
+		backend.Close()
+		<-c2b
+		return
+	}
+	ct, okc := client.(*net.TCPConn)
+	bt, okb := backend.(*net.TCPConn)
+	if okc && okb {
+		// Stop the startup copier at a read boundary; whatever it read has been written to the backend.
+		_ = client.SetReadDeadline(time.Now())
+		if err := <-c2b; !errors.Is(err, os.ErrDeadlineExceeded) {
+			client.Close()
+			backend.Close()
 			return
 		}
-		_, _ = io.Copy(client, backend)
-	}()
-	<-done
-	client.Close()
-	backend.Close()
-	<-done
-	if haveKey {
-		e.cancels.remove(key)
+		_ = client.SetReadDeadline(time.Time{})
+		if l, err := sharedLoop(); err == nil {
+			if done, end, err := l.add(ct, bt); err == nil {
+				e.onEnd(client, end)
+				<-done
+				client.Close()
+				backend.Close()
+				return
+			}
+		}
+		go func() {
+			_, err := io.Copy(backend, client)
+			c2b <- err
+		}()
 	}
+	_, _ = io.Copy(client, backend)
+	client.Close()
+	closeWrite(backend)
+	<-c2b
+	backend.Close()
 }
 
 func closeWrite(c net.Conn) {

@@ -7,20 +7,12 @@ import (
 	"time"
 
 	"github.com/fogo-db/fogo/internal/app"
-	"github.com/fogo-db/fogo/internal/controlplane/armid"
 )
 
 // execOnInstance runs sql as fogo's superuser directly on server's instance of db (not through the gateway).
 func (f *fogo) execOnInstance(t *testing.T, server, db, sql string) {
 	t.Helper()
-	d, err := f.app.Service.GetDatabase(armid.DatabaseID{Server: armid.ServerID{Subscription: sub, ResourceGroup: rg, Name: server}, Name: db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := f.app.Cluster.GetInstance(d.Instance)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := f.instanceOf(t, server, db)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := f.app.Cluster.Handle(rec).Connect(ctx, db)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -196,23 +195,8 @@ func TestKillFogoDuringFailover(t *testing.T) {
 	checkAllPresent(t, f, "crash-east", "bank", ids)
 }
 
-// insertRows commits n rows one by one on server/db and returns their ids.
+// insertRows commits n rows one by one on server/db (through the server's endpoint) and returns their ids.
 func insertRows(t *testing.T, f *fogo, server, db string, n int) []int64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	conn, err := f.connect(ctx, server, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	ids := make([]int64, 0, n)
-	for i := 0; i < n; i++ {
-		var id int64
-		if err := conn.QueryRow(ctx, "INSERT INTO ledger(note) VALUES ('row') RETURNING id").Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	return ids
+	return insertRowsAt(t, f.endpointOf(server), db, n)
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fogo-db/fogo/internal/app"
-	"github.com/fogo-db/fogo/internal/controlplane/armid"
 )
 
 // listenerOf returns the group's read-write ("readWriteEndpoint") or read-only ("readOnlyEndpoint") listener.
@@ -55,14 +54,7 @@ func whereIs(t *testing.T, endpoint, db string) (port int, standby bool) {
 // instancePort is the port of server's instance of db.
 func (f *fogo) instancePort(t *testing.T, server, db string) int {
 	t.Helper()
-	d, err := f.app.Service.GetDatabase(armid.DatabaseID{Server: armid.ServerID{Subscription: sub, ResourceGroup: rg, Name: server}, Name: db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := f.app.Cluster.GetInstance(d.Instance)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := f.instanceOf(t, server, db)
 	return rec.Port
 }
 
@@ -253,14 +245,7 @@ func TestReadOnlyListenerPolicy(t *testing.T) {
 // stopInstance stops server's instance of db and returns a function that starts it again.
 func (f *fogo) stopInstance(t *testing.T, server, db string) func() {
 	t.Helper()
-	d, err := f.app.Service.GetDatabase(armid.DatabaseID{Server: armid.ServerID{Subscription: sub, ResourceGroup: rg, Name: server}, Name: db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := f.app.Cluster.GetInstance(d.Instance)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := f.instanceOf(t, server, db)
 	h := f.app.Cluster.Handle(rec)
 	if err := h.Stop(context.Background(), "fast"); err != nil {
 		t.Fatal(err)
