@@ -1,0 +1,442 @@
+// Package link runs a link connection: a consistent initial snapshot of the linked tables (from the slot's
+// exported snapshot), then their changes by logical decoding (pgoutput), applied to the target exactly once.
+//
+// Each source transaction is applied to the target in one target transaction together with the link's checkpoint
+// (the transaction's end LSN); on start the link reads the checkpoint back and skips everything at or below it,
+// so restarts of fogo, of the source or of the target never duplicate or skip a change. A link without a
+// checkpoint starts over: a fresh slot, a fresh snapshot, the target tables emptied (or dropped and recreated
+// with DropExistingOnStart) in the same way.
+//
+// Steps of Run: describe the source tables, ensure the publication, read the checkpoint, snapshot if there is
+// none, then stream.
+package link
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fogo-db/fogo/internal/link/target"
+	"github.com/fogo-db/fogo/internal/postgres/logrepl"
+	"github.com/fogo-db/fogo/internal/postgres/lsn"
+)
+
+// TableMapping links one source table to one target table.
+type TableMapping struct {
+	SourceSchema, SourceTable string
+	TargetSchema, TargetTable string
+}
+
+// Config is a link.
+type Config struct {
+	Name                string
+	Source              string // libpq connection string of the source database
+	Tables              []TableMapping
+	Target              *target.Store
+	DropExistingOnStart bool
+	Logger              *slog.Logger
+	// StatusInterval is how often the applied position is reported to the source (default 1s).
+	StatusInterval time.Duration
+	// SnapshotBatch is the number of rows per target transaction while snapshotting (default 5000).
+	SnapshotBatch int
+}
+
+// Status is what the link knows from facts.
+type Status struct {
+	Phase       string // Starting, Snapshotting, Streaming, Failed
+	Checkpoint  lsn.LSN
+	LastCommit  time.Time // commit time of the last applied source transaction
+	LastApplied time.Time // when it was applied
+	Applied     int64     // source transactions applied since start
+	Err         string
+}
+
+// Link is a running link connection.
+type Link struct {
+	cfg    Config
+	slot   string
+	mu     sync.Mutex
+	status Status
+}
+
+var nonIdent = regexp.MustCompile(`[^a-z0-9_]+`)
+
+// New returns a link; Run runs it.
+func New(cfg Config) *Link {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = time.Second
+	}
+	if cfg.SnapshotBatch <= 0 {
+		cfg.SnapshotBatch = 5000
+	}
+	slot := "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(cfg.Name), "_")
+	return &Link{cfg: cfg, slot: slot, status: Status{Phase: "Starting"}}
+}
+
+// SlotName is the link's replication slot (and publication) on the source.
+func (l *Link) SlotName() string { return l.slot }
+
+// Status returns the current status.
+func (l *Link) Status() Status {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.status
+}
+
+func (l *Link) setStatus(fn func(*Status)) {
+	l.mu.Lock()
+	fn(&l.status)
+	l.mu.Unlock()
+}
+
+// source is a described source table and its target.
+type source struct {
+	m      TableMapping
+	target *target.Table
+}
+
+// Run runs the link until ctx ends or an error stops it.
+func (l *Link) Run(ctx context.Context) error {
+	err := l.run(ctx)
+	if ctx.Err() != nil {
+		return ctx.Err() // stopped: whatever was interrupted resumes from the checkpoint
+	}
+	if err != nil {
+		l.setStatus(func(s *Status) { s.Phase, s.Err = "Failed", err.Error() })
+	}
+	return err
+}
+
+func (l *Link) run(ctx context.Context) error {
+	db, err := pgx.Connect(ctx, l.cfg.Source)
+	if err != nil {
+		return fmt.Errorf("link %s: connect to source: %w", l.cfg.Name, err)
+	}
+	defer db.Close(context.Background())
+	tables, err := l.describe(ctx, db)
+	if err != nil {
+		return err
+	}
+	if err := l.ensurePublication(ctx, db, tables); err != nil {
+		return err
+	}
+	cp, err := l.cfg.Target.Checkpoint(ctx, l.cfg.Name)
+	if err != nil {
+		return err
+	}
+	rc, err := logrepl.Connect(ctx, l.cfg.Source)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
+	}
+	defer rc.Close(context.Background())
+	if cp == 0 {
+		if cp, err = l.snapshot(ctx, db, rc, tables); err != nil {
+			return err
+		}
+	} else {
+		for _, t := range tables {
+			if err := l.cfg.Target.EnsureTable(ctx, t.target, false); err != nil {
+				return err
+			}
+		}
+	}
+	l.setStatus(func(s *Status) { s.Phase, s.Checkpoint = "Streaming", cp })
+	return l.stream(ctx, rc, tables, cp)
+}
+
+// describe reads the columns, types and key of every linked table.
+func (l *Link) describe(ctx context.Context, db *pgx.Conn) (map[string]*source, error) {
+	out := map[string]*source{}
+	for _, m := range l.cfg.Tables {
+		if m.SourceSchema == "" {
+			m.SourceSchema = "public"
+		}
+		if m.TargetTable == "" {
+			m.TargetTable = m.SourceTable
+		}
+		if m.TargetSchema == "" {
+			m.TargetSchema = m.SourceSchema
+		}
+		t := &target.Table{Schema: m.TargetSchema, Name: m.TargetTable}
+		rows, err := db.Query(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+				coalesce(a.attnum = ANY(i.indkey::int2[]), false), c.relreplident
+			FROM pg_attribute a
+			JOIN pg_class c ON c.oid = a.attrelid
+			JOIN pg_namespace n ON n.oid = c.relnamespace
+			LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+			WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+			ORDER BY a.attnum`, m.SourceSchema, m.SourceTable)
+		if err != nil {
+			return nil, fmt.Errorf("describe %s.%s: %w", m.SourceSchema, m.SourceTable, err)
+		}
+		var ident string
+		for rows.Next() {
+			var c target.Column
+			var key bool
+			if err := rows.Scan(&c.Name, &c.SourceType, &key, &ident); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			t.Columns = append(t.Columns, c)
+			if key {
+				t.Key = append(t.Key, c.Name)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		if len(t.Columns) == 0 {
+			return nil, fmt.Errorf("link %s: source table %s.%s does not exist", l.cfg.Name, m.SourceSchema, m.SourceTable)
+		}
+		if len(t.Key) == 0 {
+			if ident != "f" {
+				return nil, fmt.Errorf("link %s: source table %s.%s: %w", l.cfg.Name, m.SourceSchema, m.SourceTable, target.ErrNoKey)
+			}
+			for _, c := range t.Columns {
+				t.Key = append(t.Key, c.Name)
+			}
+		}
+		out[m.SourceSchema+"."+m.SourceTable] = &source{m: m, target: t}
+	}
+	return out, nil
+}
+
+func (l *Link) ensurePublication(ctx context.Context, db *pgx.Conn, tables map[string]*source) error {
+	names := make([]string, 0, len(tables))
+	for _, t := range tables {
+		names = append(names, pgx.Identifier{t.m.SourceSchema, t.m.SourceTable}.Sanitize())
+	}
+	list := strings.Join(names, ", ")
+	var exists bool
+	if err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", l.slot).Scan(&exists); err != nil {
+		return fmt.Errorf("link %s: read publication: %w", l.cfg.Name, err)
+	}
+	sql := "CREATE PUBLICATION " + pgx.Identifier{l.slot}.Sanitize() + " FOR TABLE " + list
+	if exists {
+		sql = "ALTER PUBLICATION " + pgx.Identifier{l.slot}.Sanitize() + " SET TABLE " + list
+	}
+	if _, err := db.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("link %s: publication: %w", l.cfg.Name, err)
+	}
+	return nil
+}
+
+// snapshot starts over: a fresh slot with an exported snapshot, the target tables emptied or recreated, every row
+// as of the snapshot copied, and the slot's consistent point recorded as the checkpoint with the last batch.
+func (l *Link) snapshot(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source) (lsn.LSN, error) {
+	l.setStatus(func(s *Status) { s.Phase = "Snapshotting" })
+	if _, err := db.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", l.slot); err != nil {
+		return 0, fmt.Errorf("link %s: drop old slot: %w", l.cfg.Name, err)
+	}
+	slot, err := rc.CreateSlot(ctx, l.slot, false, true)
+	if err != nil {
+		return 0, fmt.Errorf("link %s: %w", l.cfg.Name, err)
+	}
+	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+slot.SnapshotName+"'"); err != nil {
+		return 0, fmt.Errorf("link %s: use the slot's snapshot: %w", l.cfg.Name, err)
+	}
+	var batch []target.Change
+	flush := func(cp lsn.LSN) error {
+		err := l.cfg.Target.Apply(ctx, l.cfg.Name, batch, cp)
+		batch = batch[:0]
+		return err
+	}
+	for _, t := range tables {
+		if err := l.cfg.Target.EnsureTable(ctx, t.target, l.cfg.DropExistingOnStart); err != nil {
+			return 0, err
+		}
+		batch = append(batch, target.Clear(t.target))
+		cols := make([]string, len(t.target.Columns))
+		for i, c := range t.target.Columns {
+			cols[i] = pgx.Identifier{c.Name}.Sanitize() + "::text"
+		}
+		rows, err := tx.Query(ctx, "SELECT "+strings.Join(cols, ", ")+" FROM "+pgx.Identifier{t.m.SourceSchema, t.m.SourceTable}.Sanitize())
+		if err != nil {
+			return 0, fmt.Errorf("link %s: read %s: %w", l.cfg.Name, t.m.SourceTable, err)
+		}
+		for rows.Next() {
+			vals := make([]*string, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				rows.Close()
+				return 0, err
+			}
+			row := make([]target.Value, len(vals))
+			for i, v := range vals {
+				if v == nil {
+					row[i] = target.Value{Null: true}
+				} else {
+					row[i] = target.Value{Text: *v}
+				}
+			}
+			batch = append(batch, target.Change{Kind: target.Insert, Table: t.target, New: row})
+			if len(batch) >= l.cfg.SnapshotBatch {
+				if err := flush(0); err != nil {
+					rows.Close()
+					return 0, err
+				}
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return 0, err
+		}
+	}
+	if err := flush(slot.ConsistentPoint); err != nil {
+		return 0, err
+	}
+	l.cfg.Logger.Info("link snapshot done", "link", l.cfg.Name, "consistent_point", slot.ConsistentPoint.String())
+	return slot.ConsistentPoint, nil
+}
+
+// stream applies the slot's changes after cp, one source transaction per target transaction.
+func (l *Link) stream(ctx context.Context, rc *logrepl.Conn, tables map[string]*source, cp lsn.LSN) error {
+	if err := rc.StartReplication(ctx, l.slot, cp, []string{l.slot}, false); err != nil {
+		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
+	}
+	relations := map[uint32]*source{}
+	var txn []target.Change
+	nextStatus := time.Now()
+	for {
+		if time.Now().After(nextStatus) {
+			if err := rc.SendStandbyStatus(ctx, cp, cp, cp, false); err != nil {
+				return err
+			}
+			nextStatus = time.Now().Add(l.cfg.StatusInterval)
+		}
+		rctx, cancel := context.WithDeadline(ctx, nextStatus)
+		msg, err := rc.Receive(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				continue
+			}
+			return fmt.Errorf("link %s: stream: %w", l.cfg.Name, err)
+		}
+		switch m := msg.(type) {
+		case logrepl.Keepalive:
+			if m.ReplyRequested {
+				nextStatus = time.Time{}
+			}
+		case logrepl.XLogData:
+			d, err := logrepl.Decode(m.Data)
+			if err != nil {
+				return fmt.Errorf("link %s: %w", l.cfg.Name, err)
+			}
+			switch v := d.(type) {
+			case logrepl.Relation:
+				src := tables[v.Namespace+"."+v.Name]
+				if src == nil {
+					return fmt.Errorf("link %s: change of table %s.%s that is not linked", l.cfg.Name, v.Namespace, v.Name)
+				}
+				if err := sameShape(src.target, v); err != nil {
+					return fmt.Errorf("link %s: table %s.%s: %w", l.cfg.Name, v.Namespace, v.Name, err)
+				}
+				relations[v.ID] = src
+			case logrepl.Begin:
+				txn = txn[:0]
+			case logrepl.Insert, logrepl.Update, logrepl.Delete, logrepl.Truncate:
+				changes, err := toChanges(relations, v)
+				if err != nil {
+					return fmt.Errorf("link %s: %w", l.cfg.Name, err)
+				}
+				txn = append(txn, changes...)
+			case logrepl.Commit:
+				if v.EndLSN <= cp {
+					txn = txn[:0]
+					continue // applied before a restart
+				}
+				if err := l.cfg.Target.Apply(ctx, l.cfg.Name, txn, v.EndLSN); err != nil {
+					return err
+				}
+				cp = v.EndLSN
+				txn = txn[:0]
+				l.setStatus(func(s *Status) {
+					s.Checkpoint, s.LastCommit, s.LastApplied, s.Applied, s.Err = cp, v.CommitTime, time.Now(), s.Applied+1, ""
+				})
+			}
+		}
+	}
+}
+
+// sameShape checks that the stream's relation has the columns the link described (schema changes follow later).
+func sameShape(t *target.Table, r logrepl.Relation) error {
+	if len(r.Columns) != len(t.Columns) {
+		return fmt.Errorf("the source table now has %d columns, the link was started with %d (schema changes are not followed yet)", len(r.Columns), len(t.Columns))
+	}
+	for i, c := range r.Columns {
+		if c.Name != t.Columns[i].Name {
+			return fmt.Errorf("column %d is now %q, was %q (schema changes are not followed yet)", i+1, c.Name, t.Columns[i].Name)
+		}
+	}
+	return nil
+}
+
+func values(t logrepl.Tuple) []target.Value {
+	out := make([]target.Value, len(t))
+	for i, v := range t {
+		switch v.Kind {
+		case logrepl.Null:
+			out[i] = target.Value{Null: true}
+		case logrepl.Unchanged:
+			out[i] = target.Value{Unchanged: true}
+		default:
+			out[i] = target.Value{Text: string(v.Data)}
+		}
+	}
+	return out
+}
+
+func toChanges(relations map[uint32]*source, msg any) ([]target.Change, error) {
+	rel := func(id uint32) (*target.Table, error) {
+		src := relations[id]
+		if src == nil {
+			return nil, fmt.Errorf("change of relation %d before its description", id)
+		}
+		return src.target, nil
+	}
+	switch v := msg.(type) {
+	case logrepl.Insert:
+		t, err := rel(v.RelationID)
+		return []target.Change{{Kind: target.Insert, Table: t, New: values(v.New)}}, err
+	case logrepl.Update:
+		t, err := rel(v.RelationID)
+		return []target.Change{{Kind: target.Update, Table: t, Old: values(v.Old), New: values(v.New)}}, err
+	case logrepl.Delete:
+		t, err := rel(v.RelationID)
+		return []target.Change{{Kind: target.Delete, Table: t, Old: values(v.Old)}}, err
+	case logrepl.Truncate:
+		var out []target.Change
+		for _, id := range v.RelationIDs {
+			t, err := rel(id)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, target.Change{Kind: target.Truncate, Table: t})
+		}
+		return out, nil
+	}
+	return nil, nil
+}

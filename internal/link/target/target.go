@@ -1,0 +1,356 @@
+// Package target writes a link's changes into an analytics store: DuckDB (the embedded default) or PostgreSQL.
+// Both go through database/sql with a small dialect (type mapping and value conversion); everything else —
+// creating tables with the source's primary key, idempotent upserts, updates that leave unchanged TOASTed
+// columns alone, deletes, truncates — is shared.
+//
+// Exactly-once: Apply writes a batch of changes and the link's checkpoint (the end LSN of the last source
+// transaction in the batch) in one target transaction, and Checkpoint reads it back, so a restarted link skips
+// what the target already holds.
+package target
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/fogo-db/fogo/internal/postgres/lsn"
+)
+
+// Column is a target column with the source's type.
+type Column struct {
+	Name       string
+	SourceType string // format_type() of the source column, e.g. "numeric(12,2)", "timestamp with time zone"
+}
+
+// Table is a target table.
+type Table struct {
+	Schema, Name string
+	Columns      []Column
+	Key          []string // primary key (or every column for REPLICA IDENTITY FULL tables without one)
+}
+
+// Kinds of change.
+const (
+	Insert = iota + 1
+	Update
+	Delete
+	Truncate
+	clearTable // a snapshot's first step when the table is kept: nothing of an earlier run may remain
+)
+
+// Clear returns the change that empties t (the first change of a snapshot into a kept table).
+func Clear(t *Table) Change { return Change{Kind: clearTable, Table: t} }
+
+// Value is a column value in PostgreSQL's text format; Unchanged marks a TOASTed value an update did not send.
+type Value struct {
+	Null, Unchanged bool
+	Text            string
+}
+
+// Change is one row change, with values in the table's column order.
+type Change struct {
+	Kind  int
+	Table *Table
+	New   []Value // Insert, Update
+	Old   []Value // Update (when the key changed or the table is REPLICA IDENTITY FULL), Delete: key columns set
+}
+
+// Store is a target store.
+type Store struct {
+	db      *sql.DB
+	dialect dialect
+}
+
+// dialect is what differs between stores.
+type dialect interface {
+	name() string
+	columnType(sourceType string) string
+	// param converts a text-format value for a parameter of the column's source type.
+	param(sourceType, text string) (any, error)
+	// cast wraps a placeholder so the store converts it to the column's type.
+	cast(placeholder, sourceType string) string
+}
+
+// ErrNoKey is returned for a table that has neither a primary key nor REPLICA IDENTITY FULL.
+var ErrNoKey = errors.New("table has no primary key; give it one or set REPLICA IDENTITY FULL")
+
+const checkpointTable = `"_fogo_link_checkpoints"`
+
+// Close closes the store.
+func (s *Store) Close() error { return s.db.Close() }
+
+// DB exposes the connection pool (queries against the target).
+func (s *Store) DB() *sql.DB { return s.db }
+
+func qi(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+func (t *Table) qualified() string {
+	if t.Schema == "" {
+		return qi(t.Name)
+	}
+	return qi(t.Schema) + "." + qi(t.Name)
+}
+
+func (s *Store) ensureCheckpoints(ctx context.Context) error {
+	_, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+checkpointTable+
+		` (link VARCHAR PRIMARY KEY, lsn VARCHAR NOT NULL, updated_at VARCHAR NOT NULL)`)
+	return err
+}
+
+// Checkpoint returns the link's last applied LSN (0 if none).
+func (s *Store) Checkpoint(ctx context.Context, link string) (lsn.LSN, error) {
+	if err := s.ensureCheckpoints(ctx); err != nil {
+		return 0, fmt.Errorf("%s: checkpoint table: %w", s.dialect.name(), err)
+	}
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT lsn FROM `+checkpointTable+` WHERE link = $1`, link).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%s: read checkpoint: %w", s.dialect.name(), err)
+	}
+	return lsn.Parse(v)
+}
+
+// EnsureTable creates the table (dropping an existing one first when drop is set).
+func (s *Store) EnsureTable(ctx context.Context, t *Table, drop bool) error {
+	if len(t.Key) == 0 {
+		return fmt.Errorf("%s: %w", t.qualified(), ErrNoKey)
+	}
+	if t.Schema != "" {
+		if _, err := s.db.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+qi(t.Schema)); err != nil {
+			return fmt.Errorf("create schema %s: %w", t.Schema, err)
+		}
+	}
+	if drop {
+		if _, err := s.db.ExecContext(ctx, "DROP TABLE IF EXISTS "+t.qualified()); err != nil {
+			return fmt.Errorf("drop %s: %w", t.qualified(), err)
+		}
+	}
+	cols := make([]string, 0, len(t.Columns)+1)
+	for _, c := range t.Columns {
+		cols = append(cols, qi(c.Name)+" "+s.dialect.columnType(c.SourceType))
+	}
+	keys := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		keys[i] = qi(k)
+	}
+	cols = append(cols, "PRIMARY KEY ("+strings.Join(keys, ", ")+")")
+	if _, err := s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+t.qualified()+" ("+strings.Join(cols, ", ")+")"); err != nil {
+		return fmt.Errorf("create %s: %w", t.qualified(), err)
+	}
+	return nil
+}
+
+// Apply writes changes and the checkpoint in one transaction (a zero checkpoint writes none: a snapshot's
+// earlier batches).
+func (s *Store) Apply(ctx context.Context, link string, changes []Change, checkpoint lsn.LSN) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
+	}
+	defer tx.Rollback()
+	for i := range changes {
+		if err := s.apply(ctx, tx, &changes[i]); err != nil {
+			return err
+		}
+	}
+	if checkpoint == 0 {
+		return tx.Commit()
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO `+checkpointTable+` (link, lsn, updated_at) VALUES ($1, $2, CAST(now() AS VARCHAR))
+		ON CONFLICT (link) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at`, link, checkpoint.String()); err != nil {
+		return fmt.Errorf("%s: write checkpoint: %w", s.dialect.name(), err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("%s: commit: %w", s.dialect.name(), err)
+	}
+	return nil
+}
+
+func (s *Store) apply(ctx context.Context, tx *sql.Tx, c *Change) error {
+	t := c.Table
+	var query string
+	var args []any
+	var err error
+	switch c.Kind {
+	case Insert:
+		query, args, err = s.upsert(t, c.New)
+	case Update:
+		query, args, err = s.update(t, c.Old, c.New)
+	case Delete:
+		query, args, err = s.delete(t, c.Old)
+	case Truncate:
+		query = "DELETE FROM " + t.qualified()
+	case clearTable:
+		query = "DELETE FROM " + t.qualified()
+	default:
+		return fmt.Errorf("unknown change kind %d", c.Kind)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", t.qualified(), err)
+	}
+	if query == "" {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, query, args...); err != nil {
+		return fmt.Errorf("%s: apply to %s: %w", s.dialect.name(), t.qualified(), err)
+	}
+	return nil
+}
+
+func (s *Store) arg(args *[]any, c Column, v Value) (string, error) {
+	if v.Null {
+		return "NULL", nil
+	}
+	p, err := s.dialect.param(c.SourceType, v.Text)
+	if err != nil {
+		return "", fmt.Errorf("column %s: %w", c.Name, err)
+	}
+	*args = append(*args, p)
+	return s.dialect.cast(fmt.Sprintf("$%d", len(*args)), c.SourceType), nil
+}
+
+// upsert inserts a row, replacing one with the same key (a replayed insert is harmless).
+func (s *Store) upsert(t *Table, row []Value) (string, []any, error) {
+	var cols, vals, sets []string
+	var args []any
+	for i, c := range t.Columns {
+		if i >= len(row) || row[i].Unchanged {
+			continue
+		}
+		v, err := s.arg(&args, c, row[i])
+		if err != nil {
+			return "", nil, err
+		}
+		cols, vals = append(cols, qi(c.Name)), append(vals, v)
+		if !isKey(t, c.Name) {
+			sets = append(sets, qi(c.Name)+" = excluded."+qi(c.Name))
+		}
+	}
+	keys := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		keys[i] = qi(k)
+	}
+	q := "INSERT INTO " + t.qualified() + " (" + strings.Join(cols, ", ") + ") VALUES (" + strings.Join(vals, ", ") + ") ON CONFLICT (" + strings.Join(keys, ", ") + ")"
+	if len(sets) == 0 {
+		return q + " DO NOTHING", args, nil
+	}
+	return q + " DO UPDATE SET " + strings.Join(sets, ", "), args, nil
+}
+
+// update sets the columns the source sent (an unchanged TOASTed value keeps the target's value) on the row found
+// by the old key (or the new key when the key did not change).
+func (s *Store) update(t *Table, old, row []Value) (string, []any, error) {
+	var sets []string
+	var args []any
+	keyChanged := len(old) > 0 && !sameKey(t, old, row)
+	for i, c := range t.Columns {
+		if i >= len(row) || row[i].Unchanged || (!keyChanged && isKey(t, c.Name)) {
+			continue
+		}
+		v, err := s.arg(&args, c, row[i])
+		if err != nil {
+			return "", nil, err
+		}
+		sets = append(sets, qi(c.Name)+" = "+v)
+	}
+	keyRow := row
+	if len(old) > 0 {
+		keyRow = old
+	}
+	where, err := s.where(t, keyRow, &args)
+	if err != nil {
+		return "", nil, err
+	}
+	if len(sets) == 0 {
+		return "", nil, nil
+	}
+	return "UPDATE " + t.qualified() + " SET " + strings.Join(sets, ", ") + " WHERE " + where, args, nil
+}
+
+func (s *Store) delete(t *Table, old []Value) (string, []any, error) {
+	var args []any
+	where, err := s.where(t, old, &args)
+	if err != nil {
+		return "", nil, err
+	}
+	return "DELETE FROM " + t.qualified() + " WHERE " + where, args, nil
+}
+
+func (s *Store) where(t *Table, row []Value, args *[]any) (string, error) {
+	var conds []string
+	for i, c := range t.Columns {
+		if !isKey(t, c.Name) {
+			continue
+		}
+		if i >= len(row) || row[i].Unchanged {
+			return "", fmt.Errorf("key column %s has no value in the change", c.Name)
+		}
+		if row[i].Null {
+			conds = append(conds, qi(c.Name)+" IS NULL")
+			continue
+		}
+		v, err := s.arg(args, c, row[i])
+		if err != nil {
+			return "", err
+		}
+		conds = append(conds, qi(c.Name)+" = "+v)
+	}
+	if len(conds) == 0 {
+		return "", ErrNoKey
+	}
+	return strings.Join(conds, " AND "), nil
+}
+
+func sameKey(t *Table, a, b []Value) bool {
+	for i, c := range t.Columns {
+		if isKey(t, c.Name) && (i >= len(a) || i >= len(b) || a[i] != b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isKey(t *Table, name string) bool {
+	for _, k := range t.Key {
+		if k == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Query runs a read-only query against the target and returns column names and rows (values as Go types).
+func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, error) {
+	rows, err := s.db.QueryContext(ctx, query)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return nil, nil, err
+	}
+	var out [][]any
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, nil, err
+		}
+		for i, v := range vals {
+			if b, ok := v.([]byte); ok {
+				vals[i] = string(b)
+			}
+		}
+		out = append(out, vals)
+	}
+	return cols, out, rows.Err()
+}
