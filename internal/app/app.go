@@ -20,6 +20,7 @@ import (
 	"github.com/fogo-db/fogo/internal/api/arm"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/failover"
+	"github.com/fogo-db/fogo/internal/controlplane/links"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/operations"
 	"github.com/fogo-db/fogo/internal/controlplane/service"
@@ -71,6 +72,7 @@ type App struct {
 	Service   *service.Service
 	Cluster   *cluster.Manager
 	Ops       *operations.Runner
+	Links     *links.Manager
 	gw        *gatewayEndpoints
 	metrics   *metrics.Metrics
 	http      *http.Server
@@ -218,6 +220,7 @@ func (a *App) build(ctx context.Context) error {
 		GraceUnit: a.opts.GraceUnit},
 		a.Store, a.Ops, a.Cluster, a.gw, obs, a.log)
 	a.gw.svc = a.Service
+	a.Links = links.New(a.Store, a.Cluster, a.log)
 	a.gw.lis = listener.New(listener.Config{ListenHost: a.opts.GatewayListenHost, HoldTimeout: a.opts.ListenerHoldTimeout, Logger: a.log},
 		a.gw.mgr, a.Service)
 	go func() {
@@ -319,6 +322,9 @@ func (a *App) Close() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = a.http.Shutdown(sctx)
 		cancel()
+	}
+	if a.Links != nil {
+		a.Links.StopAll()
 	}
 	if a.cancel != nil {
 		a.cancel()

@@ -46,6 +46,9 @@ type Config struct {
 	StatusInterval time.Duration
 	// SnapshotBatch is the number of rows per target transaction while snapshotting (default 5000).
 	SnapshotBatch int
+	// Gate, if set, is waited on before anything up to a source position is committed to the target (the
+	// failover-safe gate: the geo-secondary has flushed it).
+	Gate func(ctx context.Context, upTo lsn.LSN) error
 }
 
 // Status is what the link knows from facts.
@@ -301,6 +304,9 @@ func (l *Link) snapshot(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tab
 			return 0, err
 		}
 	}
+	if err := l.waitGate(ctx, slot.ConsistentPoint); err != nil {
+		return 0, err
+	}
 	if err := flush(slot.ConsistentPoint); err != nil {
 		return 0, err
 	}
@@ -308,13 +314,38 @@ func (l *Link) snapshot(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tab
 	return slot.ConsistentPoint, nil
 }
 
-// stream applies the slot's changes after cp, one source transaction per target transaction.
+// stream applies the slot's changes after cp. Committed source transactions are applied in batches: a batch is
+// written (with the checkpoint of its last transaction, in one target transaction) when it is large, or as soon as
+// the stream pauses for a moment, so a busy source costs few target transactions and a quiet one sees its changes
+// within milliseconds.
 func (l *Link) stream(ctx context.Context, rc *logrepl.Conn, tables map[string]*source, cp lsn.LSN) error {
 	if err := rc.StartReplication(ctx, l.slot, cp, []string{l.slot}, false); err != nil {
 		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
 	}
+	const maxBatch = 5000
 	relations := map[uint32]*source{}
-	var txn []target.Change
+	var txn, batch []target.Change
+	var batchEnd lsn.LSN
+	var batchTxns int64
+	var batchCommit time.Time
+	flush := func() error {
+		if batchEnd <= cp {
+			return nil
+		}
+		if err := l.waitGate(ctx, batchEnd); err != nil {
+			return err
+		}
+		if err := l.cfg.Target.Apply(ctx, l.cfg.Name, batch, batchEnd); err != nil {
+			return err
+		}
+		cp, batch = batchEnd, batch[:0]
+		n, at := batchTxns, batchCommit
+		batchTxns = 0
+		l.setStatus(func(s *Status) {
+			s.Checkpoint, s.LastCommit, s.LastApplied, s.Applied = cp, at, time.Now(), s.Applied+n
+		})
+		return nil
+	}
 	nextStatus := time.Now()
 	for {
 		if time.Now().After(nextStatus) {
@@ -323,7 +354,11 @@ func (l *Link) stream(ctx context.Context, rc *logrepl.Conn, tables map[string]*
 			}
 			nextStatus = time.Now().Add(l.cfg.StatusInterval)
 		}
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
+		deadline := nextStatus
+		if batchEnd > cp {
+			deadline = time.Now().Add(10 * time.Millisecond)
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
 		msg, err := rc.Receive(rctx)
 		cancel()
 		if err != nil {
@@ -331,6 +366,9 @@ func (l *Link) stream(ctx context.Context, rc *logrepl.Conn, tables map[string]*
 				return ctx.Err()
 			}
 			if errors.Is(err, context.DeadlineExceeded) {
+				if err := flush(); err != nil {
+					return err
+				}
 				continue
 			}
 			return fmt.Errorf("link %s: stream: %w", l.cfg.Name, err)
@@ -338,6 +376,9 @@ func (l *Link) stream(ctx context.Context, rc *logrepl.Conn, tables map[string]*
 		switch m := msg.(type) {
 		case logrepl.Keepalive:
 			if m.ReplyRequested {
+				if err := flush(); err != nil {
+					return err
+				}
 				nextStatus = time.Time{}
 			}
 		case logrepl.XLogData:
@@ -368,17 +409,37 @@ func (l *Link) stream(ctx context.Context, rc *logrepl.Conn, tables map[string]*
 					txn = txn[:0]
 					continue // applied before a restart
 				}
-				if err := l.cfg.Target.Apply(ctx, l.cfg.Name, txn, v.EndLSN); err != nil {
-					return err
-				}
-				cp = v.EndLSN
+				batch = append(batch, txn...)
+				batchEnd, batchCommit = v.EndLSN, v.CommitTime
+				batchTxns++
 				txn = txn[:0]
-				l.setStatus(func(s *Status) {
-					s.Checkpoint, s.LastCommit, s.LastApplied, s.Applied, s.Err = cp, v.CommitTime, time.Now(), s.Applied+1, ""
-				})
+				if len(batch) >= maxBatch {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
 			}
 		}
 	}
+}
+
+// waitGate waits for the failover-safe gate, saying so in the status while it waits.
+func (l *Link) waitGate(ctx context.Context, upTo lsn.LSN) error {
+	if l.cfg.Gate == nil {
+		return nil
+	}
+	gctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	err := l.cfg.Gate(gctx, upTo)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	l.setStatus(func(s *Status) { s.Err = "waiting for the geo-secondary to flush " + upTo.String() })
+	if err := l.cfg.Gate(ctx, upTo); err != nil {
+		return fmt.Errorf("link %s: failover-safe gate: %w", l.cfg.Name, err)
+	}
+	l.setStatus(func(s *Status) { s.Err = "" })
+	return nil
 }
 
 // sameShape checks that the stream's relation has the columns the link described (schema changes follow later).

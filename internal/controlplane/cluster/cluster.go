@@ -79,6 +79,9 @@ func (m *Manager) TryLock(key string) (func(), bool) {
 	return l.Unlock, true
 }
 
+// SuperPassword is the internal superuser's password (for fogo's own connections, e.g. link workers).
+func (m *Manager) SuperPassword() string { return m.cfg.SuperPassword }
+
 // Handle returns the instance handle for a record.
 func (m *Manager) Handle(rec *model.Instance) *instance.Instance {
 	return &instance.Instance{

@@ -99,6 +99,8 @@ type Replica struct {
 	ApplicationName string
 	State           string
 	ReplayLSN       lsn.LSN
+	// FlushLSN is how far the standby has flushed WAL to disk.
+	FlushLSN lsn.LSN
 	// LagBytes is how much WAL the primary has written that the standby has not replayed.
 	LagBytes int64
 	// ReplayLagSeconds is pg_stat_replication.replay_lag (0 when the standby is idle and caught up).
@@ -109,7 +111,7 @@ type Replica struct {
 func (i *Instance) ReplicationStatus(ctx context.Context) ([]Replica, error) {
 	var out []Replica
 	err := i.query(ctx, func(c *pgx.Conn) error {
-		rows, err := c.Query(ctx, `SELECT application_name, state, coalesce(replay_lsn::text, '0/0'),
+		rows, err := c.Query(ctx, `SELECT application_name, state, coalesce(replay_lsn::text, '0/0'), coalesce(flush_lsn::text, '0/0'),
 			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint,
 			coalesce(extract(epoch FROM replay_lag), 0)::float8 FROM pg_stat_replication`)
 		if err != nil {
@@ -118,11 +120,12 @@ func (i *Instance) ReplicationStatus(ctx context.Context) ([]Replica, error) {
 		defer rows.Close()
 		for rows.Next() {
 			var r Replica
-			var replay string
-			if err := rows.Scan(&r.ApplicationName, &r.State, &replay, &r.LagBytes, &r.ReplayLagSeconds); err != nil {
+			var replay, flush string
+			if err := rows.Scan(&r.ApplicationName, &r.State, &replay, &flush, &r.LagBytes, &r.ReplayLagSeconds); err != nil {
 				return err
 			}
 			r.ReplayLSN, _ = lsn.Parse(replay)
+			r.FlushLSN, _ = lsn.Parse(flush)
 			out = append(out, r)
 		}
 		return rows.Err()

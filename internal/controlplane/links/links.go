@@ -1,0 +1,317 @@
+// Package links runs fogo's link connections inside the control plane and makes them follow their failover
+// group through planned and forced failovers (DESIGN.md, "The link, and why it survives failover on PostgreSQL 15"):
+//
+//   - The link's source is the group's read-write listener, so after any failover it reconnects to whichever
+//     instance is primary and resumes from its checkpoint; a worker restarts a stopped link with backoff.
+//   - Slot copies: the keeper copies the link's logical slot from the primary to the geo-secondary (the slot's state
+//     file, then one restart of the standby) and advances the copy with pg_replication_slot_advance, never past the
+//     link's checkpoint. After a promotion the new primary already has the slot.
+//   - Failover-safe gate: a source transaction is applied only once the geo-secondary has flushed past its end, so
+//     a forced failover can never leave rows in the target that the new primary lacks.
+package links
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/link"
+	"github.com/fogo-db/fogo/internal/link/target"
+	"github.com/fogo-db/fogo/internal/postgres/lsn"
+)
+
+// Def is a link connection on a failover group's database.
+type Def struct {
+	Name     string
+	Group    string // failover group name
+	Database string
+	Tables   []link.TableMapping
+	Target   *target.Store
+	Drop     bool
+}
+
+// Manager runs links.
+type Manager struct {
+	st  *store.Store
+	cl  *cluster.Manager
+	log *slog.Logger
+
+	mu    sync.Mutex
+	links map[string]*worker
+}
+
+// New returns a manager.
+func New(st *store.Store, cl *cluster.Manager, log *slog.Logger) *Manager {
+	return &Manager{st: st, cl: cl, log: log, links: map[string]*worker{}}
+}
+
+type worker struct {
+	def     Def
+	link    *link.Link
+	cancel  context.CancelFunc
+	done    chan struct{}
+	mu      sync.Mutex
+	lastErr string
+}
+
+// Start runs a link until Stop (restarting it after errors, e.g. a failover ending its connection).
+func (m *Manager) Start(def Def) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.links[def.Name]; ok {
+		return fmt.Errorf("link %s is already running", def.Name)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &worker{def: def, cancel: cancel, done: make(chan struct{})}
+	m.links[def.Name] = w
+	go m.supervise(ctx, w)
+	go m.keepSlotCopy(ctx, w)
+	return nil
+}
+
+// Stop stops a link and waits for it.
+func (m *Manager) Stop(name string) {
+	m.mu.Lock()
+	w := m.links[name]
+	delete(m.links, name)
+	m.mu.Unlock()
+	if w != nil {
+		w.cancel()
+		<-w.done
+	}
+}
+
+// StopAll stops every link.
+func (m *Manager) StopAll() {
+	m.mu.Lock()
+	names := make([]string, 0, len(m.links))
+	for n := range m.links {
+		names = append(names, n)
+	}
+	m.mu.Unlock()
+	for _, n := range names {
+		m.Stop(n)
+	}
+}
+
+// Status is a link's status, from facts.
+func (m *Manager) Status(name string) (link.Status, bool) {
+	m.mu.Lock()
+	w := m.links[name]
+	m.mu.Unlock()
+	if w == nil {
+		return link.Status{}, false
+	}
+	w.mu.Lock()
+	l, lastErr := w.link, w.lastErr
+	w.mu.Unlock()
+	if l == nil {
+		return link.Status{Phase: "Starting", Err: lastErr}, true
+	}
+	st := l.Status()
+	if st.Err == "" && !(st.Phase == "Streaming" && st.Applied > 0) {
+		st.Err = lastErr // the last restart's cause, until the restarted link has applied something
+	}
+	return st, true
+}
+
+// topology is where the link's database lives now.
+type topology struct {
+	group              model.FailoverGroup
+	primary, secondary model.Instance
+}
+
+func (m *Manager) topology(def Def) (*topology, error) {
+	var t topology
+	err := m.st.View(func(tx *store.Tx) error {
+		if err := tx.MustGet(store.Groups, model.GroupKey(def.Group), &t.group); err != nil {
+			return err
+		}
+		for _, d := range t.group.Databases {
+			if d.Name != def.Database {
+				continue
+			}
+			if err := tx.MustGet(store.Instances, d.Primary, &t.primary); err != nil {
+				return err
+			}
+			if d.Secondary != "" {
+				if _, err := tx.Get(store.Instances, d.Secondary, &t.secondary); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		return fmt.Errorf("database %s is not in failover group %s", def.Database, def.Group)
+	})
+	return &t, err
+}
+
+// supervise runs the link, restarting it with backoff; the source is the group's read-write listener.
+func (m *Manager) supervise(ctx context.Context, w *worker) {
+	defer close(w.done)
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		t, err := m.topology(w.def)
+		if err != nil {
+			w.setErr(err)
+		} else {
+			src := fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10",
+				t.group.RWPort, cluster.SuperUser, m.cl.SuperPassword(), w.def.Database)
+			l := link.New(link.Config{Name: w.def.Name, Source: src, Tables: w.def.Tables, Target: w.def.Target,
+				DropExistingOnStart: w.def.Drop, Logger: m.log, Gate: m.gate(w.def)})
+			w.mu.Lock()
+			w.link = l
+			w.mu.Unlock()
+			start := time.Now()
+			err = l.Run(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			w.setErr(err)
+			m.log.Warn("link stopped; restarting", "link", w.def.Name, "err", err)
+			if time.Since(start) > 10*time.Second {
+				backoff = 200 * time.Millisecond
+			}
+			w.def.Drop = false // only the first start drops
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (w *worker) setErr(err error) {
+	if err == nil {
+		return
+	}
+	w.mu.Lock()
+	w.lastErr = err.Error()
+	w.mu.Unlock()
+}
+
+// gate waits until the geo-secondary has flushed past end (read from the primary's pg_stat_replication).
+func (m *Manager) gate(def Def) func(ctx context.Context, end lsn.LSN) error {
+	var mu sync.Mutex
+	var flushed lsn.LSN
+	var flushedBy string // the secondary that reported it
+	return func(ctx context.Context, end lsn.LSN) error {
+		for {
+			t, err := m.topology(def)
+			if err != nil {
+				return err
+			}
+			if t.secondary.ID != "" {
+				mu.Lock()
+				known := flushedBy == t.secondary.ID && flushed >= end
+				mu.Unlock()
+				if known {
+					return nil
+				}
+				reps, err := m.cl.Handle(&t.primary).ReplicationStatus(ctx)
+				if err == nil {
+					for _, r := range reps {
+						if r.ApplicationName != t.secondary.ID {
+							continue
+						}
+						mu.Lock()
+						flushed, flushedBy = r.FlushLSN, r.ApplicationName
+						mu.Unlock()
+						if r.FlushLSN >= end {
+							return nil
+						}
+					}
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// keepSlotCopy keeps a copy of the link's slot on the geo-secondary, advanced to the link's checkpoint.
+func (m *Manager) keepSlotCopy(ctx context.Context, w *worker) {
+	lastErr := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		w.mu.Lock()
+		l := w.link
+		w.mu.Unlock()
+		if l == nil || l.Status().Phase != "Streaming" {
+			continue
+		}
+		err := m.syncCopy(ctx, w.def, l)
+		if msg := fmt.Sprint(err); err != nil && ctx.Err() == nil && msg != lastErr {
+			m.log.Warn("link slot copy", "link", w.def.Name, "err", err)
+		}
+		lastErr = fmt.Sprint(err)
+	}
+}
+
+func (m *Manager) syncCopy(ctx context.Context, def Def, l *link.Link) error {
+	t, err := m.topology(def)
+	if err != nil || t.secondary.ID == "" || !t.secondary.Seeded || t.secondary.NeedsRejoin {
+		return err
+	}
+	slot := l.SlotName()
+	hp, hs := m.cl.Handle(&t.primary), m.cl.Handle(&t.secondary)
+	if _, running := hs.Running(); !running || !hs.IsStandby() {
+		return nil
+	}
+	have, err := hs.SlotConfirmedLSN(ctx, slot)
+	if err != nil {
+		return err
+	}
+	if have == 0 {
+		return m.copySlot(ctx, def, t, slot)
+	}
+	cp := l.Status().Checkpoint
+	if cp > have {
+		return hs.AdvanceSlot(ctx, def.Database, slot, cp)
+	}
+	_ = hp
+	return nil
+}
+
+// copySlot copies the slot's state file from the primary into the standby and restarts the standby once, under
+// the group lock so that no failover runs meanwhile.
+func (m *Manager) copySlot(ctx context.Context, def Def, t *topology, slot string) error {
+	unlock, ok := m.cl.TryLock(t.group.Key())
+	if !ok {
+		return nil // an operation runs; next time
+	}
+	defer unlock()
+	hp, hs := m.cl.Handle(&t.primary), m.cl.Handle(&t.secondary)
+	state, err := hp.ReadSlotState(ctx, slot)
+	if err != nil {
+		return fmt.Errorf("read slot state on the primary: %w", err)
+	}
+	if err := hs.Stop(ctx, "fast"); err != nil {
+		return err
+	}
+	dir := filepath.Join(t.secondary.Dir, "pg_replslot", slot)
+	werr := hs.WriteSlotState(dir, state)
+	if err := hs.Start(ctx); err != nil {
+		return fmt.Errorf("restart the standby after copying the slot: %w", err)
+	}
+	if werr != nil {
+		return fmt.Errorf("write slot copy: %w", werr)
+	}
+	m.log.Info("link slot copied to the geo-secondary", "link", def.Name, "slot", slot, "standby", t.secondary.ID)
+	return nil
+}

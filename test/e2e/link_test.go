@@ -1,0 +1,113 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/controlplane/links"
+	"github.com/fogo-db/fogo/internal/link"
+	"github.com/fogo-db/fogo/internal/link/target"
+)
+
+// TestLinkFollowsFailovers: a link from a failover group's database into DuckDB keeps running through a planned
+// and a forced failover while clients write through the read-write listener, with no manual step: afterwards the
+// target equals the new primary exactly (nothing lost, nothing duplicated, no row the new primary lacks).
+func TestLinkFollowsFailovers(t *testing.T) {
+	f := startFogo(t)
+	f.createServer("lk-east", "eastus")
+	f.createServer("lk-west", "westus")
+	f.createDB("lk-east", "shop", "eastus")
+	mustExec(t, f, "lk-east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
+	mustExec(t, f, "lk-east", "shop", "INSERT INTO ledger(note) SELECT 'seed ' || i FROM generate_series(1, 500) i")
+	f.mustSucceed(f.createGroup("lk-east", "lk-west", "lk-fg", "shop"), 201)
+	f.waitGroupState("lk-east", "lk-fg", "CATCH_UP")
+	rw := f.listenerOf("lk-east", "lk-fg", "readWriteEndpoint")
+
+	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "lk.duckdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := f.app.Links.Start(links.Def{Name: "lk", Group: "lk-fg", Database: "shop", Target: store,
+		Tables: []link.TableMapping{{SourceTable: "ledger"}}}); err != nil {
+		t.Fatal(err)
+	}
+	defer f.app.Links.Stop("lk")
+	convergeLink(t, f, rw, store)
+	waitSlotCopy(t, f, "lk-west", "shop", "fogo_link_lk")
+
+	// Planned failover to west while clients write through the listener.
+	ctx, stop := context.WithCancel(context.Background())
+	var w listenerWriters
+	wg := w.run(ctx, rw, "shop", 2)
+	time.Sleep(500 * time.Millisecond)
+	f.mustSucceed(f.do(http.MethodPost, fgPath("lk-west", "lk-fg")+"/failover", nil), 202)
+	time.Sleep(700 * time.Millisecond)
+	stop()
+	wg.Wait()
+	convergeLink(t, f, rw, store)
+	f.waitGroupState("lk-west", "lk-fg", "CATCH_UP")
+	waitSlotCopy(t, f, "lk-east", "shop", "fogo_link_lk")
+
+	// Forced failover back to east after kill -9 of west's primary instance, writers still running.
+	ctx, stop = context.WithCancel(context.Background())
+	wg = w.run(ctx, rw, "shop", 2)
+	time.Sleep(500 * time.Millisecond)
+	f.killPrimaryInstances(t, "lk-west")
+	f.mustSucceed(f.do(http.MethodPost, fgPath("lk-east", "lk-fg")+"/forceFailoverAllowDataLoss", nil), 202)
+	time.Sleep(700 * time.Millisecond)
+	stop()
+	wg.Wait()
+	convergeLink(t, f, rw, store)
+	st, _ := f.app.Links.Status("lk")
+	if st.Phase != "Streaming" || st.Applied == 0 {
+		t.Fatalf("link status after the failovers: %+v", st)
+	}
+	t.Logf("link after a planned and a forced failover: %d acknowledged writes, status %+v", len(w.acked), st)
+}
+
+const ledgerDigest = "md5(string_agg(CAST(id AS VARCHAR) || ':' || note, ',' ORDER BY id))"
+
+// convergeLink waits until the target's ledger equals the current primary's (read through the listener).
+func convergeLink(t *testing.T, f *fogo, rw string, store *target.Store) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var want, got string
+	var n int
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := dial(ctx, rw, "shop")
+		if err == nil {
+			err = conn.QueryRow(ctx, "SELECT count(*), coalesce(md5(string_agg(id::text || ':' || note, ',' ORDER BY id)), '') FROM ledger").Scan(&n, &want)
+			conn.Close(ctx)
+		}
+		cancel()
+		if err == nil {
+			var m int
+			if qerr := store.DB().QueryRow("SELECT count(*), coalesce(" + ledgerDigest + ", '') FROM public.ledger").Scan(&m, &got); qerr == nil && got == want {
+				return
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	st, _ := f.app.Links.Status("lk")
+	t.Fatalf("the target did not converge with the primary (%d rows there): %s vs %s; link %+v; group %v", n, got, want,
+		st, f.groupProps("lk-east", "lk-fg")["replicationState"])
+}
+
+// waitSlotCopy waits until server's instance of db holds a copy of the link's slot.
+func waitSlotCopy(t *testing.T, f *fogo, server, db, slot string) {
+	t.Helper()
+	h := f.app.Cluster.Handle(f.instanceOf(t, server, db))
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := h.SlotConfirmedLSN(context.Background(), slot); err == nil && c > 0 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("no copy of slot %s on %s", slot, server)
+}
