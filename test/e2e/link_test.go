@@ -87,7 +87,7 @@ func convergeLink(t *testing.T, f *fogo, rw string, store *target.Store) {
 		cancel()
 		if err == nil {
 			var m int
-			if qerr := store.DB().QueryRow("SELECT count(*), coalesce(" + ledgerDigest + ", '') FROM public.ledger").Scan(&m, &got); qerr == nil && got == want {
+			if qerr := store.DB().QueryRow("SELECT count(*), coalesce("+ledgerDigest+", '') FROM public.ledger").Scan(&m, &got); qerr == nil && got == want {
 				return
 			}
 		}
