@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fogo-db/fogo/internal/api/arm"
+	"github.com/fogo-db/fogo/internal/api/synapse"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/failover"
 	"github.com/fogo-db/fogo/internal/controlplane/links"
@@ -73,15 +74,17 @@ type App struct {
 	Cluster   *cluster.Manager
 	Ops       *operations.Runner
 	Links     *links.Manager
-	gw        *gatewayEndpoints
-	metrics   *metrics.Metrics
-	http      *http.Server
-	listener  net.Listener
-	cancel    context.CancelFunc
-	done      chan struct{}
-	ready     atomic.Bool
-	log       *slog.Logger
-	bin       *pgbin.Bin
+	// LinkCatalog holds the link connection definitions (the Synapse API's state).
+	LinkCatalog *links.Catalog
+	gw          *gatewayEndpoints
+	metrics     *metrics.Metrics
+	http        *http.Server
+	listener    net.Listener
+	cancel      context.CancelFunc
+	done        chan struct{}
+	ready       atomic.Bool
+	log         *slog.Logger
+	bin         *pgbin.Bin
 }
 
 // Start brings fogo up and returns once the API listens.
@@ -221,6 +224,7 @@ func (a *App) build(ctx context.Context) error {
 		a.Store, a.Ops, a.Cluster, a.gw, obs, a.log)
 	a.gw.svc = a.Service
 	a.Links = links.New(a.Store, a.Cluster, a.log)
+	a.LinkCatalog = links.NewCatalog(a.Links, a.opts.DataDir)
 	a.gw.lis = listener.New(listener.Config{ListenHost: a.opts.GatewayListenHost, HoldTimeout: a.opts.ListenerHoldTimeout, Logger: a.log},
 		a.gw.mgr, a.Service)
 	go func() {
@@ -230,6 +234,7 @@ func (a *App) build(ctx context.Context) error {
 		if err := a.Ops.ResumeAll(); err != nil {
 			a.log.Error("resume operations", "err", err)
 		}
+		a.LinkCatalog.Resume()
 		a.ready.Store(true)
 		obs.Run(runCtx, a.opts.ReconcileInterval, a.logWarn)
 	}()
@@ -275,7 +280,7 @@ func (a *App) listen(context.Context) error {
 		return err
 	}
 	api := arm.New(arm.Config{Token: a.Token, AdvertiseHost: a.opts.AdvertiseHost, Logger: a.log, Ready: a.ready.Load,
-		Metrics: a.metrics.Handler()}, a.Service)
+		Metrics: a.metrics.Handler(), Workspaces: synapse.New(a.LinkCatalog)}, a.Service)
 	a.http = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	if a.opts.TLSCert != "" || a.opts.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(a.opts.TLSCert, a.opts.TLSKey)

@@ -128,6 +128,12 @@ func TestLinkToDuckDB(t *testing.T) {
 	if n != "4.500000" || raw != "DEADBEEF" || tags != "{3,4}" || doc != `{"a": 1}` {
 		t.Fatalf("types: n=%s raw=%s tags=%s doc=%s", n, raw, tags, doc)
 	}
+	if _, _, err := store.Query(ctx, "DELETE FROM analytics.items"); err == nil {
+		t.Fatal("a write ran through the read-only query of a DuckDB target")
+	}
+	if cols, rows, err := store.Query(ctx, "SELECT count(*) AS n FROM analytics.items"); err != nil || cols[0] != "n" || len(rows) != 1 {
+		t.Fatalf("query: %v %v %v", cols, rows, err)
+	}
 	stop()
 	st := l.Status()
 	if st.Phase != "Streaming" || st.Applied < 4 || st.Checkpoint == 0 {
@@ -175,4 +181,7 @@ func TestLinkExactlyOnceAcrossRestarts(t *testing.T) {
 	defer stop()
 	sum := "SELECT count(*)::text || ':' || sum(amount)::text || ':' || md5(string_agg(id::text || note || amount::text, ',' ORDER BY id)) FROM ledger"
 	converge(t, src, store, sum, `SELECT count(*)::text || ':' || sum(amount)::text || ':' || md5(string_agg(id::text || note || amount::text, ',' ORDER BY id)) FROM public.ledger`)
+	if _, _, err := store.Query(ctx, "DELETE FROM public.ledger"); err == nil {
+		t.Fatal("a write ran through the read-only query of a PostgreSQL target")
+	}
 }

@@ -30,6 +30,8 @@ type Config struct {
 	Ready func() bool
 	// Metrics, if set, is served at GET /metrics (bearer token required).
 	Metrics http.Handler
+	// Workspaces, if set, serves /workspaces/ (the Synapse link API; bearer token required).
+	Workspaces http.Handler
 }
 
 // API is the HTTP handler.
@@ -51,6 +53,9 @@ func New(cfg Config, svc *service.Service) *API {
 	a.mux.HandleFunc("GET /healthz", a.healthz)
 	a.mux.HandleFunc("GET /readyz", a.readyz)
 	a.mux.HandleFunc("GET /health/failoverGroups/{group}/servers/{server}/{check}", a.groupHealth)
+	if cfg.Workspaces != nil {
+		a.mux.Handle("/workspaces/", a.authenticated(cfg.Workspaces))
+	}
 	if cfg.Metrics != nil {
 		a.mux.Handle("GET /metrics", a.authenticated(cfg.Metrics))
 	}

@@ -29,11 +29,14 @@ import (
 // Def is a link connection on a failover group's database.
 type Def struct {
 	Name     string
-	Group    string // failover group name
+	Group    string // failover group name; "" for a plain source
 	Database string
-	Tables   []link.TableMapping
-	Target   *target.Store
-	Drop     bool
+	Source   string // with no Group: the source connection string
+	// OwnTarget: Stop closes Target (the catalog opened it for this link).
+	OwnTarget bool
+	Tables    []link.TableMapping
+	Target    *target.Store
+	Drop      bool
 }
 
 // Manager runs links.
@@ -71,7 +74,9 @@ func (m *Manager) Start(def Def) error {
 	w := &worker{def: def, cancel: cancel, done: make(chan struct{})}
 	m.links[def.Name] = w
 	go m.supervise(ctx, w)
-	go m.keepSlotCopy(ctx, w)
+	if def.Group != "" {
+		go m.keepSlotCopy(ctx, w)
+	}
 	return nil
 }
 
@@ -84,6 +89,9 @@ func (m *Manager) Stop(name string) {
 	if w != nil {
 		w.cancel()
 		<-w.done
+		if w.def.Target != nil && w.def.OwnTarget {
+			w.def.Target.Close()
+		}
 	}
 }
 
@@ -157,14 +165,12 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 	defer close(w.done)
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
-		t, err := m.topology(w.def)
+		src, gate, err := m.source(w.def)
 		if err != nil {
 			w.setErr(err)
 		} else {
-			src := fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10",
-				t.group.RWPort, cluster.SuperUser, m.cl.SuperPassword(), w.def.Database)
 			l := link.New(link.Config{Name: w.def.Name, Source: src, Tables: w.def.Tables, Target: w.def.Target,
-				DropExistingOnStart: w.def.Drop, Logger: m.log, Gate: m.gate(w.def)})
+				DropExistingOnStart: w.def.Drop, Logger: m.log, Gate: gate})
 			w.mu.Lock()
 			w.link = l
 			w.mu.Unlock()
@@ -187,6 +193,30 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// source is where the link reads: the group's read-write listener (with the failover-safe gate), or a plain
+// connection string.
+func (m *Manager) source(def Def) (string, func(context.Context, lsn.LSN) error, error) {
+	if def.Group == "" {
+		return def.Source, nil, nil
+	}
+	t, err := m.topology(def)
+	if err != nil {
+		return "", nil, err
+	}
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10",
+		t.group.RWPort, cluster.SuperUser, m.cl.SuperPassword(), def.Database), m.gate(def), nil
+}
+
+// Target returns a running link's target store (nil if it does not run).
+func (m *Manager) Target(name string) *target.Store {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if w := m.links[name]; w != nil {
+		return w.def.Target
+	}
+	return nil
 }
 
 func (w *worker) setErr(err error) {

@@ -25,9 +25,12 @@ const (
 	Operations = "operations"
 	Ports      = "ports"
 	Meta       = "meta"
+	// LinkedServices and LinkConnections hold the Synapse-style link definitions.
+	LinkedServices  = "linkedServices"
+	LinkConnections = "linkConnections"
 )
 
-var allBuckets = []string{Servers, Databases, Instances, Groups, Operations, Ports, Meta}
+var allBuckets = []string{Servers, Databases, Instances, Groups, Operations, Ports, Meta, LinkedServices, LinkConnections}
 
 // ErrNotFound is returned by MustGet when a key is absent.
 var ErrNotFound = errors.New("not found")

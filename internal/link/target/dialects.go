@@ -1,13 +1,15 @@
 package target
 
 import (
+	"context"
 	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
 
-	_ "github.com/duckdb/duckdb-go/v2" // registers "duckdb"
+	"github.com/duckdb/duckdb-go/v2"   // registers "duckdb"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 )
 
@@ -44,6 +46,10 @@ func (pgDialect) name() string                      { return "postgres target" }
 func (pgDialect) columnType(t string) string        { return t }
 func (pgDialect) param(_, text string) (any, error) { return text, nil }
 func (pgDialect) cast(placeholder, t string) string { return "CAST(" + placeholder + " AS " + t + ")" }
+
+func (pgDialect) readOnly(ctx context.Context, db *sql.DB, _ string) (*sql.Tx, error) {
+	return db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+}
 
 // duckDialect maps PostgreSQL types to DuckDB's.
 type duckDialect struct{}
@@ -98,6 +104,39 @@ func (duckDialect) param(t, text string) (any, error) {
 		return hex.DecodeString(text[2:])
 	}
 	return text, nil
+}
+
+// readOnly: DuckDB has no read-only transactions, so the statement's type is checked on a prepared statement:
+// one SELECT (or EXPLAIN) only.
+func (duckDialect) readOnly(ctx context.Context, db *sql.DB, query string) (*sql.Tx, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	err = conn.Raw(func(dc any) error {
+		c, ok := dc.(*duckdb.Conn)
+		if !ok {
+			return errors.New("unexpected DuckDB driver connection")
+		}
+		st, err := c.PrepareContext(ctx, query)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		typ, err := st.(*duckdb.Stmt).StatementType()
+		if err != nil {
+			return err
+		}
+		if typ != duckdb.STATEMENT_TYPE_SELECT && typ != duckdb.STATEMENT_TYPE_EXPLAIN {
+			return errors.New("only a single SELECT query may run against the link's target")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return db.BeginTx(ctx, nil)
 }
 
 func (d duckDialect) cast(placeholder, t string) string {

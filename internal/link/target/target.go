@@ -71,6 +71,8 @@ type dialect interface {
 	param(sourceType, text string) (any, error)
 	// cast wraps a placeholder so the store converts it to the column's type.
 	cast(placeholder, sourceType string) string
+	// readOnly returns a transaction in which query can only read (or an error saying why it may not run).
+	readOnly(ctx context.Context, db *sql.DB, query string) (*sql.Tx, error)
 }
 
 // ErrNoKey is returned for a table that has neither a primary key nor REPLICA IDENTITY FULL.
@@ -324,9 +326,14 @@ func isKey(t *Table, name string) bool {
 	return false
 }
 
-// Query runs a read-only query against the target and returns column names and rows (values as Go types).
+// Query runs a query in a read-only transaction against the target and returns column names and rows (values as Go types).
 func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, error) {
-	rows, err := s.db.QueryContext(ctx, query)
+	tx, err := s.dialect.readOnly(ctx, s.db, query)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, query)
 	if err != nil {
 		return nil, nil, err
 	}

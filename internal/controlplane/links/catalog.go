@@ -1,0 +1,371 @@
+package links
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/fogo-db/fogo/internal/api/errcatalog"
+	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/link"
+	"github.com/fogo-db/fogo/internal/link/target"
+)
+
+// Linked service types.
+const (
+	TypePostgreSQL = "PostgreSql"
+	TypeAzureSQL   = "AzureSqlDatabase" // accepted as a source: a PostgreSQL connection string
+	TypeDuckDB     = "DuckDb"
+)
+
+// LinkedService is a named connection (Synapse linked service). ConnectionString is a secret: never returned.
+type LinkedService struct {
+	Workspace        string `json:"workspace"`
+	Name             string `json:"name"`
+	Type             string `json:"type"`
+	ConnectionString string `json:"connectionString,omitempty"`
+	Path             string `json:"path,omitempty"` // DuckDb
+}
+
+// LinkTable is one linked table.
+type LinkTable struct {
+	ID                        string `json:"id"`
+	SourceSchema, SourceTable string
+	TargetSchema, TargetTable string
+}
+
+// LinkConnection is a link connection definition and its desired state.
+type LinkConnection struct {
+	Workspace, Name  string
+	Description      string
+	SourceService    string
+	SourceResourceID string
+	TargetService    string
+	DropExisting     bool
+	CrossTable       bool
+	IntervalMinutes  int32
+	Tables           []LinkTable
+	Running          bool
+	StartTime        time.Time `json:",omitzero"`
+	StopTime         time.Time `json:",omitzero"`
+}
+
+func key(workspace, name string) string {
+	return strings.ToLower(workspace) + "/" + strings.ToLower(name)
+}
+
+// Catalog stores link definitions and runs them through the Manager.
+type Catalog struct {
+	m       *Manager
+	dataDir string
+}
+
+// NewCatalog returns the catalog; DuckDB paths that are not absolute live under dataDir/link-targets.
+func NewCatalog(m *Manager, dataDir string) *Catalog { return &Catalog{m: m, dataDir: dataDir} }
+
+// PutLinkedService validates and stores a linked service.
+func (c *Catalog) PutLinkedService(ls LinkedService) error {
+	switch ls.Type {
+	case TypePostgreSQL, TypeAzureSQL:
+		if ls.ConnectionString == "" {
+			return errcatalog.Newf("InvalidParameterValue", "A %s linked service needs typeProperties.connectionString.", ls.Type).WithTarget("properties.typeProperties.connectionString")
+		}
+		if _, err := pgconn.ParseConfig(ls.ConnectionString); err != nil {
+			return errcatalog.Newf("InvalidParameterValue", "typeProperties.connectionString is not a libpq connection string or URL.").WithTarget("properties.typeProperties.connectionString")
+		}
+	case TypeDuckDB:
+		if ls.Path == "" {
+			return errcatalog.Newf("InvalidParameterValue", "A DuckDb linked service needs typeProperties.path.").WithTarget("properties.typeProperties.path")
+		}
+	default:
+		return errcatalog.Newf("InvalidParameterValue", "Linked service type '%s' is not supported: use PostgreSql, AzureSqlDatabase or DuckDb.", ls.Type).WithTarget("properties.type")
+	}
+	return c.m.st.Update(func(tx *store.Tx) error { return tx.Put(store.LinkedServices, key(ls.Workspace, ls.Name), &ls) })
+}
+
+// LinkedService reads one.
+func (c *Catalog) LinkedService(workspace, name string) (*LinkedService, error) {
+	var ls LinkedService
+	var ok bool
+	err := c.m.st.View(func(tx *store.Tx) (err error) {
+		ok, err = tx.Get(store.LinkedServices, key(workspace, name), &ls)
+		return err
+	})
+	if err == nil && !ok {
+		err = errcatalog.Newf("ResourceNotFound", "Linked service '%s' does not exist.", name)
+	}
+	return &ls, err
+}
+
+// LinkedServices lists a workspace's linked services.
+func (c *Catalog) LinkedServices(workspace string) ([]LinkedService, error) {
+	var out []LinkedService
+	err := c.m.st.View(func(tx *store.Tx) (err error) {
+		out, err = store.List[LinkedService](tx, store.LinkedServices, strings.ToLower(workspace)+"/")
+		return err
+	})
+	return out, err
+}
+
+// DeleteLinkedService removes one unless a link connection uses it.
+func (c *Catalog) DeleteLinkedService(workspace, name string) error {
+	conns, err := c.Connections(workspace)
+	if err != nil {
+		return err
+	}
+	for _, lc := range conns {
+		if strings.EqualFold(lc.SourceService, name) || strings.EqualFold(lc.TargetService, name) {
+			return errcatalog.Newf("ConflictingDatabaseOperation", "Linked service '%s' is used by link connection '%s'.", name, lc.Name)
+		}
+	}
+	return c.m.st.Update(func(tx *store.Tx) error { return tx.Delete(store.LinkedServices, key(workspace, name)) })
+}
+
+// PutConnection validates and stores a link connection definition (its tables and running state are kept).
+func (c *Catalog) PutConnection(lc LinkConnection) (*LinkConnection, error) {
+	if _, err := c.LinkedService(lc.Workspace, lc.SourceService); err != nil {
+		return nil, err
+	}
+	tgt, err := c.LinkedService(lc.Workspace, lc.TargetService)
+	if err != nil {
+		return nil, err
+	}
+	if tgt.Type != TypeDuckDB && tgt.Type != TypePostgreSQL {
+		return nil, errcatalog.Newf("InvalidParameterValue", "The target linked service must be DuckDb or PostgreSql.").WithTarget("properties.targetDatabase.linkedService")
+	}
+	if lc.SourceResourceID != "" {
+		if _, err := armid.ParseFailoverGroupID(lc.SourceResourceID); err != nil {
+			if _, err := armid.ParseServerID(lc.SourceResourceID); err != nil {
+				return nil, errcatalog.Newf("InvalidParameterValue", "sourceDatabase.typeProperties.resourceId must be a server or a failover group resource id.").WithTarget("properties.sourceDatabase.typeProperties.resourceId")
+			}
+		}
+	}
+	var out LinkConnection
+	err = c.m.st.Update(func(tx *store.Tx) error {
+		var cur LinkConnection
+		if ok, err := tx.Get(store.LinkConnections, key(lc.Workspace, lc.Name), &cur); err != nil {
+			return err
+		} else if ok {
+			if cur.Running {
+				return errcatalog.Newf("ConflictingDatabaseOperation", "Link connection '%s' is running; stop it before changing it.", lc.Name)
+			}
+			lc.Tables, lc.StartTime, lc.StopTime = cur.Tables, cur.StartTime, cur.StopTime
+		}
+		out = lc
+		return tx.Put(store.LinkConnections, key(lc.Workspace, lc.Name), &lc)
+	})
+	return &out, err
+}
+
+// Connection reads one.
+func (c *Catalog) Connection(workspace, name string) (*LinkConnection, error) {
+	var lc LinkConnection
+	var ok bool
+	err := c.m.st.View(func(tx *store.Tx) (err error) {
+		ok, err = tx.Get(store.LinkConnections, key(workspace, name), &lc)
+		return err
+	})
+	if err == nil && !ok {
+		err = errcatalog.Newf("ResourceNotFound", "Link connection '%s' does not exist.", name)
+	}
+	return &lc, err
+}
+
+// Connections lists a workspace's link connections.
+func (c *Catalog) Connections(workspace string) ([]LinkConnection, error) {
+	var out []LinkConnection
+	err := c.m.st.View(func(tx *store.Tx) (err error) {
+		out, err = store.List[LinkConnection](tx, store.LinkConnections, strings.ToLower(workspace)+"/")
+		return err
+	})
+	return out, err
+}
+
+func (c *Catalog) update(workspace, name string, fn func(*LinkConnection) error) (*LinkConnection, error) {
+	var lc LinkConnection
+	err := c.m.st.Update(func(tx *store.Tx) error {
+		if err := tx.MustGet(store.LinkConnections, key(workspace, name), &lc); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return errcatalog.Newf("ResourceNotFound", "Link connection '%s' does not exist.", name)
+			}
+			return err
+		}
+		if err := fn(&lc); err != nil {
+			return err
+		}
+		return tx.Put(store.LinkConnections, key(workspace, name), &lc)
+	})
+	return &lc, err
+}
+
+// EditTables adds or removes tables of a stopped link connection.
+func (c *Catalog) EditTables(workspace, name string, edits []LinkTable, ops []string) (*LinkConnection, error) {
+	return c.update(workspace, name, func(lc *LinkConnection) error {
+		if lc.Running {
+			return errcatalog.Newf("ConflictingDatabaseOperation", "Link connection '%s' is running; stop it before editing its tables.", name)
+		}
+		for i, e := range edits {
+			if e.SourceTable == "" {
+				return errcatalog.Newf("InvalidParameterValue", "linkTables[%d].source.tableName is required.", i)
+			}
+			kept := lc.Tables[:0]
+			for _, t := range lc.Tables {
+				if t.ID != e.ID && !(strings.EqualFold(t.SourceSchema, e.SourceSchema) && strings.EqualFold(t.SourceTable, e.SourceTable)) {
+					kept = append(kept, t)
+				}
+			}
+			lc.Tables = kept
+			switch strings.ToLower(ops[i]) {
+			case "", "add", "update":
+				lc.Tables = append(lc.Tables, e)
+			case "remove", "delete":
+			default:
+				return errcatalog.Newf("InvalidParameterValue", "linkTables[%d].operationType '%s' must be add or remove.", i, ops[i])
+			}
+		}
+		return nil
+	})
+}
+
+// Start starts a link connection (and records that it should run, so a restarted fogo resumes it).
+func (c *Catalog) Start(workspace, name string) error {
+	lc, err := c.Connection(workspace, name)
+	if err != nil {
+		return err
+	}
+	if len(lc.Tables) == 0 {
+		return errcatalog.Newf("InvalidParameterValue", "Link connection '%s' has no tables; add them with edittables.", name)
+	}
+	if err := c.run(lc); err != nil {
+		return err
+	}
+	_, err = c.update(workspace, name, func(l *LinkConnection) error {
+		l.Running, l.StartTime = true, time.Now().UTC()
+		l.DropExisting = false // dropped once, on the first start
+		return nil
+	})
+	return err
+}
+
+// Stop stops it.
+func (c *Catalog) Stop(workspace, name string) error {
+	if _, err := c.Connection(workspace, name); err != nil {
+		return err
+	}
+	c.m.Stop(key(workspace, name))
+	_, err := c.update(workspace, name, func(l *LinkConnection) error {
+		l.Running, l.StopTime = false, time.Now().UTC()
+		return nil
+	})
+	return err
+}
+
+// Delete stops and removes it.
+func (c *Catalog) Delete(workspace, name string) error {
+	c.m.Stop(key(workspace, name))
+	return c.m.st.Update(func(tx *store.Tx) error { return tx.Delete(store.LinkConnections, key(workspace, name)) })
+}
+
+// Resume starts every link connection that should run (at fogo's start).
+func (c *Catalog) Resume() {
+	var all []LinkConnection
+	_ = c.m.st.View(func(tx *store.Tx) (err error) {
+		all, err = store.List[LinkConnection](tx, store.LinkConnections, "")
+		return err
+	})
+	for i := range all {
+		if all[i].Running {
+			if err := c.run(&all[i]); err != nil {
+				c.m.log.Error("resume link connection", "link", all[i].Name, "err", err)
+			}
+		}
+	}
+}
+
+// Status returns a running link's status (ok false when it does not run).
+func (c *Catalog) Status(workspace, name string) (link.Status, bool) {
+	return c.m.Status(key(workspace, name))
+}
+
+// Query runs a read-only query against the link's target.
+func (c *Catalog) Query(ctx context.Context, workspace, name, query string) ([]string, [][]any, error) {
+	lc, err := c.Connection(workspace, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, closeFn, err := c.targetStore(lc)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer closeFn()
+	return st.Query(ctx, query)
+}
+
+// targetStore returns the running link's target store, or opens one.
+func (c *Catalog) targetStore(lc *LinkConnection) (*target.Store, func(), error) {
+	if st := c.m.Target(key(lc.Workspace, lc.Name)); st != nil {
+		return st, func() {}, nil
+	}
+	st, err := c.openTarget(lc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, func() { st.Close() }, nil
+}
+
+func (c *Catalog) openTarget(lc *LinkConnection) (*target.Store, error) {
+	ls, err := c.LinkedService(lc.Workspace, lc.TargetService)
+	if err != nil {
+		return nil, err
+	}
+	if ls.Type == TypeDuckDB {
+		path := ls.Path
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(c.dataDir, "link-targets", path)
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+		return target.OpenDuckDB(path)
+	}
+	return target.OpenPostgres(ls.ConnectionString)
+}
+
+// run starts the worker for a definition.
+func (c *Catalog) run(lc *LinkConnection) error {
+	src, err := c.LinkedService(lc.Workspace, lc.SourceService)
+	if err != nil {
+		return err
+	}
+	cfg, err := pgconn.ParseConfig(src.ConnectionString)
+	if err != nil {
+		return errcatalog.Newf("InvalidParameterValue", "The source linked service's connection string is invalid.")
+	}
+	def := Def{Name: key(lc.Workspace, lc.Name), Database: cfg.Database, Drop: lc.DropExisting, Source: src.ConnectionString}
+	if id, err := armid.ParseFailoverGroupID(lc.SourceResourceID); err == nil {
+		def.Group, def.Source = id.Name, ""
+	}
+	for _, t := range lc.Tables {
+		def.Tables = append(def.Tables, link.TableMapping{SourceSchema: t.SourceSchema, SourceTable: t.SourceTable,
+			TargetSchema: t.TargetSchema, TargetTable: t.TargetTable})
+	}
+	st, err := c.openTarget(lc)
+	if err != nil {
+		return errcatalog.Newf("InvalidParameterValue", "The target cannot be opened: %v", err)
+	}
+	def.Target, def.OwnTarget = st, true
+	if err := c.m.Start(def); err != nil {
+		st.Close()
+		return errcatalog.Newf("ConflictingDatabaseOperation", "%v", err)
+	}
+	return nil
+}
+
+var _ = fmt.Sprintf

@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+const lcVer = "?api-version=2022-12-01-preview"
+const lsVer = "?api-version=2020-12-01"
+
+// TestLinkConnectionAPI drives a link only through the Synapse-style API: linked services (secrets never
+// returned), a link connection on a failover group, edittables, linktables, start, detailedstatus from facts,
+// the query extension (read-only), stop, and the errors a user meets.
+func TestLinkConnectionAPI(t *testing.T) {
+	f := startFogo(t)
+	f.createServer("api-east", "eastus")
+	f.createServer("api-west", "westus")
+	f.createDB("api-east", "shop", "eastus")
+	mustExec(t, f, "api-east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
+	mustExec(t, f, "api-east", "shop", "INSERT INTO ledger(note) SELECT 'seed' FROM generate_series(1, 100)")
+	f.mustSucceed(f.createGroup("api-east", "api-west", "api-fg", "shop"), 201)
+	f.waitGroupState("api-east", "api-fg", "CATCH_UP")
+	rw := f.listenerOf("api-east", "api-fg", "readWriteEndpoint")
+	host, port, _ := strings.Cut(rw, ":")
+	ws := "/workspaces/analytics"
+
+	expect := func(r response, status int, code string) {
+		t.Helper()
+		if r.Status != status || (code != "" && r.errCode() != code) {
+			t.Fatalf("got %d %s, want %d %s: %s", r.Status, r.errCode(), status, code, r.Raw)
+		}
+	}
+	src := map[string]any{"properties": map[string]any{"type": "PostgreSql", "typeProperties": map[string]any{
+		"connectionString": map[string]any{"type": "SecureString",
+			"value": fmt.Sprintf("host=%s port=%s dbname=shop user=%s password=%s", host, port, login, password)}}}}
+	r := f.do(http.MethodPut, ws+"/linkedservices/src"+lsVer, src)
+	expect(r, 200, "")
+	if strings.Contains(string(r.Raw), password) {
+		t.Fatal("a linked service answer contains the password")
+	}
+	if g := f.do(http.MethodGet, ws+"/linkedservices/src"+lsVer, nil); strings.Contains(string(g.Raw), password) || g.Status != 200 {
+		t.Fatalf("GET linked service: %d %s", g.Status, g.Raw)
+	}
+	expect(f.do(http.MethodPut, ws+"/linkedservices/duck"+lsVer, map[string]any{"properties": map[string]any{
+		"type": "DuckDb", "typeProperties": map[string]any{"path": "analytics.duckdb"}}}), 200, "")
+	expect(f.do(http.MethodPut, ws+"/linkedservices/bad"+lsVer, map[string]any{"properties": map[string]any{"type": "Oracle"}}), 400, "InvalidParameterValue")
+	expect(f.do(http.MethodGet, ws+"/linkedservices/src?api-version=", nil), 400, "MissingApiVersionParameter")
+	expect(f.doRaw(http.MethodGet, ws+"/linkedservices"+lsVer, nil, ""), 401, "AuthenticationFailed")
+
+	lc := map[string]any{"properties": map[string]any{
+		"sourceDatabase": map[string]any{"linkedService": map[string]any{"referenceName": "src"},
+			"typeProperties": map[string]any{"resourceId": fgPath("api-east", "api-fg")}},
+		"targetDatabase": map[string]any{"linkedService": map[string]any{"referenceName": "duck"},
+			"typeProperties": map[string]any{"dropExistingTargetTableOnStart": true}},
+	}}
+	expect(f.do(http.MethodPut, ws+"/linkconnections/lc1"+lcVer, lc), 200, "")
+	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/start"+lcVer, nil), 400, "InvalidParameterValue") // no tables yet
+	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/edittables"+lcVer, map[string]any{"linkTables": []any{
+		map[string]any{"id": "t1", "source": map[string]any{"schemaName": "public", "tableName": "ledger"},
+			"target": map[string]any{"schemaName": "dbo", "tableName": "ledger"}, "operationType": "add"}}}), 200, "")
+	if lt := f.do(http.MethodGet, ws+"/linkconnections/lc1/linktables"+lcVer, nil); len(lt.Body["value"].([]any)) != 1 {
+		t.Fatalf("linktables: %s", lt.Raw)
+	}
+	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/start"+lcVer, nil), 200, "")
+	expect(f.do(http.MethodPut, ws+"/linkconnections/lc1"+lcVer, lc), 409, "ConflictingDatabaseOperation")
+
+	mustExec(t, f, "api-east", "shop", "INSERT INTO ledger(note) SELECT 'after start' FROM generate_series(1, 50)")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		q := f.do(http.MethodPost, ws+"/linkconnections/lc1/query"+lcVer, map[string]any{"query": "SELECT count(*) AS n FROM dbo.ledger"})
+		if q.Status == 200 {
+			rows := q.Body["rows"].([]any)
+			if len(rows) == 1 && fmt.Sprint(rows[0].([]any)[0]) == "150" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the target never reached 150 rows: %d %s", q.Status, q.Raw)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	st := f.do(http.MethodGet, ws+"/linkconnections/lc1/detailedstatus"+lcVer, nil)
+	if st.Body["status"] != "Running" || st.Body["isApplyingChanges"] != true || st.Body["checkpointLsn"] == "0/0" {
+		t.Fatalf("detailedstatus: %s", st.Raw)
+	}
+	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/query"+lcVer, map[string]any{"query": "DELETE FROM dbo.ledger"}), 400, "InvalidParameterValue")
+	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/stop"+lcVer, nil), 200, "")
+	if st := f.do(http.MethodGet, ws+"/linkconnections/lc1/detailedstatus"+lcVer, nil); st.Body["status"] != "Stopped" {
+		t.Fatalf("after stop: %s", st.Raw)
+	}
+	if l := f.do(http.MethodGet, ws+"/linkconnections"+lcVer, nil); len(l.Body["value"].([]any)) != 1 {
+		t.Fatalf("list: %s", l.Raw)
+	}
+	expect(f.do(http.MethodDelete, ws+"/linkedservices/duck"+lsVer, nil), 409, "ConflictingDatabaseOperation")
+	expect(f.do(http.MethodDelete, ws+"/linkconnections/lc1"+lcVer, nil), 200, "")
+	expect(f.do(http.MethodGet, ws+"/linkconnections/lc1"+lcVer, nil), 404, "ResourceNotFound")
+}
