@@ -100,7 +100,7 @@ func (c *Client) url(path string) (string, error) {
 		return "", fmt.Errorf("bad URL %q: %w", path, err)
 	}
 	q := u.Query()
-	if q.Get("api-version") == "" {
+	if !q.Has("api-version") {
 		q.Set("api-version", APIVersion)
 		u.RawQuery = q.Encode()
 	}

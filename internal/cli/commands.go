@@ -20,7 +20,7 @@ func AddCommands(root *cobra.Command) {
 
 // Commands returns the client commands bound to o (tests give their own writers).
 func Commands(o *Options) []*cobra.Command {
-	cmds := []*cobra.Command{serverCommand(o), databaseCommand(o), failoverGroupCommand(o)}
+	cmds := []*cobra.Command{serverCommand(o), databaseCommand(o), failoverGroupCommand(o), linkCommand(o)}
 	for _, c := range cmds {
 		o.bind(c)
 	}

@@ -97,4 +97,26 @@ func TestLinkConnectionAPI(t *testing.T) {
 	expect(f.do(http.MethodDelete, ws+"/linkedservices/duck"+lsVer, nil), 409, "ConflictingDatabaseOperation")
 	expect(f.do(http.MethodDelete, ws+"/linkconnections/lc1"+lcVer, nil), 200, "")
 	expect(f.do(http.MethodGet, ws+"/linkconnections/lc1"+lcVer, nil), 404, "ResourceNotFound")
+
+	// The same through the CLI.
+	f.mustCLI(t, "link", "create", "lk2", "-w", "analytics", "--source-resource-id", fgPath("api-east", "api-fg"),
+		"--source-connection", fmt.Sprintf("host=%s port=%s dbname=shop user=%s password=%s", host, port, login, password),
+		"--target-duckdb", "cli.duckdb", "--table", "public.ledger:mart.ledger")
+	f.mustCLI(t, "link", "start", "lk2", "-w", "analytics")
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		out, _, err := f.runCLI("link", "query", "lk2", "SELECT count(*) AS n FROM mart.ledger", "-w", "analytics")
+		if err == nil && strings.Contains(out, "150") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fogo link query: %q %v", out, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out := f.mustCLI(t, "link", "status", "lk2", "-w", "analytics"); !strings.Contains(out, "Running") {
+		t.Fatalf("fogo link status:\n%s", out)
+	}
+	f.mustCLI(t, "link", "stop", "lk2", "-w", "analytics")
+	f.mustCLI(t, "link", "delete", "lk2", "-w", "analytics")
 }
