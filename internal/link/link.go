@@ -154,7 +154,7 @@ func (l *Link) run(ctx context.Context) error {
 		}
 	}
 	l.setStatus(func(s *Status) { s.Phase, s.Checkpoint = "Streaming", cp })
-	return l.stream(ctx, rc, tables, cp)
+	return l.stream(ctx, db, rc, tables, cp)
 }
 
 // describe reads the columns, types and key of every linked table.
@@ -318,7 +318,7 @@ func (l *Link) snapshot(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tab
 // written (with the checkpoint of its last transaction, in one target transaction) when it is large, or as soon as
 // the stream pauses for a moment, so a busy source costs few target transactions and a quiet one sees its changes
 // within milliseconds.
-func (l *Link) stream(ctx context.Context, rc *logrepl.Conn, tables map[string]*source, cp lsn.LSN) error {
+func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source, cp lsn.LSN) error {
 	if err := rc.StartReplication(ctx, l.slot, cp, []string{l.slot}, false); err != nil {
 		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
 	}
@@ -392,8 +392,14 @@ func (l *Link) stream(ctx context.Context, rc *logrepl.Conn, tables map[string]*
 				if src == nil {
 					return fmt.Errorf("link %s: change of table %s.%s that is not linked", l.cfg.Name, v.Namespace, v.Name)
 				}
-				if err := sameShape(src.target, v); err != nil {
-					return fmt.Errorf("link %s: table %s.%s: %w", l.cfg.Name, v.Namespace, v.Name, err)
+				if !sameShape(src.target, v) {
+					// Committed changes were decoded with the old shape: apply them before the target changes.
+					if err := flush(); err != nil {
+						return err
+					}
+					if err := l.followShape(ctx, db, src, v); err != nil {
+						return fmt.Errorf("link %s: table %s.%s: %w", l.cfg.Name, v.Namespace, v.Name, err)
+					}
 				}
 				relations[v.ID] = src
 			case logrepl.Begin:
@@ -442,16 +448,60 @@ func (l *Link) waitGate(ctx context.Context, upTo lsn.LSN) error {
 	return nil
 }
 
-// sameShape checks that the stream's relation has the columns the link described (schema changes follow later).
-func sameShape(t *target.Table, r logrepl.Relation) error {
+// sameShape reports whether the stream's relation has the columns the link's target table has, in order.
+func sameShape(t *target.Table, r logrepl.Relation) bool {
 	if len(r.Columns) != len(t.Columns) {
-		return fmt.Errorf("the source table now has %d columns, the link was started with %d (schema changes are not followed yet)", len(r.Columns), len(t.Columns))
+		return false
 	}
 	for i, c := range r.Columns {
 		if c.Name != t.Columns[i].Name {
-			return fmt.Errorf("column %d is now %q, was %q (schema changes are not followed yet)", i+1, c.Name, t.Columns[i].Name)
+			return false
 		}
 	}
+	return true
+}
+
+// followShape follows ADD COLUMN and DROP COLUMN on the source into the target table. A column whose type
+// changed, or a dropped key column, cannot be followed: the link stops with that error.
+func (l *Link) followShape(ctx context.Context, db *pgx.Conn, src *source, r logrepl.Relation) error {
+	old := map[string]target.Column{}
+	for _, c := range src.target.Columns {
+		old[c.Name] = c
+	}
+	var cols, added []target.Column
+	seen := map[string]bool{}
+	for _, rc := range r.Columns {
+		var typ string
+		if err := db.QueryRow(ctx, "SELECT format_type($1, $2)", rc.TypeOID, rc.TypMod).Scan(&typ); err != nil {
+			return fmt.Errorf("type of column %s: %w", rc.Name, err)
+		}
+		c := target.Column{Name: rc.Name, SourceType: typ}
+		if prev, ok := old[rc.Name]; ok && prev.SourceType != typ {
+			return fmt.Errorf("the type of column %s changed from %s to %s; this cannot be followed, restart the link with dropExistingTargetTableOnStart", rc.Name, prev.SourceType, typ)
+		} else if !ok {
+			added = append(added, c)
+		}
+		cols, seen[rc.Name] = append(cols, c), true
+	}
+	var dropped []string
+	for _, c := range src.target.Columns {
+		if !seen[c.Name] {
+			for _, k := range src.target.Key {
+				if k == c.Name {
+					return fmt.Errorf("key column %s was dropped; this cannot be followed", c.Name)
+				}
+			}
+			dropped = append(dropped, c.Name)
+		}
+	}
+	if err := l.cfg.Target.AlterTable(ctx, src.target, added, dropped); err != nil {
+		return err
+	}
+	l.cfg.Logger.Info("link follows a schema change", "link", l.cfg.Name, "table", src.target.Name,
+		"added", len(added), "dropped", len(dropped))
+	next := *src.target
+	next.Columns = cols
+	src.target = &next // changes decoded before keep the old shape
 	return nil
 }
 

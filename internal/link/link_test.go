@@ -128,6 +128,30 @@ func TestLinkToDuckDB(t *testing.T) {
 	if n != "4.500000" || raw != "DEADBEEF" || tags != "{3,4}" || doc != `{"a": 1}` {
 		t.Fatalf("types: n=%s raw=%s tags=%s doc=%s", n, raw, tags, doc)
 	}
+	// Schema changes follow: ADD COLUMN and DROP COLUMN.
+	exec(t, src, "ALTER TABLE items ADD COLUMN extra varchar(20)")
+	exec(t, src, "INSERT INTO items(id, note, extra) VALUES (6000, 'with extra', 'hello')")
+	exec(t, src, "ALTER TABLE items DROP COLUMN day")
+	exec(t, src, "UPDATE items SET extra = 'later' WHERE id = 1")
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		var extra string
+		err := store.DB().QueryRow("SELECT extra FROM analytics.items WHERE id = 1").Scan(&extra)
+		if err == nil && extra == "later" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("schema change not followed: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var extra string
+	if err := store.DB().QueryRow("SELECT extra FROM analytics.items WHERE id = 6000").Scan(&extra); err != nil || extra != "hello" {
+		t.Fatalf("added column: %q %v", extra, err)
+	}
+	if _, _, err := store.Query(ctx, "SELECT day FROM analytics.items"); err == nil {
+		t.Fatal("the dropped column is still in the target")
+	}
 	if _, _, err := store.Query(ctx, "DELETE FROM analytics.items"); err == nil {
 		t.Fatal("a write ran through the read-only query of a DuckDB target")
 	}

@@ -147,6 +147,21 @@ func (s *Store) EnsureTable(ctx context.Context, t *Table, drop bool) error {
 	return nil
 }
 
+// AlterTable adds and drops columns of a target table to follow the source's ADD/DROP COLUMN.
+func (s *Store) AlterTable(ctx context.Context, t *Table, add []Column, drop []string) error {
+	for _, c := range add {
+		if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+t.qualified()+" ADD COLUMN IF NOT EXISTS "+qi(c.Name)+" "+s.dialect.columnType(c.SourceType)); err != nil {
+			return fmt.Errorf("%s: add column %s to %s: %w", s.dialect.name(), c.Name, t.qualified(), err)
+		}
+	}
+	for _, name := range drop {
+		if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+t.qualified()+" DROP COLUMN IF EXISTS "+qi(name)); err != nil {
+			return fmt.Errorf("%s: drop column %s of %s: %w", s.dialect.name(), name, t.qualified(), err)
+		}
+	}
+	return nil
+}
+
 // Apply writes changes and the checkpoint in one transaction (a zero checkpoint writes none: a snapshot's
 // earlier batches).
 func (s *Store) Apply(ctx context.Context, link string, changes []Change, checkpoint lsn.LSN) error {
