@@ -49,7 +49,7 @@ func benchCommand() *cobra.Command {
 	f.IntVar(&o.PortLow, "port-low", 31000, "first of the 100 ports the benchmark uses")
 	f.DurationVar(&o.Settle, "settle", 0, "writer warm-up before and after each failover (default 1s)")
 	f.BoolVar(&asJSON, "json", false, "print the measurements as JSON")
-	cmd.AddCommand(failover, proxyBenchCommand())
+	cmd.AddCommand(failover, proxyBenchCommand(), linkBenchCommand())
 	return cmd
 }
 
@@ -86,5 +86,33 @@ func proxyBenchCommand() *cobra.Command {
 	f.StringVar(&o.Dir, "dir", "", "scratch directory (default: a temporary one, removed afterwards)")
 	f.IntVar(&o.PortLow, "port-low", 32000, "first of the 100 ports the benchmark uses")
 	f.BoolVar(&asJSON, "json", false, "print the measurements as JSON")
+	return cmd
+}
+
+func linkBenchCommand() *cobra.Command {
+	var o bench.LinkOptions
+	cmd := &cobra.Command{
+		Use:   "link",
+		Short: "Link throughput vs pg_recvlogical, end-to-end latency at a steady rate, time to resume after a failover",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			o.Progress = os.Stderr
+			res, err := bench.Link(ctx, o)
+			if err != nil {
+				return err
+			}
+			fmt.Print(res.Summary())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Rows, "rows", 100000, "rows of the throughput workload")
+	f.IntVar(&o.Rate, "rate", 5000, "rows per second of the latency workload")
+	f.DurationVar(&o.Duration, "duration", 10*time.Second, "length of the latency workload")
+	f.StringVar(&o.PGBin, "pg-bin", "", "PostgreSQL 15 binaries (default: discovered)")
+	f.StringVar(&o.Dir, "dir", "", "scratch directory (default: a temporary one, removed afterwards)")
+	f.IntVar(&o.PortLow, "port-low", 34000, "first of the 100 ports the benchmark uses")
 	return cmd
 }

@@ -1,0 +1,267 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fogo-db/fogo/internal/controlplane/links"
+	"github.com/fogo-db/fogo/internal/link"
+	"github.com/fogo-db/fogo/internal/link/target"
+	"github.com/fogo-db/fogo/internal/postgres/lsn"
+)
+
+// LinkOptions configure the link benchmark.
+type LinkOptions struct {
+	Rows     int           // rows of the throughput workload (default 100000, in transactions of 100)
+	Rate     int           // rows per second of the latency workload (default 5000)
+	Duration time.Duration // length of the latency workload (default 10s)
+	PGBin    string
+	Dir      string
+	PortLow  int
+	Progress io.Writer
+}
+
+// LinkResult holds the measurements.
+type LinkResult struct {
+	Rows            int           `json:"rows"`
+	RawDecode       time.Duration `json:"rawDecode"`  // pg_recvlogical (pgoutput) decoding the workload
+	LinkApply       time.Duration `json:"linkApply"`  // the link applying the same workload into DuckDB
+	LatencyP50      time.Duration `json:"latencyP50"` // source commit -> visible in the target, gate on
+	LatencyP99      time.Duration `json:"latencyP99"`
+	LatencyRows     int           `json:"latencyRows"`
+	FailoverToFirst time.Duration `json:"failoverToFirstChange"` // end of a planned failover -> first change from the new primary visible
+}
+
+// Summary is a human-readable report.
+func (r LinkResult) Summary() string {
+	var b strings.Builder
+	raw, lk := float64(r.Rows)/r.RawDecode.Seconds(), float64(r.Rows)/r.LinkApply.Seconds()
+	fmt.Fprintf(&b, "throughput, %d rows: pg_recvlogical %.0f rows/s (%s), link into DuckDB %.0f rows/s (%s): %.2fx (target >= 0.70x)\n",
+		r.Rows, raw, r.RawDecode.Round(time.Millisecond), lk, r.LinkApply.Round(time.Millisecond), lk/raw)
+	fmt.Fprintf(&b, "latency source commit -> target, %d rows at a steady rate, gate on: p50 %s, p99 %s (target p99 <= 1s)\n",
+		r.LatencyRows, r.LatencyP50.Round(time.Millisecond), r.LatencyP99.Round(time.Millisecond))
+	fmt.Fprintf(&b, "end of a planned failover -> first change from the new primary in the target: %s (target <= 5s)\n",
+		r.FailoverToFirst.Round(time.Millisecond))
+	return b.String()
+}
+
+// Link measures the link: throughput against pg_recvlogical on the same workload, end-to-end latency at a steady
+// rate with the failover-safe gate on, and the time to the first change after a planned failover.
+func Link(ctx context.Context, o LinkOptions) (*LinkResult, error) {
+	if o.Rows <= 0 {
+		o.Rows = 100000
+	}
+	if o.Rate <= 0 {
+		o.Rate = 5000
+	}
+	if o.Duration <= 0 {
+		o.Duration = 10 * time.Second
+	}
+	if o.PortLow == 0 {
+		o.PortLow = 34000
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	bin, dir, cleanup, err := scratch(o.PGBin, o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	e, err := startFogoGroup(ctx, filepath.Join(dir, "fogo"), o.PGBin, o.PortLow)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	src := e.dsn(e.rwAddr)
+	db, err := pgx.Connect(ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close(context.Background())
+	for _, q := range []string{
+		"CREATE TABLE bench_link(id bigint PRIMARY KEY, payload text, n int, created_at timestamptz DEFAULT clock_timestamp())",
+		"CREATE PUBLICATION bench_raw FOR TABLE bench_link",
+	} {
+		if _, err := db.Exec(ctx, q); err != nil {
+			return nil, fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	res := &LinkResult{Rows: o.Rows}
+	store, err := target.OpenDuckDB(filepath.Join(dir, "bench.duckdb"))
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	def := links.Def{Name: "bench", Group: "bench-fg", Database: "bench", Target: store,
+		Tables: []link.TableMapping{{SourceTable: "bench_link"}}}
+
+	// 1. Throughput: the same pending workload decoded by pg_recvlogical, then applied by the link.
+	if err := e.app.Links.Start(def); err != nil { // snapshot of the empty table, creates the slot
+		return nil, err
+	}
+	if err := waitLink(ctx, e, "bench", func(s link.Status) bool { return s.Phase == "Streaming" }); err != nil {
+		return nil, err
+	}
+	e.app.Links.Stop("bench")
+	superDSN := fmt.Sprintf("host=127.0.0.1 port=%d user=fogo password=%s dbname=bench sslmode=disable", e.primaryPort, e.app.Cluster.SuperPassword())
+	sdb, err := pgx.Connect(ctx, superDSN)
+	if err != nil {
+		return nil, err
+	}
+	defer sdb.Close(context.Background())
+	if _, err := sdb.Exec(ctx, "SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput')"); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(o.Progress, "writing %d rows in transactions of 100\n", o.Rows)
+	for i := 0; i < o.Rows; i += 100 {
+		if _, err := db.Exec(ctx, "INSERT INTO bench_link(id, payload, n) SELECT g, md5(g::text), g % 1000 FROM generate_series($1::bigint, $2::bigint) g",
+			i+1, min(i+100, o.Rows)); err != nil {
+			return nil, err
+		}
+	}
+	var endText string
+	if err := sdb.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&endText); err != nil {
+		return nil, err
+	}
+	end, _ := lsn.Parse(endText)
+	start := time.Now()
+	if out, err := bin.Run(ctx, []string{"PGPASSWORD=" + e.app.Cluster.SuperPassword()}, "pg_recvlogical",
+		"-d", fmt.Sprintf("host=127.0.0.1 port=%d user=fogo dbname=bench", e.primaryPort), "-S", "bench_raw", "--start",
+		"-o", "proto_version=1", "-o", "publication_names=bench_raw", "-f", "/dev/null", "-E", end.String(), "--no-loop"); err != nil {
+		return nil, fmt.Errorf("pg_recvlogical: %w: %s", err, out)
+	}
+	res.RawDecode = time.Since(start)
+	if _, err := sdb.Exec(ctx, "SELECT pg_drop_replication_slot('bench_raw')"); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(o.Progress, "pg_recvlogical: %s\n", res.RawDecode.Round(time.Millisecond))
+	start = time.Now()
+	if err := e.app.Links.Start(def); err != nil {
+		return nil, err
+	}
+	for deadline := time.Now().Add(10 * time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		var n int
+		if err := store.DB().QueryRow("SELECT count(*) FROM public.bench_link").Scan(&n); err == nil && n == o.Rows {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the link did not apply %d rows in 10 minutes", o.Rows)
+		}
+	}
+	res.LinkApply = time.Since(start)
+	fmt.Fprintf(o.Progress, "link: %s\n", res.LinkApply.Round(time.Millisecond))
+
+	// 2. Latency at a steady rate: every row carries its commit-time clock; the target is polled for new rows.
+	lat, err := steadyLatency(ctx, db, store, o)
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(lat)
+	res.LatencyRows = len(lat)
+	if len(lat) > 0 {
+		res.LatencyP50, res.LatencyP99 = lat[len(lat)/2], lat[len(lat)*99/100]
+	}
+
+	// 3. A planned failover, then the time until a change written on the new primary is in the target.
+	if err := e.do(ctx, http.MethodPost, e.base+"bench-west/failoverGroups/bench-fg/failover", nil); err != nil {
+		return nil, err
+	}
+	ended := time.Now()
+	db.Close(context.Background())
+	if db, err = pgx.Connect(ctx, src); err != nil {
+		return nil, err
+	}
+	var id int64
+	if err := db.QueryRow(ctx, "INSERT INTO bench_link(id, payload) VALUES (-1, 'after failover') RETURNING id").Scan(&id); err != nil {
+		return nil, err
+	}
+	for {
+		var n int
+		if err := store.DB().QueryRow("SELECT count(*) FROM public.bench_link WHERE id = -1").Scan(&n); err == nil && n == 1 {
+			break
+		}
+		if time.Since(ended) > 2*time.Minute {
+			return nil, fmt.Errorf("the change after the failover never reached the target")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	res.FailoverToFirst = time.Since(ended)
+	e.app.Links.Stop("bench")
+	return res, nil
+}
+
+func waitLink(ctx context.Context, e *fogoEnv, name string, done func(link.Status) bool) error {
+	deadline := time.Now().Add(10 * time.Minute)
+	for time.Now().Before(deadline) {
+		if st, ok := e.app.Links.Status(name); ok && done(st) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("link %s did not get there in 10 minutes", name)
+}
+
+// steadyLatency writes o.Rate rows per second for o.Duration (batches every 20 ms) and measures, per row, the
+// time from its commit to its appearance in the target.
+func steadyLatency(ctx context.Context, db *pgx.Conn, store *target.Store, o LinkOptions) ([]time.Duration, error) {
+	const tick = 20 * time.Millisecond
+	perTick := max(o.Rate*int(tick/time.Millisecond)/1000, 1)
+	committed := map[int64]time.Time{}
+	var lat []time.Duration
+	next := int64(10_000_000)
+	seen := next
+	stop := time.Now().Add(o.Duration)
+	poll := func() error {
+		rows, err := store.DB().QueryContext(ctx, "SELECT id FROM public.bench_link WHERE id > $1 ORDER BY id", seen)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		now := time.Now()
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			if at, ok := committed[id]; ok {
+				lat = append(lat, now.Sub(at))
+			}
+			seen = max(seen, id)
+		}
+		return rows.Err()
+	}
+	for t := time.Now(); time.Now().Before(stop); t = t.Add(tick) {
+		if _, err := db.Exec(ctx, "INSERT INTO bench_link(id, payload) SELECT g, 'steady' FROM generate_series($1::bigint, $2::bigint) g",
+			next+1, next+int64(perTick)); err != nil {
+			return nil, err
+		}
+		now := time.Now()
+		for i := int64(1); i <= int64(perTick); i++ {
+			committed[next+i] = now
+		}
+		next += int64(perTick)
+		if err := poll(); err != nil {
+			return nil, err
+		}
+		time.Sleep(time.Until(t.Add(tick)))
+	}
+	for deadline := time.Now().Add(30 * time.Second); seen < next && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if err := poll(); err != nil {
+			return nil, err
+		}
+	}
+	return lat, nil
+}
