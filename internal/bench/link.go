@@ -38,6 +38,7 @@ type LinkResult struct {
 	LatencyP99      time.Duration `json:"latencyP99"`
 	LatencyRows     int           `json:"latencyRows"`
 	FailoverToFirst time.Duration `json:"failoverToFirstChange"` // end of a planned failover -> first change from the new primary visible
+	FailoverErr     string        `json:"failoverError,omitempty"`
 }
 
 // Summary is a human-readable report.
@@ -48,8 +49,12 @@ func (r LinkResult) Summary() string {
 		r.Rows, raw, r.RawDecode.Round(time.Millisecond), lk, r.LinkApply.Round(time.Millisecond), lk/raw)
 	fmt.Fprintf(&b, "latency source commit -> target, %d rows at a steady rate, gate on: p50 %s, p99 %s (target p99 <= 1s)\n",
 		r.LatencyRows, r.LatencyP50.Round(time.Millisecond), r.LatencyP99.Round(time.Millisecond))
-	fmt.Fprintf(&b, "end of a planned failover -> first change from the new primary in the target: %s (target <= 5s)\n",
-		r.FailoverToFirst.Round(time.Millisecond))
+	if r.FailoverErr != "" {
+		fmt.Fprintf(&b, "end of a planned failover -> first change: not measured, the failover failed: %s\n", r.FailoverErr)
+	} else {
+		fmt.Fprintf(&b, "end of a planned failover -> first change from the new primary in the target: %s (target <= 5s)\n",
+			r.FailoverToFirst.Round(time.Millisecond))
+	}
 	return b.String()
 }
 
@@ -173,7 +178,8 @@ func Link(ctx context.Context, o LinkOptions) (*LinkResult, error) {
 
 	// 3. A planned failover, then the time until a change written on the new primary is in the target.
 	if err := e.do(ctx, http.MethodPost, e.base+"bench-west/failoverGroups/bench-fg/failover", nil); err != nil {
-		return nil, err
+		res.FailoverErr = err.Error()
+		return res, nil
 	}
 	ended := time.Now()
 	db.Close(context.Background())

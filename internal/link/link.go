@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -323,6 +324,7 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
 	}
 	const maxBatch = 5000
+	var applied atomic.Uint64
 	relations := map[uint32]*source{}
 	var txn, batch []target.Change
 	var batchEnd lsn.LSN
@@ -339,6 +341,7 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 			return err
 		}
 		cp, batch = batchEnd, batch[:0]
+		applied.Store(uint64(cp))
 		n, at := batchTxns, batchCommit
 		batchTxns = 0
 		l.setStatus(func(s *Status) {
@@ -346,41 +349,46 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		})
 		return nil
 	}
-	nextStatus := time.Now()
+	// A reader goroutine owns the replication connection: it receives, acknowledges as written everything the
+	// server sent (a walsender of a shutting-down primary waits for that, so a slow target must never hold up a
+	// planned failover) and reports as flushed only what the target holds (the slot advances no further).
+	applied.Store(uint64(cp))
+	msgs := make(chan any, 200000)
+	rctx, stopReader := context.WithCancel(ctx)
+	readerErr := make(chan error, 1)
+	go func() { readerErr <- l.read(rctx, rc, msgs, &applied) }()
+	defer func() {
+		stopReader()
+		<-readerErr
+	}()
 	for {
-		if time.Now().After(nextStatus) {
-			if err := rc.SendStandbyStatus(ctx, cp, cp, cp, false); err != nil {
-				return err
-			}
-			nextStatus = time.Now().Add(l.cfg.StatusInterval)
-		}
-		deadline := nextStatus
+		var msg any
+		wait := time.Second
 		if batchEnd > cp {
-			deadline = time.Now().Add(10 * time.Millisecond)
+			wait = 10 * time.Millisecond
 		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
-		msg, err := rc.Receive(rctx)
-		cancel()
-		if err != nil {
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case err := <-readerErr:
+			timer.Stop()
+			readerErr <- err // for the deferred wait
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if errors.Is(err, context.DeadlineExceeded) {
-				if err := flush(); err != nil {
-					return err
-				}
-				continue
-			}
 			return fmt.Errorf("link %s: stream: %w", l.cfg.Name, err)
+		case <-timer.C:
+			if err := flush(); err != nil {
+				return err
+			}
+			applied.Store(uint64(cp))
+			continue
+		case msg = <-msgs:
+			timer.Stop()
 		}
 		switch m := msg.(type) {
-		case logrepl.Keepalive:
-			if m.ReplyRequested {
-				if err := flush(); err != nil {
-					return err
-				}
-				nextStatus = time.Time{}
-			}
 		case logrepl.XLogData:
 			d, err := logrepl.Decode(m.Data)
 			if err != nil {
@@ -424,6 +432,46 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 						return err
 					}
 				}
+			}
+		}
+	}
+}
+
+// read receives the stream into msgs and sends standby status updates: written = everything received,
+// flushed = applied (what the target holds).
+func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, applied *atomic.Uint64) error {
+	received := lsn.LSN(applied.Load())
+	next := time.Now()
+	for {
+		if time.Now().After(next) {
+			cp := lsn.LSN(applied.Load())
+			if err := rc.SendStandbyStatus(ctx, max(received, cp), cp, cp, false); err != nil {
+				return err
+			}
+			next = time.Now().Add(l.cfg.StatusInterval)
+		}
+		rctx, cancel := context.WithDeadline(ctx, next)
+		msg, err := rc.Receive(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				continue
+			}
+			return err
+		}
+		switch m := msg.(type) {
+		case logrepl.Keepalive:
+			received = max(received, m.ServerWALEnd)
+			if m.ReplyRequested {
+				next = time.Time{}
+			}
+		case logrepl.XLogData:
+			received = max(received, m.ServerWALEnd, m.WALStart)
+			m.Data = append([]byte(nil), m.Data...) // the connection reuses its buffer for the next message
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
 		}
 	}

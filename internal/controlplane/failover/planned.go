@@ -182,8 +182,11 @@ func closeSessions(m map[string]*instance.Session) {
 // checkpoint: then every commit the old primary acknowledged is on the secondary.
 func (x *execution) demote(ctx context.Context, old *model.Instance, sn *instance.Session, bound time.Duration) error {
 	ho := x.o.cl.Handle(old)
-	if err := ho.Stop(ctx, instance.ShutdownFast); err != nil {
-		return fmt.Errorf("demote %s: fast shutdown: %w", old.Database, err)
+	sctx, cancel := context.WithTimeout(ctx, bound)
+	err := ho.Stop(sctx, instance.ShutdownFast)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("demote %s: fast shutdown did not finish within %s: %w", old.Database, bound, err)
 	}
 	cd, err := ho.ControlData(ctx)
 	if err != nil {
@@ -199,7 +202,12 @@ func (x *execution) demote(ctx context.Context, old *model.Instance, sn *instanc
 // roles stay as they were.
 func (x *execution) undoDemote(ctx context.Context, olds []*model.Instance, cause error) error {
 	for _, o := range olds {
-		if err := x.o.cl.Handle(o).Start(ctx); err != nil {
+		h := x.o.cl.Handle(o)
+		// A shutdown that did not finish in time is completed first (immediate), then the primary restarts.
+		if err := h.TryShuttingDownFastImmediate(ctx, time.Second); err != nil {
+			return fmt.Errorf("%w (and stopping the primary of %s failed: %v)", cause, o.Database, err)
+		}
+		if err := h.Start(ctx); err != nil {
 			return fmt.Errorf("%w (and restarting the primary of %s failed: %v)", cause, o.Database, err)
 		}
 	}

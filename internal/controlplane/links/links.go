@@ -228,7 +228,9 @@ func (w *worker) setErr(err error) {
 	w.mu.Unlock()
 }
 
-// gate waits until the geo-secondary has flushed past end (read from the primary's pg_stat_replication).
+// gate waits until the geo-secondary has flushed past end. It asks the standby itself (pg_last_wal_receive_lsn):
+// the standby stays reachable while a primary shuts down for a planned failover, when the primary accepts no new
+// connection and a link waiting on it would hold up the shutdown.
 func (m *Manager) gate(def Def) func(ctx context.Context, end lsn.LSN) error {
 	var mu sync.Mutex
 	var flushed lsn.LSN
@@ -246,18 +248,15 @@ func (m *Manager) gate(def Def) func(ctx context.Context, end lsn.LSN) error {
 				if known {
 					return nil
 				}
-				reps, err := m.cl.Handle(&t.primary).ReplicationStatus(ctx)
+				qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				got, err := m.cl.Handle(&t.secondary).ReceiveLSN(qctx)
+				cancel()
 				if err == nil {
-					for _, r := range reps {
-						if r.ApplicationName != t.secondary.ID {
-							continue
-						}
-						mu.Lock()
-						flushed, flushedBy = r.FlushLSN, r.ApplicationName
-						mu.Unlock()
-						if r.FlushLSN >= end {
-							return nil
-						}
+					mu.Lock()
+					flushed, flushedBy = got, t.secondary.ID
+					mu.Unlock()
+					if got >= end {
+						return nil
 					}
 				}
 			}

@@ -170,10 +170,23 @@ func (s *Store) Apply(ctx context.Context, link string, changes []Change, checkp
 		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
 	}
 	defer tx.Rollback()
-	for i := range changes {
+	for i := 0; i < len(changes); {
+		// A run of inserts into one table (whose rows carry every column) becomes multi-row statements.
+		j := i
+		for j < len(changes) && j-i < insertChunk && changes[j].Kind == Insert && changes[j].Table == changes[i].Table && complete(changes[j].New) {
+			j++
+		}
+		if j-i > 1 {
+			if err := s.insertMany(ctx, tx, changes[i:j]); err != nil {
+				return err
+			}
+			i = j
+			continue
+		}
 		if err := s.apply(ctx, tx, &changes[i]); err != nil {
 			return err
 		}
+		i++
 	}
 	if checkpoint == 0 {
 		return tx.Commit()
@@ -184,6 +197,80 @@ func (s *Store) Apply(ctx context.Context, link string, changes []Change, checkp
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("%s: commit: %w", s.dialect.name(), err)
+	}
+	return nil
+}
+
+// insertChunk bounds the rows of one multi-row insert.
+const insertChunk = 500
+
+func complete(row []Value) bool {
+	for _, v := range row {
+		if v.Unchanged {
+			return false
+		}
+	}
+	return true
+}
+
+// insertMany upserts rows of one table with one statement. Rows with the same key keep the last one (a single
+// statement may not touch a row twice).
+func (s *Store) insertMany(ctx context.Context, tx *sql.Tx, run []Change) error {
+	t := run[0].Table
+	keyOf := func(row []Value) string {
+		var b strings.Builder
+		for i, c := range t.Columns {
+			if isKey(t, c.Name) && i < len(row) {
+				fmt.Fprintf(&b, "%v\x00%s\x00", row[i].Null, row[i].Text)
+			}
+		}
+		return b.String()
+	}
+	last := map[string]int{}
+	for i, c := range run {
+		last[keyOf(c.New)] = i
+	}
+	cols := make([]string, len(t.Columns))
+	var sets []string
+	for i, c := range t.Columns {
+		cols[i] = qi(c.Name)
+		if !isKey(t, c.Name) {
+			sets = append(sets, qi(c.Name)+" = excluded."+qi(c.Name))
+		}
+	}
+	var rows []string
+	var args []any
+	for i, c := range run {
+		if last[keyOf(c.New)] != i {
+			continue
+		}
+		vals := make([]string, len(t.Columns))
+		for k, col := range t.Columns {
+			v := Value{Null: true}
+			if k < len(c.New) {
+				v = c.New[k]
+			}
+			ph, err := s.arg(&args, col, v)
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.qualified(), err)
+			}
+			vals[k] = ph
+		}
+		rows = append(rows, "("+strings.Join(vals, ", ")+")")
+	}
+	keys := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		keys[i] = qi(k)
+	}
+	q := "INSERT INTO " + t.qualified() + " (" + strings.Join(cols, ", ") + ") VALUES " + strings.Join(rows, ", ") +
+		" ON CONFLICT (" + strings.Join(keys, ", ") + ")"
+	if len(sets) == 0 {
+		q += " DO NOTHING"
+	} else {
+		q += " DO UPDATE SET " + strings.Join(sets, ", ")
+	}
+	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("%s: apply to %s: %w", s.dialect.name(), t.qualified(), err)
 	}
 	return nil
 }

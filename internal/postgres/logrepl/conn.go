@@ -179,7 +179,8 @@ func (c *Conn) StartReplication(ctx context.Context, slot string, start lsn.LSN,
 	}
 }
 
-// XLogData is one chunk of the stream: a pgoutput message and where it is in the WAL.
+// XLogData is one chunk of the stream: a pgoutput message and where it is in the WAL. Data refers to the
+// connection's buffer: it is valid until the next Receive (copy it to keep it).
 type XLogData struct {
 	WALStart     lsn.LSN
 	ServerWALEnd lsn.LSN
