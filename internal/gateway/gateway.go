@@ -272,25 +272,24 @@ func (e *Endpoint) connectBackend(database string, startup []byte) (net.Conn, st
 			retryUntil = time.Now().Add(e.cfg.RetryFor)
 		}
 		if time.Now().After(retryUntil) {
-			ctx = expired
+			return nil, "", nil, unavailable(database, err)
 		}
 		select {
 		case <-ctx.Done():
-			if err == nil {
-				return nil, "", nil, &RouteError{Code: "57P03", Message: fmt.Sprintf("fogo gateway: database %q is not accepting connections right now", database)}
-			}
-			return nil, "", nil, &RouteError{Code: "57P03", Message: fmt.Sprintf("fogo gateway: database %q is not reachable right now", database)}
+			return nil, "", nil, unavailable(database, err)
 		case <-time.After(min(time.Duration(attempt+1)*10*time.Millisecond, 200*time.Millisecond)):
 		}
 	}
 }
 
-// expired is a context that has ended, to leave the retry loop through its error path.
-var expired = func() context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	return ctx
-}()
+// unavailable is the error a client gets when no backend took its session in time: dialErr is nil when the
+// backend answered "cannot connect now".
+func unavailable(database string, dialErr error) *RouteError {
+	if dialErr == nil {
+		return &RouteError{Code: "57P03", Message: fmt.Sprintf("fogo gateway: database %q is not accepting connections right now", database)}
+	}
+	return &RouteError{Code: "57P03", Message: fmt.Sprintf("fogo gateway: database %q is not reachable right now", database)}
+}
 
 // dialStartup connects to addr, sends the startup message and returns the first whole backend message.
 func (e *Endpoint) dialStartup(addr string, startup []byte) (net.Conn, []byte, error) {

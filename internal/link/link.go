@@ -383,7 +383,6 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 			if err := flush(); err != nil {
 				return err
 			}
-			applied.Store(uint64(cp))
 			continue
 		case msg = <-msgs:
 			timer.Stop()

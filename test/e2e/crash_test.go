@@ -138,12 +138,7 @@ func TestKillFogoDuringFailover(t *testing.T) {
 
 	p1 := startProcess(t, bin, dir, listen, low, token, "FOGO_TEST_PAUSE_BEFORE_STEP=PlannedFailover:promote")
 	f := &fogo{t: t, url: "http://" + listen, tok: token}
-	f.createServer("crash-east", "eastus")
-	f.createServer("crash-west", "westus")
-	f.createDB("crash-east", "bank", "eastus")
-	mustExec(t, f, "crash-east", "bank", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
-	f.mustSucceed(f.createGroup("crash-east", "crash-west", "crash-fg", "bank"), 201)
-	f.waitGroupState("crash-east", "crash-fg", "CATCH_UP")
+	f.groupWithLedger("crash-east", "crash-west", "crash-fg", "bank")
 	ids := insertRows(t, f, "crash-east", "bank", 200)
 
 	// 1. Planned failover, fogo killed after the demotion, before the promotion.

@@ -245,3 +245,15 @@ func (f *fogo) waitGroupState(server, fg, want string) {
 	}
 	f.t.Fatalf("group %s replicationState = %v, want %s", fg, got, want)
 }
+
+// groupWithLedger creates servers east (eastus) and west (westus), database db on east with a ledger table,
+// and failover group fg over it, and waits until the geo-secondary streams.
+func (f *fogo) groupWithLedger(east, west, fg, db string) {
+	f.t.Helper()
+	f.createServer(east, "eastus")
+	f.createServer(west, "westus")
+	f.createDB(east, db, "eastus")
+	mustExec(f.t, f, east, db, "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
+	f.mustSucceed(f.createGroup(east, west, fg, db), 201)
+	f.waitGroupState(east, fg, "CATCH_UP")
+}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"net/http"
 	"syscall"
 	"testing"
 	"time"
@@ -37,5 +36,4 @@ func (f *fogo) killPrimaryInstances(t *testing.T, server string) {
 		t.Fatalf("no primary instance on %s", server)
 	}
 	time.Sleep(300 * time.Millisecond)
-	_ = http.MethodGet
 }

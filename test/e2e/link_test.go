@@ -17,13 +17,8 @@ import (
 // target equals the new primary exactly (nothing lost, nothing duplicated, no row the new primary lacks).
 func TestLinkFollowsFailovers(t *testing.T) {
 	f := startFogo(t)
-	f.createServer("lk-east", "eastus")
-	f.createServer("lk-west", "westus")
-	f.createDB("lk-east", "shop", "eastus")
-	mustExec(t, f, "lk-east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
+	f.groupWithLedger("lk-east", "lk-west", "lk-fg", "shop")
 	mustExec(t, f, "lk-east", "shop", "INSERT INTO ledger(note) SELECT 'seed ' || i FROM generate_series(1, 500) i")
-	f.mustSucceed(f.createGroup("lk-east", "lk-west", "lk-fg", "shop"), 201)
-	f.waitGroupState("lk-east", "lk-fg", "CATCH_UP")
 	rw := f.listenerOf("lk-east", "lk-fg", "readWriteEndpoint")
 
 	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "lk.duckdb"))

@@ -16,13 +16,8 @@ const lsVer = "?api-version=2020-12-01"
 // the query extension (read-only), stop, and the errors a user meets.
 func TestLinkConnectionAPI(t *testing.T) {
 	f := startFogo(t)
-	f.createServer("api-east", "eastus")
-	f.createServer("api-west", "westus")
-	f.createDB("api-east", "shop", "eastus")
-	mustExec(t, f, "api-east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
+	f.groupWithLedger("api-east", "api-west", "api-fg", "shop")
 	mustExec(t, f, "api-east", "shop", "INSERT INTO ledger(note) SELECT 'seed' FROM generate_series(1, 100)")
-	f.mustSucceed(f.createGroup("api-east", "api-west", "api-fg", "shop"), 201)
-	f.waitGroupState("api-east", "api-fg", "CATCH_UP")
 	rw := f.listenerOf("api-east", "api-fg", "readWriteEndpoint")
 	host, port, _ := strings.Cut(rw, ":")
 	ws := "/workspaces/analytics"

@@ -21,12 +21,7 @@ func TestLinkSurvivesFogoKill(t *testing.T) {
 	const token = "link-kill-token"
 	p1 := startProcess(t, bin, dir, listen, low, token)
 	f := &fogo{t: t, url: "http://" + listen, tok: token}
-	f.createServer("lkk-east", "eastus")
-	f.createServer("lkk-west", "westus")
-	f.createDB("lkk-east", "shop", "eastus")
-	mustExec(t, f, "lkk-east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
-	f.mustSucceed(f.createGroup("lkk-east", "lkk-west", "lkk-fg", "shop"), 201)
-	f.waitGroupState("lkk-east", "lkk-fg", "CATCH_UP")
+	f.groupWithLedger("lkk-east", "lkk-west", "lkk-fg", "shop")
 	rw := f.listenerOf("lkk-east", "lkk-fg", "readWriteEndpoint")
 	host, port, _ := strings.Cut(rw, ":")
 	ws := "/workspaces/w1"

@@ -106,12 +106,7 @@ func (w *listenerWriters) run(ctx context.Context, endpoint, db string, clients 
 // routes to the geo-secondary; cancel and bad startup packets work through a listener; 200 concurrent sessions.
 func TestListenersFollowTheRoles(t *testing.T) {
 	f := startFogo(t)
-	f.createServer("lis-east", "eastus")
-	f.createServer("lis-west", "westus")
-	f.createDB("lis-east", "shop", "eastus")
-	mustExec(t, f, "lis-east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
-	f.mustSucceed(f.createGroup("lis-east", "lis-west", "lis-fg", "shop"), 201)
-	f.waitGroupState("lis-east", "lis-fg", "CATCH_UP")
+	f.groupWithLedger("lis-east", "lis-west", "lis-fg", "shop")
 	rw, ro := f.listenerOf("lis-east", "lis-fg", "readWriteEndpoint"), f.listenerOf("lis-west", "lis-fg", "readOnlyEndpoint")
 	eastPort, westPort := f.instancePort(t, "lis-east", "shop"), f.instancePort(t, "lis-west", "shop")
 	if p, standby := whereIs(t, rw, "shop"); p != eastPort || standby {

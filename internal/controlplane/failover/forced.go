@@ -59,5 +59,3 @@ func (x *execution) fenceForced(ctx context.Context, olds []*model.Instance) err
 	})
 	return nil
 }
-
-var _ = model.OpForced

@@ -10,7 +10,6 @@ import (
 	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
-	"github.com/fogo-db/fogo/internal/postgres/lsn"
 )
 
 func jsonParams(op *model.Operation, v any) error { return json.Unmarshal(op.Params, v) }
@@ -301,5 +300,3 @@ func eachPair(olds, news []*model.Instance, fn func(o, n *model.Instance) error)
 func eachInstance(recs []*model.Instance, fn func(*model.Instance) error) error {
 	return eachPair(recs, recs, func(o, _ *model.Instance) error { return fn(o) })
 }
-
-var _ = lsn.LSN(0)

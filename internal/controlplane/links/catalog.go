@@ -3,7 +3,6 @@ package links
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -367,5 +366,3 @@ func (c *Catalog) run(lc *LinkConnection) error {
 	}
 	return nil
 }
-
-var _ = fmt.Sprintf

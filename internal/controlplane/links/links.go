@@ -298,7 +298,7 @@ func (m *Manager) syncCopy(ctx context.Context, def Def, l *link.Link) error {
 		return err
 	}
 	slot := l.SlotName()
-	hp, hs := m.cl.Handle(&t.primary), m.cl.Handle(&t.secondary)
+	hs := m.cl.Handle(&t.secondary)
 	if _, running := hs.Running(); !running || !hs.IsStandby() {
 		return nil
 	}
@@ -313,7 +313,6 @@ func (m *Manager) syncCopy(ctx context.Context, def Def, l *link.Link) error {
 	if cp > have {
 		return hs.AdvanceSlot(ctx, def.Database, slot, cp)
 	}
-	_ = hp
 	return nil
 }
 
