@@ -330,11 +330,42 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 	var batchEnd lsn.LSN
 	var batchTxns int64
 	var batchCommit time.Time
+	// A reader goroutine owns the replication connection: it receives, acknowledges as written everything the
+	// server sent (a walsender of a shutting-down primary waits for that, so a slow target must never hold up a
+	// planned failover) and reports as flushed only what the target holds (the slot advances no further).
+	// Once the reader fails (the source went away), nothing more is applied: waiting transactions are decoded
+	// again by the next run, from the checkpoint.
+	applied.Store(uint64(cp))
+	msgs := make(chan any, 200000)
+	rctx, stopReader := context.WithCancel(ctx)
+	gctx, stopGate := context.WithCancel(ctx)
+	defer stopGate()
+	readerDone := make(chan struct{})
+	var readerErr error
+	go func() {
+		readerErr = l.read(rctx, rc, msgs, &applied)
+		stopGate()
+		close(readerDone)
+	}()
+	defer func() {
+		stopReader()
+		<-readerDone
+	}()
+	streamErr := func() error {
+		<-readerDone
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("link %s: stream: %w", l.cfg.Name, readerErr)
+	}
 	flush := func() error {
 		if batchEnd <= cp {
 			return nil
 		}
-		if err := l.waitGate(ctx, batchEnd); err != nil {
+		if err := l.waitGate(gctx, batchEnd); err != nil {
+			if gctx.Err() != nil && ctx.Err() == nil {
+				return streamErr()
+			}
 			return err
 		}
 		if err := l.cfg.Target.Apply(ctx, l.cfg.Name, batch, batchEnd); err != nil {
@@ -349,18 +380,6 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		})
 		return nil
 	}
-	// A reader goroutine owns the replication connection: it receives, acknowledges as written everything the
-	// server sent (a walsender of a shutting-down primary waits for that, so a slow target must never hold up a
-	// planned failover) and reports as flushed only what the target holds (the slot advances no further).
-	applied.Store(uint64(cp))
-	msgs := make(chan any, 200000)
-	rctx, stopReader := context.WithCancel(ctx)
-	readerErr := make(chan error, 1)
-	go func() { readerErr <- l.read(rctx, rc, msgs, &applied) }()
-	defer func() {
-		stopReader()
-		<-readerErr
-	}()
 	for {
 		var msg any
 		wait := time.Second
@@ -372,13 +391,9 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		case <-ctx.Done():
 			timer.Stop()
 			return ctx.Err()
-		case err := <-readerErr:
+		case <-readerDone:
 			timer.Stop()
-			readerErr <- err // for the deferred wait
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("link %s: stream: %w", l.cfg.Name, err)
+			return streamErr()
 		case <-timer.C:
 			if err := flush(); err != nil {
 				return err
@@ -436,15 +451,24 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 	}
 }
 
-// read receives the stream into msgs and sends standby status updates: written = everything received,
-// flushed = applied (what the target holds).
+// read receives the stream into msgs and sends standby status updates: written = everything received; flushed =
+// what the target holds, or everything received once the target holds every transaction received so far (no
+// transaction open, the last commit applied), as PostgreSQL's own apply worker reports. The latter lets the slot
+// pass WAL with nothing to apply (checkpoints, other tables' transactions), and a walsender of a primary shutting
+// down for a planned failover waits for exactly that: flushed = everything it sent.
 func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, applied *atomic.Uint64) error {
 	received := lsn.LSN(applied.Load())
+	var lastEnd lsn.LSN // end of the last commit handed to the applier
+	inTxn := false
 	next := time.Now()
 	for {
 		if time.Now().After(next) {
 			cp := lsn.LSN(applied.Load())
-			if err := rc.SendStandbyStatus(ctx, max(received, cp), cp, cp, false); err != nil {
+			flushed := cp
+			if !inTxn && cp >= lastEnd {
+				flushed = max(received, cp)
+			}
+			if err := rc.SendStandbyStatus(ctx, max(received, cp), flushed, flushed, false); err != nil {
 				return err
 			}
 			next = time.Now().Add(l.cfg.StatusInterval)
@@ -467,6 +491,16 @@ func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, appl
 		case logrepl.XLogData:
 			received = max(received, m.ServerWALEnd, m.WALStart)
 			m.Data = append([]byte(nil), m.Data...) // the connection reuses its buffer for the next message
+			if len(m.Data) > 0 {
+				switch m.Data[0] {
+				case 'B':
+					inTxn = true
+				case 'C':
+					if c, err := logrepl.Decode(m.Data); err == nil {
+						inTxn, lastEnd = false, c.(logrepl.Commit).EndLSN
+					}
+				}
+			}
 			select {
 			case msgs <- m:
 			case <-ctx.Done():

@@ -1,8 +1,8 @@
 // Package links runs fogo's link connections inside the control plane and makes them follow their failover
 // group through planned and forced failovers (DESIGN.md, "The link, and why it survives failover on PostgreSQL 15"):
 //
-//   - The link's source is the group's read-write listener, so after any failover it reconnects to whichever
-//     instance is primary and resumes from its checkpoint; a worker restarts a stopped link with backoff.
+//   - The link reads from the instance the store names primary of the group's database; after any failover a
+//     worker restarts it (with backoff) on the new primary, from its checkpoint.
 //   - Slot copies: the keeper copies the link's logical slot from the primary to the geo-secondary (the slot's state
 //     file, then one restart of the standby) and advances the copy with pg_replication_slot_advance, never past the
 //     link's checkpoint. After a promotion the new primary already has the slot.
@@ -12,6 +12,7 @@ package links
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -160,7 +161,7 @@ func (m *Manager) topology(def Def) (*topology, error) {
 	return &t, err
 }
 
-// supervise runs the link, restarting it with backoff; the source is the group's read-write listener.
+// supervise runs the link, restarting it with backoff; each run reads from the primary the store names then.
 func (m *Manager) supervise(ctx context.Context, w *worker) {
 	defer close(w.done)
 	backoff := 200 * time.Millisecond
@@ -195,8 +196,8 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 	}
 }
 
-// source is where the link reads: the group's read-write listener (with the failover-safe gate), or a plain
-// connection string.
+// source is where the link reads: the primary instance of the group's database as the store names it now, with
+// a failover-safe gate bound to that primary and its geo-secondary; or, with no group, a plain connection string.
 func (m *Manager) source(def Def) (string, func(context.Context, lsn.LSN) error, error) {
 	if def.Group == "" {
 		return def.Source, nil, nil
@@ -205,8 +206,7 @@ func (m *Manager) source(def Def) (string, func(context.Context, lsn.LSN) error,
 	if err != nil {
 		return "", nil, err
 	}
-	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10",
-		t.group.RWPort, cluster.SuperUser, m.cl.SuperPassword(), def.Database), m.gate(def), nil
+	return m.cl.Handle(&t.primary).ConnString(def.Database), m.gate(def, t.primary.ID, t.secondary.ID), nil
 }
 
 // Target returns a running link's target store (nil if it does not run).
@@ -228,36 +228,46 @@ func (w *worker) setErr(err error) {
 	w.mu.Unlock()
 }
 
-// gate waits until the geo-secondary has flushed past end. It asks the standby itself (pg_last_wal_receive_lsn):
-// the standby stays reachable while a primary shuts down for a planned failover, when the primary accepts no new
-// connection and a link waiting on it would hold up the shutdown.
-func (m *Manager) gate(def Def) func(ctx context.Context, end lsn.LSN) error {
+// errSourceMoved ends a link run whose source is no longer the group's primary: the next run reads from the new
+// primary, from the link's checkpoint on its slot copy.
+var errSourceMoved = errors.New("the failover group's primary or geo-secondary changed; resuming from the new primary")
+
+// gate waits until the geo-secondary has flushed past end. It is bound to the primary the link reads from and to
+// that primary's geo-secondary: once the store names another primary or secondary (a failover, a rejoin), it
+// fails, because another instance's WAL positions say nothing about the WAL the link received (a former primary
+// rejoined after a forced failover reports positions of the new timeline, past transactions it lost). It asks the
+// standby itself (pg_last_wal_receive_lsn): the standby stays reachable while a primary shuts down for a planned
+// failover, when the primary accepts no new connection.
+func (m *Manager) gate(def Def, primary, secondary string) func(ctx context.Context, end lsn.LSN) error {
 	var mu sync.Mutex
-	var flushed lsn.LSN
-	var flushedBy string // the secondary that reported it
+	var flushed lsn.LSN // what the secondary reported last; it only grows
 	return func(ctx context.Context, end lsn.LSN) error {
 		for {
+			mu.Lock()
+			known := flushed >= end
+			mu.Unlock()
+			if known {
+				return nil
+			}
 			t, err := m.topology(def)
 			if err != nil {
 				return err
 			}
-			if t.secondary.ID != "" {
+			if t.primary.ID != primary || t.secondary.ID != secondary {
+				return errSourceMoved
+			}
+			if secondary == "" {
+				return nil // no geo-secondary: no failover can lose what the link applied
+			}
+			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			got, err := m.cl.Handle(&t.secondary).ReceiveLSN(qctx)
+			cancel()
+			if err == nil {
 				mu.Lock()
-				known := flushedBy == t.secondary.ID && flushed >= end
+				flushed = max(flushed, got)
 				mu.Unlock()
-				if known {
+				if got >= end {
 					return nil
-				}
-				qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				got, err := m.cl.Handle(&t.secondary).ReceiveLSN(qctx)
-				cancel()
-				if err == nil {
-					mu.Lock()
-					flushed, flushedBy = got, t.secondary.ID
-					mu.Unlock()
-					if got >= end {
-						return nil
-					}
 				}
 			}
 			select {

@@ -316,6 +316,15 @@ func (i *Instance) Connect(ctx context.Context, database string) (*pgx.Conn, err
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
+// ConnString is a libpq keyword/value connection string to database on this instance as the superuser.
+func (i *Instance) ConnString(database string) string {
+	q := func(v string) string {
+		return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+	}
+	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10 application_name=fogo_link",
+		q(i.host()), i.Port, q(i.SuperUser), q(i.SuperPassword), q(database))
+}
+
 func (i *Instance) host() string {
 	if i.Host == "" {
 		return "127.0.0.1"

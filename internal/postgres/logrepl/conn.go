@@ -208,8 +208,8 @@ func (c *Conn) Receive(ctx context.Context) (any, error) {
 		switch m := msg.(type) {
 		case *pgproto3.CopyData:
 			return parseCopyData(m.Data)
-		case *pgproto3.CopyDone:
-			return nil, ErrStreamEnded
+		case *pgproto3.CopyDone, *pgproto3.CommandComplete:
+			return nil, ErrStreamEnded // a walsender that is done (its server shuts down) sends CommandComplete
 		case *pgproto3.ErrorResponse:
 			return nil, pgconn.ErrorResponseToPgError(m)
 		case *pgproto3.NoticeResponse:
