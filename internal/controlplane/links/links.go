@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -335,15 +334,14 @@ func (m *Manager) copySlot(ctx context.Context, def Def, t *topology, slot strin
 	}
 	defer unlock()
 	hp, hs := m.cl.Handle(&t.primary), m.cl.Handle(&t.secondary)
-	state, err := hp.ReadSlotState(ctx, slot)
+	files, err := hp.ReadSlotFiles(ctx, slot)
 	if err != nil {
-		return fmt.Errorf("read slot state on the primary: %w", err)
+		return fmt.Errorf("read the slot on the primary: %w", err)
 	}
 	if err := hs.Stop(ctx, "fast"); err != nil {
 		return err
 	}
-	dir := filepath.Join(t.secondary.Dir, "pg_replslot", slot)
-	werr := hs.WriteSlotState(dir, state)
+	werr := hs.WriteSlotFiles(slot, files)
 	if err := hs.Start(ctx); err != nil {
 		return fmt.Errorf("restart the standby after copying the slot: %w", err)
 	}

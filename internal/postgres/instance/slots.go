@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -42,27 +43,87 @@ func (i *Instance) AdvanceSlot(ctx context.Context, database, slot string, to ls
 	return err
 }
 
-// ReadSlotState reads a slot's on-disk state file on the primary (pg_read_binary_file, superuser).
-func (i *Instance) ReadSlotState(ctx context.Context, slot string) ([]byte, error) {
-	var b []byte
-	err := i.query(ctx, func(c *pgx.Conn) error {
-		return c.QueryRow(ctx, "SELECT pg_read_binary_file('pg_replslot/' || $1 || '/state')", slot).Scan(&b)
-	})
-	return b, err
+// SlotFiles is what a copy of a logical slot needs on another instance of the same cluster: the slot's state file
+// and logical decoding's serialized snapshots (pg_logical/snapshots/*.snap). The slot's restart point is the
+// position of such a snapshot; without it, decoding on the copy starts from scratch there and, if transactions were
+// in progress at that point, becomes consistent only at a later running-transactions record, silently skipping
+// transactions the slot had not yet confirmed (TestSlotCopyDecodesEverythingAfterPromotion).
+type SlotFiles struct {
+	State     []byte
+	Snapshots map[string][]byte // file name -> content
 }
 
-// WriteSlotState installs a slot state file copied from the primary into this (stopped) instance's directory;
-// the slot appears when the instance starts.
-func (i *Instance) WriteSlotState(dir string, state []byte) error {
-	if len(state) == 0 {
+// ReadSlotFiles reads a logical slot's state file and every serialized snapshot from its restart point on, on the
+// primary (pg_read_binary_file, superuser).
+func (i *Instance) ReadSlotFiles(ctx context.Context, slot string) (SlotFiles, error) {
+	f := SlotFiles{Snapshots: map[string][]byte{}}
+	err := i.query(ctx, func(c *pgx.Conn) error {
+		var restart *string
+		if err := c.QueryRow(ctx, "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&restart); err != nil {
+			return fmt.Errorf("slot %s: %w", slot, err)
+		}
+		if restart == nil {
+			return fmt.Errorf("slot %s has no restart point", slot)
+		}
+		from, err := lsn.Parse(*restart)
+		if err != nil {
+			return err
+		}
+		if err := c.QueryRow(ctx, "SELECT pg_read_binary_file('pg_replslot/' || $1 || '/state')", slot).Scan(&f.State); err != nil {
+			return fmt.Errorf("slot %s: read state: %w", slot, err)
+		}
+		rows, err := c.Query(ctx, `SELECT name, pg_read_binary_file('pg_logical/snapshots/' || name, 0, 1 << 29, true)
+			FROM pg_ls_dir('pg_logical/snapshots') AS name WHERE name LIKE '%.snap'`)
+		if err != nil {
+			return fmt.Errorf("read serialized snapshots: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var name string
+			var data []byte
+			if err := rows.Scan(&name, &data); err != nil {
+				return err
+			}
+			at, err := lsn.Parse(strings.Replace(strings.TrimSuffix(name, ".snap"), "-", "/", 1))
+			if err != nil || at < from || data == nil { // not a snapshot file, older than needed, or just removed
+				continue
+			}
+			f.Snapshots[name] = data
+		}
+		return rows.Err()
+	})
+	return f, err
+}
+
+// WriteSlotFiles installs a slot copied with ReadSlotFiles into this stopped instance's data directory; the slot
+// appears when the instance starts.
+func (i *Instance) WriteSlotFiles(slot string, f SlotFiles) error {
+	if _, running := i.Running(); running {
+		return fmt.Errorf("copy slot %s into %s: instance is running", slot, i.Dir)
+	}
+	if len(f.State) == 0 {
 		return errors.New("empty slot state")
 	}
+	snaps := filepath.Join(i.Dir, "pg_logical", "snapshots")
+	for name, data := range f.Snapshots {
+		if err := i.Bin.WriteFileOwned(filepath.Join(snaps, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	if err := syncDir(snaps); err != nil {
+		return err
+	}
+	dir := filepath.Join(i.Dir, "pg_replslot", slot)
 	if err := i.Bin.MkdirOwned(dir); err != nil {
 		return err
 	}
-	if err := i.Bin.WriteFileOwned(filepath.Join(dir, "state"), state, 0o600); err != nil {
+	if err := i.Bin.WriteFileOwned(filepath.Join(dir, "state"), f.State, 0o600); err != nil {
 		return err
 	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
