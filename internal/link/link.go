@@ -17,12 +17,14 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fogo-db/fogo/internal/link/target"
 	"github.com/fogo-db/fogo/internal/postgres/logrepl"
@@ -31,6 +33,7 @@ import (
 
 // TableMapping links one source table to one target table.
 type TableMapping struct {
+	ID                        string // the client's id of the linked table (status reports it)
 	SourceSchema, SourceTable string
 	TargetSchema, TargetTable string
 }
@@ -60,6 +63,25 @@ type Status struct {
 	LastApplied time.Time // when it was applied
 	Applied     int64     // source transactions applied since start
 	Err         string
+	Tables      []TableStatus
+}
+
+// Table statuses (the Synapse link table states).
+const (
+	TableSnapshotting = "Snapshotting"
+	TableReplicating  = "Replicating"
+	TableFailed       = "Failed"
+)
+
+// TableStatus is one linked table's status, from facts.
+type TableStatus struct {
+	ID, Source  string // Source is "schema.table"
+	Status      string
+	Err         string
+	Resync      string    // why the table was last synchronised again from a fresh snapshot, if it was
+	SyncedAt    lsn.LSN   // its contents were last copied from a snapshot at this source position
+	LastCommit  time.Time // commit time of the last applied source transaction that changed it
+	LastApplied time.Time
 }
 
 // Link is a running link connection.
@@ -68,6 +90,7 @@ type Link struct {
 	slot   string
 	mu     sync.Mutex
 	status Status
+	tables map[string]*TableStatus // by source table
 }
 
 var nonIdent = regexp.MustCompile(`[^a-z0-9_]+`)
@@ -84,7 +107,30 @@ func New(cfg Config) *Link {
 		cfg.SnapshotBatch = 5000
 	}
 	slot := "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(cfg.Name), "_")
-	return &Link{cfg: cfg, slot: slot, status: Status{Phase: "Starting"}}
+	l := &Link{cfg: cfg, slot: slot, status: Status{Phase: "Starting"}, tables: map[string]*TableStatus{}}
+	for _, m := range cfg.Tables {
+		m = m.WithDefaults()
+		key := m.SourceSchema + "." + m.SourceTable
+		l.tables[key] = &TableStatus{ID: m.ID, Source: key, Status: "Starting"}
+	}
+	return l
+}
+
+// WithDefaults fills in the public schema and the target names.
+func (m TableMapping) WithDefaults() TableMapping {
+	if m.SourceSchema == "" {
+		m.SourceSchema = "public"
+	}
+	if m.TargetTable == "" {
+		m.TargetTable = m.SourceTable
+	}
+	if m.TargetSchema == "" {
+		m.TargetSchema = m.SourceSchema
+	}
+	if m.ID == "" {
+		m.ID = m.SourceSchema + "." + m.SourceTable
+	}
+	return m
 }
 
 // SlotName is the link's replication slot (and publication) on the source.
@@ -94,7 +140,21 @@ func (l *Link) SlotName() string { return l.slot }
 func (l *Link) Status() Status {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.status
+	st := l.status
+	st.Tables = make([]TableStatus, 0, len(l.tables))
+	for _, t := range l.tables {
+		st.Tables = append(st.Tables, *t)
+	}
+	sort.Slice(st.Tables, func(i, j int) bool { return st.Tables[i].Source < st.Tables[j].Source })
+	return st
+}
+
+func (l *Link) setTable(key string, fn func(*TableStatus)) {
+	l.mu.Lock()
+	if t := l.tables[key]; t != nil {
+		fn(t)
+	}
+	l.mu.Unlock()
 }
 
 func (l *Link) setStatus(fn func(*Status)) {
@@ -105,8 +165,18 @@ func (l *Link) setStatus(fn func(*Status)) {
 
 // source is a described source table and its target.
 type source struct {
-	m      TableMapping
-	target *target.Table
+	key      string // "schema.table"
+	m        TableMapping
+	target   *target.Table
+	types    []colType // the source type of each target column
+	failed   string    // the table failed: its changes are skipped
+	syncedAt lsn.LSN   // its changes at or below this position are in the target already
+}
+
+// colType is a column's type as pg_attribute and pgoutput's Relation message name it.
+type colType struct {
+	oid uint32
+	mod int32
 }
 
 // Run runs the link until ctx ends or an error stops it.
@@ -131,11 +201,36 @@ func (l *Link) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := l.ensurePublication(ctx, db, tables); err != nil {
-		return err
-	}
 	cp, err := l.cfg.Target.Checkpoint(ctx, l.cfg.Name)
 	if err != nil {
+		return err
+	}
+	states, err := l.cfg.Target.TableStates(ctx, l.cfg.Name)
+	if err != nil {
+		return err
+	}
+	if cp == 0 {
+		states = nil // starting over: earlier failures and positions do not count
+	}
+	for key, st := range states {
+		if t := tables[key]; t != nil {
+			t.syncedAt = st.SyncedAt
+			if st.Failed != "" && t.failed == "" {
+				t.failed = st.Failed
+			}
+			l.setTable(key, func(s *TableStatus) {
+				s.SyncedAt = st.SyncedAt
+				if t.failed != "" {
+					s.Status, s.Err = TableFailed, t.failed
+				}
+			})
+		}
+	}
+	healthy := l.healthy(tables)
+	if len(healthy) == 0 {
+		return fmt.Errorf("link %s: no table can be linked (%s)", l.cfg.Name, l.failures(tables))
+	}
+	if err := l.ensurePublication(ctx, db, healthy); err != nil {
 		return err
 	}
 	rc, err := logrepl.Connect(ctx, l.cfg.Source)
@@ -144,36 +239,210 @@ func (l *Link) run(ctx context.Context) error {
 	}
 	defer rc.Close(context.Background())
 	if cp == 0 {
-		if cp, err = l.snapshot(ctx, db, rc, tables); err != nil {
+		if cp, err = l.snapshot(ctx, db, rc, healthy); err != nil {
 			return err
 		}
-	} else {
-		for _, t := range tables {
-			if err := l.cfg.Target.EnsureTable(ctx, t.target, false); err != nil {
-				return err
-			}
-		}
+	} else if cp, err = l.resume(ctx, db, rc, healthy, states, cp); err != nil {
+		return err
 	}
 	l.setStatus(func(s *Status) { s.Phase, s.Checkpoint = "Streaming", cp })
-	return l.stream(ctx, db, rc, tables, cp)
+	err = l.stream(ctx, db, rc, tables, cp)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "58P01" && strings.Contains(pgErr.Message, "WAL segment") {
+		// The slot cannot serve the checkpoint any more (e.g. a slot copy older than its server's WAL): drop it,
+		// so that the next run resynchronises every table from a fresh slot.
+		l.cfg.Logger.Error("link slot cannot be read; dropping it to resynchronise", "link", l.cfg.Name, "err", err)
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		time.Sleep(200 * time.Millisecond) // the walsender releases the slot as it exits
+		if _, derr := db.Exec(dctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", l.slot); derr != nil {
+			return fmt.Errorf("%w; dropping the slot failed too: %v", err, derr)
+		}
+	}
+	return err
 }
 
-// describe reads the columns, types and key of every linked table.
+// healthy returns the tables that have not failed.
+func (l *Link) healthy(tables map[string]*source) map[string]*source {
+	out := map[string]*source{}
+	for k, t := range tables {
+		if t.failed == "" {
+			out[k] = t
+		}
+	}
+	return out
+}
+
+func (l *Link) failures(tables map[string]*source) string {
+	var msgs []string
+	for k, t := range tables {
+		if t.failed != "" {
+			msgs = append(msgs, k+": "+t.failed)
+		}
+	}
+	sort.Strings(msgs)
+	return strings.Join(msgs, "; ")
+}
+
+// resume prepares streaming from checkpoint cp. If the source has no slot for the link (a failover to an
+// instance that had no copy of it) or the slot cannot serve cp any more, every table is synchronised again from a
+// fresh slot's snapshot, merged by primary key; tables added since the last run (no recorded state) are
+// synchronised from a temporary slot's snapshot. It returns the checkpoint to stream from.
+func (l *Link) resume(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source, states map[string]target.TableState, cp lsn.LSN) (lsn.LSN, error) {
+	for _, t := range tables {
+		if err := l.cfg.Target.EnsureTable(ctx, t.target, false); err != nil {
+			return 0, err
+		}
+	}
+	var exists bool
+	if err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", l.slot).Scan(&exists); err != nil {
+		return 0, fmt.Errorf("link %s: read slots: %w", l.cfg.Name, err)
+	}
+	if !exists {
+		reason := fmt.Sprintf("the source had no replication slot %s (its copy was missing after a failover, or the slot was dropped)", l.slot)
+		return l.resyncAll(ctx, db, rc, tables, reason)
+	}
+	var added []*source
+	for k, t := range tables {
+		if _, ok := states[k]; !ok {
+			// A table added to the link (again) gets a target table of its current shape.
+			if err := l.cfg.Target.EnsureTable(ctx, t.target, true); err != nil {
+				return 0, err
+			}
+			added = append(added, t)
+		}
+	}
+	if len(added) > 0 {
+		if err := l.syncTables(ctx, db, added, "added to the link"); err != nil {
+			return 0, err
+		}
+	}
+	return cp, nil
+}
+
+// resyncAll starts over on a fresh slot without emptying the target: every table is merged with the slot's
+// exported snapshot by primary key, then the checkpoint moves to the slot's consistent point.
+func (l *Link) resyncAll(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source, reason string) (lsn.LSN, error) {
+	l.cfg.Logger.Warn("link resynchronises every table", "link", l.cfg.Name, "reason", reason)
+	if _, err := db.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", l.slot); err != nil {
+		return 0, fmt.Errorf("link %s: drop old slot: %w", l.cfg.Name, err)
+	}
+	slot, err := rc.CreateSlot(ctx, l.slot, false, true)
+	if err != nil {
+		return 0, fmt.Errorf("link %s: %w", l.cfg.Name, err)
+	}
+	if err := l.mergeSnapshot(ctx, db, slot, tables, reason); err != nil {
+		return 0, err
+	}
+	if err := l.cfg.Target.Apply(ctx, l.cfg.Name, nil, slot.ConsistentPoint); err != nil {
+		return 0, err
+	}
+	return slot.ConsistentPoint, nil
+}
+
+// syncTables synchronises some tables from the snapshot of a temporary slot while the link's own slot stays
+// where it is: each table's contents become those of the snapshot, and the stream skips its changes up to the
+// temporary slot's consistent point (what PostgreSQL's own table synchronisation does).
+func (l *Link) syncTables(ctx context.Context, db *pgx.Conn, tables []*source, reason string) error {
+	rc, err := logrepl.Connect(ctx, l.cfg.Source)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
+	}
+	defer rc.Close(context.Background()) // drops the temporary slot
+	slot, err := rc.CreateSlot(ctx, l.slot+"_sync", true, true)
+	if err != nil {
+		return fmt.Errorf("link %s: table synchronisation slot: %w", l.cfg.Name, err)
+	}
+	byKey := map[string]*source{}
+	for _, t := range tables {
+		byKey[t.key] = t
+	}
+	return l.mergeSnapshot(ctx, db, slot, byKey, reason)
+}
+
+// mergeSnapshot merges each table's rows as of the slot's exported snapshot into its target table.
+func (l *Link) mergeSnapshot(ctx context.Context, db *pgx.Conn, slot logrepl.Slot, tables map[string]*source, reason string) error {
+	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+slot.SnapshotName+"'"); err != nil {
+		return fmt.Errorf("link %s: use the slot's snapshot: %w", l.cfg.Name, err)
+	}
+	// Nothing of the snapshot may reach the target before the geo-secondary holds it.
+	if err := l.waitGate(ctx, slot.ConsistentPoint); err != nil {
+		return err
+	}
+	keys := make([]string, 0, len(tables))
+	for k := range tables {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		t := tables[k]
+		l.setTable(k, func(s *TableStatus) { s.Status, s.Resync = TableSnapshotting, reason })
+		rows, err := tx.Query(ctx, selectAll(t))
+		if err != nil {
+			return fmt.Errorf("link %s: read %s: %w", l.cfg.Name, k, err)
+		}
+		n, err := l.cfg.Target.MergeTable(ctx, l.cfg.Name, k, t.target, slot.ConsistentPoint, func() ([]target.Value, error) {
+			if !rows.Next() {
+				return nil, rows.Err()
+			}
+			return scanText(rows, len(t.target.Columns))
+		})
+		rows.Close()
+		if err != nil {
+			return fmt.Errorf("link %s: resynchronise %s: %w", l.cfg.Name, k, err)
+		}
+		t.syncedAt = slot.ConsistentPoint
+		l.setTable(k, func(s *TableStatus) { s.SyncedAt, s.LastApplied = slot.ConsistentPoint, time.Now() })
+		l.cfg.Logger.Info("link table resynchronised", "link", l.cfg.Name, "table", k, "rows", n,
+			"at", slot.ConsistentPoint.String(), "reason", reason)
+	}
+	return nil
+}
+
+// selectAll reads every column of a source table as text.
+func selectAll(t *source) string {
+	cols := make([]string, len(t.target.Columns))
+	for i, c := range t.target.Columns {
+		cols[i] = pgx.Identifier{c.Name}.Sanitize() + "::text"
+	}
+	return "SELECT " + strings.Join(cols, ", ") + " FROM " + pgx.Identifier{t.m.SourceSchema, t.m.SourceTable}.Sanitize()
+}
+
+// scanText scans one row of text columns into target values.
+func scanText(rows pgx.Rows, n int) ([]target.Value, error) {
+	vals := make([]*string, n)
+	ptrs := make([]any, n)
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return nil, err
+	}
+	row := make([]target.Value, n)
+	for i, v := range vals {
+		if v == nil {
+			row[i] = target.Value{Null: true}
+		} else {
+			row[i] = target.Value{Text: *v}
+		}
+	}
+	return row, nil
+}
+
+// describe reads the columns, types and key of every linked table. A table that cannot be linked (it does not
+// exist, it has no key) is returned failed, with the reason; the others are linked regardless.
 func (l *Link) describe(ctx context.Context, db *pgx.Conn) (map[string]*source, error) {
 	out := map[string]*source{}
 	for _, m := range l.cfg.Tables {
-		if m.SourceSchema == "" {
-			m.SourceSchema = "public"
-		}
-		if m.TargetTable == "" {
-			m.TargetTable = m.SourceTable
-		}
-		if m.TargetSchema == "" {
-			m.TargetSchema = m.SourceSchema
-		}
+		m = m.WithDefaults()
 		t := &target.Table{Schema: m.TargetSchema, Name: m.TargetTable}
 		rows, err := db.Query(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-				coalesce(a.attnum = ANY(i.indkey::int2[]), false), c.relreplident
+				coalesce(a.attnum = ANY(i.indkey::int2[]), false), c.relreplident, a.atttypid, a.atttypmod
 			FROM pg_attribute a
 			JOIN pg_class c ON c.oid = a.attrelid
 			JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -184,14 +453,16 @@ func (l *Link) describe(ctx context.Context, db *pgx.Conn) (map[string]*source, 
 			return nil, fmt.Errorf("describe %s.%s: %w", m.SourceSchema, m.SourceTable, err)
 		}
 		var ident string
+		var types []colType
 		for rows.Next() {
 			var c target.Column
 			var key bool
-			if err := rows.Scan(&c.Name, &c.SourceType, &key, &ident); err != nil {
+			var ct colType
+			if err := rows.Scan(&c.Name, &c.SourceType, &key, &ident, &ct.oid, &ct.mod); err != nil {
 				rows.Close()
 				return nil, err
 			}
-			t.Columns = append(t.Columns, c)
+			t.Columns, types = append(t.Columns, c), append(types, ct)
 			if key {
 				t.Key = append(t.Key, c.Name)
 			}
@@ -200,18 +471,22 @@ func (l *Link) describe(ctx context.Context, db *pgx.Conn) (map[string]*source, 
 		if err := rows.Err(); err != nil {
 			return nil, err
 		}
-		if len(t.Columns) == 0 {
-			return nil, fmt.Errorf("link %s: source table %s.%s does not exist", l.cfg.Name, m.SourceSchema, m.SourceTable)
-		}
-		if len(t.Key) == 0 {
-			if ident != "f" {
-				return nil, fmt.Errorf("link %s: source table %s.%s: %w", l.cfg.Name, m.SourceSchema, m.SourceTable, target.ErrNoKey)
-			}
+		src := &source{key: m.SourceSchema + "." + m.SourceTable, m: m, target: t, types: types}
+		switch {
+		case len(t.Columns) == 0:
+			src.failed = fmt.Sprintf("source table %s does not exist", src.key)
+		case len(t.Key) == 0 && ident != "f":
+			src.failed = fmt.Sprintf("source table %s: %v", src.key, target.ErrNoKey)
+		case len(t.Key) == 0:
 			for _, c := range t.Columns {
 				t.Key = append(t.Key, c.Name)
 			}
 		}
-		out[m.SourceSchema+"."+m.SourceTable] = &source{m: m, target: t}
+		if src.failed != "" {
+			l.cfg.Logger.Warn("link table cannot be linked", "link", l.cfg.Name, "table", src.key, "err", src.failed)
+			l.setTable(src.key, func(s *TableStatus) { s.Status, s.Err = TableFailed, src.failed })
+		}
+		out[src.key] = src
 	}
 	return out, nil
 }
@@ -261,36 +536,21 @@ func (l *Link) snapshot(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tab
 		batch = batch[:0]
 		return err
 	}
-	for _, t := range tables {
+	for k, t := range tables {
+		l.setTable(k, func(s *TableStatus) { s.Status = TableSnapshotting })
 		if err := l.cfg.Target.EnsureTable(ctx, t.target, l.cfg.DropExistingOnStart); err != nil {
 			return 0, err
 		}
 		batch = append(batch, target.Clear(t.target))
-		cols := make([]string, len(t.target.Columns))
-		for i, c := range t.target.Columns {
-			cols[i] = pgx.Identifier{c.Name}.Sanitize() + "::text"
-		}
-		rows, err := tx.Query(ctx, "SELECT "+strings.Join(cols, ", ")+" FROM "+pgx.Identifier{t.m.SourceSchema, t.m.SourceTable}.Sanitize())
+		rows, err := tx.Query(ctx, selectAll(t))
 		if err != nil {
-			return 0, fmt.Errorf("link %s: read %s: %w", l.cfg.Name, t.m.SourceTable, err)
+			return 0, fmt.Errorf("link %s: read %s: %w", l.cfg.Name, k, err)
 		}
 		for rows.Next() {
-			vals := make([]*string, len(cols))
-			ptrs := make([]any, len(cols))
-			for i := range vals {
-				ptrs[i] = &vals[i]
-			}
-			if err := rows.Scan(ptrs...); err != nil {
+			row, err := scanText(rows, len(t.target.Columns))
+			if err != nil {
 				rows.Close()
 				return 0, err
-			}
-			row := make([]target.Value, len(vals))
-			for i, v := range vals {
-				if v == nil {
-					row[i] = target.Value{Null: true}
-				} else {
-					row[i] = target.Value{Text: *v}
-				}
 			}
 			batch = append(batch, target.Change{Kind: target.Insert, Table: t.target, New: row})
 			if len(batch) >= l.cfg.SnapshotBatch {
@@ -311,6 +571,16 @@ func (l *Link) snapshot(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tab
 	if err := flush(slot.ConsistentPoint); err != nil {
 		return 0, err
 	}
+	// The tables' states, after the checkpoint: a crash between the two only makes the next run merge every
+	// table again.
+	states := map[string]target.TableState{}
+	for k, t := range tables {
+		t.syncedAt, states[k] = slot.ConsistentPoint, target.TableState{SyncedAt: slot.ConsistentPoint}
+		l.setTable(k, func(s *TableStatus) { s.SyncedAt, s.LastApplied = slot.ConsistentPoint, time.Now() })
+	}
+	if err := l.cfg.Target.SetTableStates(ctx, l.cfg.Name, states); err != nil {
+		return 0, err
+	}
 	l.cfg.Logger.Info("link snapshot done", "link", l.cfg.Name, "consistent_point", slot.ConsistentPoint.String())
 	return slot.ConsistentPoint, nil
 }
@@ -327,6 +597,8 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 	var applied atomic.Uint64
 	relations := map[uint32]*source{}
 	var txn, batch []target.Change
+	var txnSrc []*source               // the table of each change of txn
+	touched := map[*source]struct{}{} // the tables the batch changes
 	var batchEnd lsn.LSN
 	var batchTxns int64
 	var batchCommit time.Time
@@ -373,12 +645,21 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		}
 		cp, batch = batchEnd, batch[:0]
 		applied.Store(uint64(cp))
-		n, at := batchTxns, batchCommit
+		n, at, now := batchTxns, batchCommit, time.Now()
 		batchTxns = 0
 		l.setStatus(func(s *Status) {
-			s.Checkpoint, s.LastCommit, s.LastApplied, s.Applied = cp, at, time.Now(), s.Applied+n
+			s.Checkpoint, s.LastCommit, s.LastApplied, s.Applied = cp, at, now, s.Applied+n
 		})
+		for src := range touched {
+			l.setTable(src.key, func(s *TableStatus) { s.LastCommit, s.LastApplied = at, now })
+			delete(touched, src)
+		}
 		return nil
+	}
+	for k, t := range tables {
+		if t.failed == "" {
+			l.setTable(k, func(s *TableStatus) { s.Status, s.Err = TableReplicating, "" })
+		}
 	}
 	for {
 		var msg any
@@ -402,53 +683,79 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		case msg = <-msgs:
 			timer.Stop()
 		}
-		switch m := msg.(type) {
-		case logrepl.XLogData:
-			d, err := logrepl.Decode(m.Data)
+		m, ok := msg.(logrepl.XLogData)
+		if !ok {
+			continue
+		}
+		d, err := logrepl.Decode(m.Data)
+		if err != nil {
+			return fmt.Errorf("link %s: %w", l.cfg.Name, err)
+		}
+		switch v := d.(type) {
+		case logrepl.Relation:
+			src := tables[v.Namespace+"."+v.Name]
+			if src == nil {
+				// Changes decoded from before the table left the publication: not linked any more.
+				src = &source{key: v.Namespace + "." + v.Name, failed: "not linked"}
+			} else if src.failed == "" && !sameShape(src, v) {
+				// Committed changes were decoded with the old shape: apply them before the target changes.
+				if err := flush(); err != nil {
+					return err
+				}
+				if err := l.followShape(ctx, db, src, v); err != nil {
+					if err := l.failTable(ctx, src, err); err != nil {
+						return err
+					}
+				}
+			}
+			relations[v.ID] = src
+		case logrepl.Begin:
+			txn, txnSrc = txn[:0], txnSrc[:0]
+		case logrepl.Insert, logrepl.Update, logrepl.Delete, logrepl.Truncate:
+			n := len(txn)
+			txn, err = appendChanges(txn, relations, v)
 			if err != nil {
 				return fmt.Errorf("link %s: %w", l.cfg.Name, err)
 			}
-			switch v := d.(type) {
-			case logrepl.Relation:
-				src := tables[v.Namespace+"."+v.Name]
-				if src == nil {
-					return fmt.Errorf("link %s: change of table %s.%s that is not linked", l.cfg.Name, v.Namespace, v.Name)
+			for i := n; i < len(txn); i++ {
+				txnSrc = append(txnSrc, relations[txnRel(v, i-n)])
+			}
+		case logrepl.Commit:
+			if v.EndLSN <= cp {
+				txn, txnSrc = txn[:0], txnSrc[:0]
+				continue // applied before a restart
+			}
+			for i, c := range txn {
+				src := txnSrc[i]
+				if src.failed != "" || v.EndLSN <= src.syncedAt {
+					continue // a failed table, or one whose snapshot holds the change already
 				}
-				if !sameShape(src.target, v) {
-					// Committed changes were decoded with the old shape: apply them before the target changes.
-					if err := flush(); err != nil {
-						return err
-					}
-					if err := l.followShape(ctx, db, src, v); err != nil {
-						return fmt.Errorf("link %s: table %s.%s: %w", l.cfg.Name, v.Namespace, v.Name, err)
-					}
-				}
-				relations[v.ID] = src
-			case logrepl.Begin:
-				txn = txn[:0]
-			case logrepl.Insert, logrepl.Update, logrepl.Delete, logrepl.Truncate:
-				changes, err := toChanges(relations, v)
-				if err != nil {
-					return fmt.Errorf("link %s: %w", l.cfg.Name, err)
-				}
-				txn = append(txn, changes...)
-			case logrepl.Commit:
-				if v.EndLSN <= cp {
-					txn = txn[:0]
-					continue // applied before a restart
-				}
-				batch = append(batch, txn...)
-				batchEnd, batchCommit = v.EndLSN, v.CommitTime
-				batchTxns++
-				txn = txn[:0]
-				if len(batch) >= maxBatch {
-					if err := flush(); err != nil {
-						return err
-					}
+				batch = append(batch, c)
+				touched[src] = struct{}{}
+			}
+			batchEnd, batchCommit = v.EndLSN, v.CommitTime
+			batchTxns++
+			txn, txnSrc = txn[:0], txnSrc[:0]
+			if len(batch) >= maxBatch {
+				if err := flush(); err != nil {
+					return err
 				}
 			}
 		}
 	}
+}
+
+// failTable stops linking one table (a schema change it cannot follow): recorded in the target so that later
+// runs skip it too, and said in its status; the other tables go on.
+func (l *Link) failTable(ctx context.Context, src *source, cause error) error {
+	msg := cause.Error()
+	src.failed = msg
+	if err := l.cfg.Target.SetTableStates(ctx, l.cfg.Name, map[string]target.TableState{src.key: {SyncedAt: src.syncedAt, Failed: msg}}); err != nil {
+		return fmt.Errorf("link %s: record the failure of %s: %w", l.cfg.Name, src.key, err)
+	}
+	l.setTable(src.key, func(s *TableStatus) { s.Status, s.Err = TableFailed, msg })
+	l.cfg.Logger.Error("link table failed; the other tables go on", "link", l.cfg.Name, "table", src.key, "err", msg)
+	return nil
 }
 
 // read receives the stream into msgs and sends standby status updates: written = everything received; flushed =
@@ -529,13 +836,13 @@ func (l *Link) waitGate(ctx context.Context, upTo lsn.LSN) error {
 	return nil
 }
 
-// sameShape reports whether the stream's relation has the columns the link's target table has, in order.
-func sameShape(t *target.Table, r logrepl.Relation) bool {
-	if len(r.Columns) != len(t.Columns) {
+// sameShape reports whether the stream's relation has the columns, with the types, the link's table has.
+func sameShape(src *source, r logrepl.Relation) bool {
+	if len(r.Columns) != len(src.target.Columns) || len(src.types) != len(r.Columns) {
 		return false
 	}
 	for i, c := range r.Columns {
-		if c.Name != t.Columns[i].Name {
+		if c.Name != src.target.Columns[i].Name || c.TypeOID != src.types[i].oid || c.TypMod != src.types[i].mod {
 			return false
 		}
 	}
@@ -558,7 +865,7 @@ func (l *Link) followShape(ctx context.Context, db *pgx.Conn, src *source, r log
 		}
 		c := target.Column{Name: rc.Name, SourceType: typ}
 		if prev, ok := old[rc.Name]; ok && prev.SourceType != typ {
-			return fmt.Errorf("the type of column %s changed from %s to %s; this cannot be followed, restart the link with dropExistingTargetTableOnStart", rc.Name, prev.SourceType, typ)
+			return fmt.Errorf("the type of column %s changed from %s to %s; this cannot be followed: remove the table from the link and add it again to recreate and resynchronise it", rc.Name, prev.SourceType, typ)
 		} else if !ok {
 			added = append(added, c)
 		}
@@ -569,7 +876,7 @@ func (l *Link) followShape(ctx context.Context, db *pgx.Conn, src *source, r log
 		if !seen[c.Name] {
 			for _, k := range src.target.Key {
 				if k == c.Name {
-					return fmt.Errorf("key column %s was dropped; this cannot be followed", c.Name)
+					return fmt.Errorf("key column %s was dropped; this cannot be followed: remove the table from the link and add it again to recreate and resynchronise it", c.Name)
 				}
 			}
 			dropped = append(dropped, c.Name)
@@ -583,6 +890,10 @@ func (l *Link) followShape(ctx context.Context, db *pgx.Conn, src *source, r log
 	next := *src.target
 	next.Columns = cols
 	src.target = &next // changes decoded before keep the old shape
+	src.types = src.types[:0:0]
+	for _, rc := range r.Columns {
+		src.types = append(src.types, colType{oid: rc.TypeOID, mod: rc.TypMod})
+	}
 	return nil
 }
 
@@ -601,34 +912,53 @@ func values(t logrepl.Tuple) []target.Value {
 	return out
 }
 
-func toChanges(relations map[uint32]*source, msg any) ([]target.Change, error) {
-	rel := func(id uint32) (*target.Table, error) {
+// txnRel is the relation of the i-th change that appendChanges made of msg.
+func txnRel(msg any, i int) uint32 {
+	switch v := msg.(type) {
+	case logrepl.Insert:
+		return v.RelationID
+	case logrepl.Update:
+		return v.RelationID
+	case logrepl.Delete:
+		return v.RelationID
+	case logrepl.Truncate:
+		return v.RelationIDs[i]
+	}
+	return 0
+}
+
+// appendChanges appends the target changes of one decoded change message, one per relation (the commit drops
+// those of failed tables).
+func appendChanges(out []target.Change, relations map[uint32]*source, msg any) ([]target.Change, error) {
+	rel := func(id uint32) (*source, error) {
 		src := relations[id]
 		if src == nil {
 			return nil, fmt.Errorf("change of relation %d before its description", id)
 		}
-		return src.target, nil
+		return src, nil
+	}
+	one := func(id uint32, c target.Change) ([]target.Change, error) {
+		src, err := rel(id)
+		if err != nil {
+			return out, err
+		}
+		c.Table = src.target
+		return append(out, c), nil
 	}
 	switch v := msg.(type) {
 	case logrepl.Insert:
-		t, err := rel(v.RelationID)
-		return []target.Change{{Kind: target.Insert, Table: t, New: values(v.New)}}, err
+		return one(v.RelationID, target.Change{Kind: target.Insert, New: values(v.New)})
 	case logrepl.Update:
-		t, err := rel(v.RelationID)
-		return []target.Change{{Kind: target.Update, Table: t, Old: values(v.Old), New: values(v.New)}}, err
+		return one(v.RelationID, target.Change{Kind: target.Update, Old: values(v.Old), New: values(v.New)})
 	case logrepl.Delete:
-		t, err := rel(v.RelationID)
-		return []target.Change{{Kind: target.Delete, Table: t, Old: values(v.Old)}}, err
+		return one(v.RelationID, target.Change{Kind: target.Delete, Old: values(v.Old)})
 	case logrepl.Truncate:
-		var out []target.Change
+		var err error
 		for _, id := range v.RelationIDs {
-			t, err := rel(id)
-			if err != nil {
-				return nil, err
+			if out, err = one(id, target.Change{Kind: target.Truncate}); err != nil {
+				return out, err
 			}
-			out = append(out, target.Change{Kind: target.Truncate, Table: t})
 		}
-		return out, nil
 	}
-	return nil, nil
+	return out, nil
 }

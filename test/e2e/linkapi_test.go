@@ -81,6 +81,12 @@ func TestLinkConnectionAPI(t *testing.T) {
 	if st.Body["status"] != "Running" || st.Body["isApplyingChanges"] != true || st.Body["checkpointLsn"] == "0/0" {
 		t.Fatalf("detailedstatus: %s", st.Raw)
 	}
+	ts := f.do(http.MethodPost, ws+"/linkconnections/lc1/querytablestatus"+lcVer, map[string]any{"maxSegmentCount": 50})
+	if v, _ := ts.Body["value"].([]any); ts.Status != 200 || len(v) != 1 || v[0].(map[string]any)["id"] != "t1" ||
+		v[0].(map[string]any)["status"] != "Replicating" || v[0].(map[string]any)["lastProcessedData"] == nil {
+		t.Fatalf("querytablestatus: %d %s", ts.Status, ts.Raw)
+	}
+	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/querytablestatus"+lcVer, map[string]any{"maxSegmentCount": 5000}), 400, "InvalidParameterValue")
 	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/query"+lcVer, map[string]any{"query": "DELETE FROM dbo.ledger"}), 400, "InvalidParameterValue")
 	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/stop"+lcVer, nil), 200, "")
 	if st := f.do(http.MethodGet, ws+"/linkconnections/lc1/detailedstatus"+lcVer, nil); st.Body["status"] != "Stopped" {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/links"
+	"github.com/fogo-db/fogo/internal/link"
 )
 
 // API-versions served.
@@ -64,9 +65,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func decode(r *http.Request, v any) error {
+	return decodeBody(r, v, false)
+}
+
+// decodeBody decodes a JSON body; an empty one is accepted when optional.
+func decodeBody(r *http.Request, v any, optional bool) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil {
 		return errcatalog.Newf("InvalidRequestContent", "The request body could not be read.")
+	}
+	if optional && len(strings.TrimSpace(string(body))) == 0 {
+		return nil
 	}
 	if err := json.Unmarshal(body, v); err != nil {
 		var typ *json.UnmarshalTypeError
@@ -331,6 +340,9 @@ func (a *API) action(w http.ResponseWriter, r *http.Request) {
 		}
 		writeJSON(w, http.StatusOK, renderTables(lc))
 		return
+	case action == "querytablestatus" && r.Method == http.MethodPost:
+		a.queryTableStatus(w, r, ws, name)
+		return
 	case action == "detailedstatus" && r.Method == http.MethodGet:
 		a.detailedStatus(w, ws, name)
 		return
@@ -374,6 +386,11 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 		default:
 			out["status"] = "Starting"
 		}
+		for _, t := range st.Tables {
+			if t.Status == link.TableFailed {
+				out["isPartiallyFailed"] = true
+			}
+		}
 		if st.Err != "" {
 			out["error"] = map[string]any{"message": st.Err}
 		}
@@ -385,6 +402,75 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// queryTableStatus reports each linked table's status (LinkConnectionQueryTableStatus), from the running link's
+// facts; a stopped link's tables are "Stopped".
+func (a *API) queryTableStatus(w http.ResponseWriter, r *http.Request, ws, name string) {
+	var b struct {
+		MaxSegmentCount   int `json:"maxSegmentCount"`
+		ContinuationToken *struct {
+			Offset int `json:"offset"`
+		} `json:"continuationToken"`
+	}
+	if err := decodeBody(r, &b, true); err != nil {
+		errcatalog.Write(w, err)
+		return
+	}
+	if b.MaxSegmentCount < 0 || b.MaxSegmentCount > 1000 {
+		errcatalog.Write(w, errcatalog.Newf("InvalidParameterValue", "maxSegmentCount must be between 1 and 1000.").WithTarget("maxSegmentCount"))
+		return
+	}
+	lc, err := a.cat.Connection(ws, name)
+	if err != nil {
+		errcatalog.Write(w, err)
+		return
+	}
+	st, running := a.cat.Status(ws, name)
+	byID := map[string]link.TableStatus{}
+	for _, t := range st.Tables {
+		byID[t.ID] = t
+	}
+	out := []any{}
+	var next any
+	from := 0
+	if b.ContinuationToken != nil {
+		from = min(max(b.ContinuationToken.Offset, 0), len(lc.Tables))
+	}
+	for i, t := range lc.Tables[from:] {
+		if b.MaxSegmentCount > 0 && len(out) == b.MaxSegmentCount {
+			next = map[string]any{"offset": from + i}
+			break
+		}
+		ts, ok := byID[t.ID]
+		row := map[string]any{"id": t.ID, "linkTableId": t.ID, "status": "Stopped"}
+		if !lc.StartTime.IsZero() {
+			row["startTime"] = lc.StartTime.Format(time.RFC3339Nano)
+		}
+		if !lc.StopTime.IsZero() && !lc.Running {
+			row["stopTime"] = lc.StopTime.Format(time.RFC3339Nano)
+		}
+		if running && ok {
+			row["status"] = ts.Status
+			if ts.Err != "" {
+				row["errorMessage"], row["errorCode"] = ts.Err, "TableFailed"
+			}
+			if ts.Resync != "" {
+				row["resyncReason"] = ts.Resync
+			}
+			if ts.SyncedAt != 0 {
+				row["snapshotLsn"] = ts.SyncedAt.String()
+			}
+			if !ts.LastApplied.IsZero() {
+				row["lastProcessedData"] = ts.LastApplied.UTC().Format(time.RFC3339Nano)
+			}
+			if !ts.LastCommit.IsZero() {
+				row["lastTransactionCommitTime"] = ts.LastCommit.UTC().Format(time.RFC3339Nano)
+			}
+		}
+		out = append(out, row)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"value": out, "continuationToken": next})
 }
 
 func (a *API) query(w http.ResponseWriter, r *http.Request, ws, name string) {

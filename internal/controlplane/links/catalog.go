@@ -204,9 +204,12 @@ func (c *Catalog) update(workspace, name string, fn func(*LinkConnection) error)
 	return &lc, err
 }
 
-// EditTables adds or removes tables of a stopped link connection.
+// EditTables adds or removes tables of a stopped link connection. A removed table's state in the target is
+// forgotten, so that a table added again is synchronised afresh (its target table is kept).
 func (c *Catalog) EditTables(workspace, name string, edits []LinkTable, ops []string) (*LinkConnection, error) {
-	return c.update(workspace, name, func(lc *LinkConnection) error {
+	var removed []string
+	lc, err := c.update(workspace, name, func(lc *LinkConnection) error {
+		removed = removed[:0]
 		if lc.Running {
 			return errcatalog.Newf("ConflictingDatabaseOperation", "Link connection '%s' is running; stop it before editing its tables.", name)
 		}
@@ -214,10 +217,12 @@ func (c *Catalog) EditTables(workspace, name string, edits []LinkTable, ops []st
 			if e.SourceTable == "" {
 				return errcatalog.Newf("InvalidParameterValue", "linkTables[%d].source.tableName is required.", i)
 			}
-			kept := lc.Tables[:0]
+			kept, gone := lc.Tables[:0], []LinkTable(nil)
 			for _, t := range lc.Tables {
 				if t.ID != e.ID && !(strings.EqualFold(t.SourceSchema, e.SourceSchema) && strings.EqualFold(t.SourceTable, e.SourceTable)) {
 					kept = append(kept, t)
+				} else {
+					gone = append(gone, t)
 				}
 			}
 			lc.Tables = kept
@@ -225,12 +230,30 @@ func (c *Catalog) EditTables(workspace, name string, edits []LinkTable, ops []st
 			case "", "add", "update":
 				lc.Tables = append(lc.Tables, e)
 			case "remove", "delete":
+				for _, t := range gone {
+					m := link.TableMapping{SourceSchema: t.SourceSchema, SourceTable: t.SourceTable}.WithDefaults()
+					removed = append(removed, m.SourceSchema+"."+m.SourceTable)
+				}
 			default:
 				return errcatalog.Newf("InvalidParameterValue", "linkTables[%d].operationType '%s' must be add or remove.", i, ops[i])
 			}
 		}
 		return nil
 	})
+	if err != nil || len(removed) == 0 {
+		return lc, err
+	}
+	st, err := c.openTarget(lc)
+	if err != nil {
+		return lc, errcatalog.Newf("InvalidParameterValue", "The tables were removed, but the target cannot be opened to forget their state: %v", err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := st.ForgetTables(ctx, key(workspace, name), removed...); err != nil {
+		return lc, errcatalog.Newf("InternalServerError", "The tables were removed, but their state in the target was not forgotten: %v", err)
+	}
+	return lc, nil
 }
 
 // Start starts a link connection (and records that it should run, so a restarted fogo resumes it).
@@ -352,7 +375,7 @@ func (c *Catalog) run(lc *LinkConnection) error {
 		def.Group, def.Source = id.Name, ""
 	}
 	for _, t := range lc.Tables {
-		def.Tables = append(def.Tables, link.TableMapping{SourceSchema: t.SourceSchema, SourceTable: t.SourceTable,
+		def.Tables = append(def.Tables, link.TableMapping{ID: t.ID, SourceSchema: t.SourceSchema, SourceTable: t.SourceTable,
 			TargetSchema: t.TargetSchema, TargetTable: t.TargetTable})
 	}
 	st, err := c.openTarget(lc)

@@ -1,0 +1,165 @@
+package link_test
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/link"
+	"github.com/fogo-db/fogo/internal/link/target"
+	"github.com/fogo-db/fogo/internal/testutil/pgtest"
+)
+
+const (
+	srcDigest = "SELECT count(*)::text || ':' || coalesce(md5(string_agg(id::text || ':' || note, ',' ORDER BY id)), '') FROM "
+	dstDigest = "SELECT CAST(count(*) AS VARCHAR) || ':' || coalesce(md5(string_agg(CAST(id AS VARCHAR) || ':' || note, ',' ORDER BY id)), '') FROM "
+)
+
+// waitTable waits until the link reports table (schema.table) in the given status and returns it.
+func waitTable(t *testing.T, l *link.Link, table, status string) link.TableStatus {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, ts := range l.Status().Tables {
+			if ts.Source == table && ts.Status == status {
+				return ts
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("table %s never became %s: %+v", table, status, l.Status())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestLinkResyncsTablesWithoutItsSlot: when the source has no slot for the link any more (what a failover to an
+// instance without a slot copy looks like), the next run merges every table with a fresh snapshot by primary key
+// — rows changed, added and deleted meanwhile all end right, nothing is duplicated, the target table is kept —
+// says so in each table's status, and streams on.
+func TestLinkResyncsTablesWithoutItsSlot(t *testing.T) {
+	pg := pgtest.NewPrimary(t)
+	ctx := context.Background()
+	src, err := pg.Connect(ctx, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(ctx)
+	exec(t, src, "CREATE TABLE a(id int PRIMARY KEY, note text)")
+	exec(t, src, "INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 2000) i")
+	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "resync.duckdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	// A view on the target table: it keeps working only if the table is merged into, not replaced.
+	cfg := link.Config{Name: "rs", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}}}
+	stop := runLink(t, link.New(cfg))
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	stop()
+	if _, err := store.DB().Exec("CREATE VIEW a_view AS SELECT * FROM public.a WHERE id <= 10"); err != nil {
+		t.Fatal(err)
+	}
+
+	exec(t, src, "SELECT pg_drop_replication_slot('fogo_link_rs')")
+	exec(t, src, "UPDATE a SET note = note || ' changed' WHERE id % 10 = 0")
+	exec(t, src, "DELETE FROM a WHERE id BETWEEN 100 AND 199")
+	exec(t, src, "INSERT INTO a SELECT i, 'new ' || i FROM generate_series(3001, 3100) i")
+
+	l := link.New(cfg)
+	defer runLink(t, l)()
+	ts := waitTable(t, l, "public.a", link.TableReplicating)
+	if !strings.Contains(ts.Resync, "no replication slot") || ts.SyncedAt == 0 {
+		t.Fatalf("the table's status does not say it was resynchronised: %+v", ts)
+	}
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	exec(t, src, "UPDATE a SET note = 'after' WHERE id = 1")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	var n int
+	if err := store.DB().QueryRow("SELECT count(*) FROM a_view").Scan(&n); err != nil || n != 10 {
+		t.Fatalf("a view on the target table: %d rows, %v", n, err)
+	}
+}
+
+// TestLinkTableAddedLaterAndFailedAlone: a table added to a link that already streams gets its existing rows
+// (from a snapshot) and then its changes, without the other table starting over; a schema change on one table
+// that cannot be followed fails that table only, for good, while the other goes on.
+func TestLinkTableAddedLaterAndFailedAlone(t *testing.T) {
+	pg := pgtest.NewPrimary(t)
+	ctx := context.Background()
+	src, err := pg.Connect(ctx, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(ctx)
+	exec(t, src, "CREATE TABLE a(id int PRIMARY KEY, note text)")
+	exec(t, src, "CREATE TABLE b(id int PRIMARY KEY, note text)")
+	exec(t, src, "INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 500) i")
+	exec(t, src, "INSERT INTO b SELECT i, 'b' || i FROM generate_series(1, 700) i")
+	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "add.duckdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	cfg := link.Config{Name: "ab", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}}}
+	stop := runLink(t, link.New(cfg))
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	stop()
+	exec(t, src, "INSERT INTO a VALUES (501, 'while stopped')")
+	exec(t, src, "UPDATE b SET note = 'b changed' WHERE id < 50")
+
+	cfg.Tables = append(cfg.Tables, link.TableMapping{ID: "tb", SourceTable: "b"})
+	l := link.New(cfg)
+	stop = runLink(t, l)
+	ts := waitTable(t, l, "public.b", link.TableReplicating)
+	if ts.ID != "tb" || ts.Resync != "added to the link" {
+		t.Fatalf("status of the added table: %+v", ts)
+	}
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	exec(t, src, "INSERT INTO b VALUES (701, 'streamed')")
+	exec(t, src, "DELETE FROM b WHERE id = 1")
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+
+	// A type change cannot be followed: b fails, a goes on.
+	exec(t, src, "ALTER TABLE b ALTER COLUMN note TYPE varchar(100)")
+	exec(t, src, "INSERT INTO b VALUES (702, 'after the type change')")
+	exec(t, src, "INSERT INTO a VALUES (502, 'a goes on')")
+	ts = waitTable(t, l, "public.b", link.TableFailed)
+	if !strings.Contains(ts.Err, "type of column note changed") {
+		t.Fatalf("failed table's error: %+v", ts)
+	}
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	if st := l.Status(); st.Phase != "Streaming" {
+		t.Fatalf("the link stopped with one table failed: %+v", st)
+	}
+	stop()
+
+	// The failure holds across restarts; the other table still streams.
+	l = link.New(cfg)
+	stop = runLink(t, l)
+	ts = waitTable(t, l, "public.b", link.TableFailed)
+	if !strings.Contains(ts.Err, "type of column note changed") {
+		t.Fatalf("failed table after a restart: %+v", ts)
+	}
+	exec(t, src, "INSERT INTO a VALUES (503, 'still')")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	var n int
+	if err := store.DB().QueryRow("SELECT count(*) FROM public.b WHERE id = 702").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("a change of the failed table was applied: %d %v", n, err)
+	}
+	stop()
+
+	// Removing the table and adding it again (what edittables does to the target's state) recreates it with
+	// the new type and synchronises it.
+	if err := store.ForgetTables(ctx, "ab", "public.b"); err != nil {
+		t.Fatal(err)
+	}
+	l = link.New(cfg)
+	defer runLink(t, l)()
+	waitTable(t, l, "public.b", link.TableReplicating)
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+	exec(t, src, "INSERT INTO b VALUES (703, 'streams again')")
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+}
