@@ -597,7 +597,7 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 	var applied atomic.Uint64
 	relations := map[uint32]*source{}
 	var txn, batch []target.Change
-	var txnSrc []*source               // the table of each change of txn
+	var txnSrc []*source              // the table of each change of txn
 	touched := map[*source]struct{}{} // the tables the batch changes
 	var batchEnd lsn.LSN
 	var batchTxns int64
