@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,4 +148,38 @@ func waitSlotCopy(t *testing.T, f *fogo, server, db, slot string) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("no copy of slot %s on %s", slot, server)
+}
+
+// TestLinkWithoutSlotCopyResyncs: a link whose new primary has no copy of its slot after a failover (here: a link
+// run without slot copies) resynchronises its table from the new primary by itself, and the status says so.
+func TestLinkWithoutSlotCopyResyncs(t *testing.T) {
+	f := startFogo(t)
+	f.groupWithLedger("rs-east", "rs-west", "rs-fg", "shop")
+	mustExec(t, f, "rs-east", "shop", "INSERT INTO ledger(note) SELECT 'seed ' || i FROM generate_series(1, 500) i")
+	rw := f.listenerOf("rs-east", "rs-fg", "readWriteEndpoint")
+	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "rs.duckdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := f.app.Links.Start(links.Def{Name: "lk", Group: "rs-fg", Database: "shop", Target: store, Unprotected: true,
+		Tables: []link.TableMapping{{SourceTable: "ledger"}}}); err != nil {
+		t.Fatal(err)
+	}
+	defer f.app.Links.Stop("lk")
+	convergeLink(t, f, rw, store)
+
+	ctx, stop := context.WithCancel(context.Background())
+	var w listenerWriters
+	wg := w.run(ctx, rw, "shop", 2)
+	time.Sleep(300 * time.Millisecond)
+	f.mustSucceed(f.do(http.MethodPost, fgPath("rs-west", "rs-fg")+"/failover", nil), 202)
+	time.Sleep(500 * time.Millisecond)
+	stop()
+	wg.Wait()
+	convergeLink(t, f, rw, store)
+	st, _ := f.app.Links.Status("lk")
+	if len(st.Tables) != 1 || !strings.Contains(st.Tables[0].Resync, "no replication slot") {
+		t.Fatalf("the status does not say the table was resynchronised: %+v", st)
+	}
 }

@@ -37,6 +37,10 @@ type Def struct {
 	Tables    []link.TableMapping
 	Target    *target.Store
 	Drop      bool
+	// Unprotected runs a group's link without a slot copy on the geo-secondary and without the failover-safe
+	// gate: after a failover the new primary has no slot, and every table is resynchronised (merged by primary
+	// key, which also removes anything the new primary lacks).
+	Unprotected bool
 }
 
 // Manager runs links.
@@ -74,7 +78,7 @@ func (m *Manager) Start(def Def) error {
 	w := &worker{def: def, cancel: cancel, done: make(chan struct{})}
 	m.links[def.Name] = w
 	go m.supervise(ctx, w)
-	if def.Group != "" {
+	if def.Group != "" && !def.Unprotected {
 		go m.keepSlotCopy(ctx, w)
 	}
 	return nil
@@ -205,7 +209,11 @@ func (m *Manager) source(def Def) (string, func(context.Context, lsn.LSN) error,
 	if err != nil {
 		return "", nil, err
 	}
-	return m.cl.Handle(&t.primary).ConnString(def.Database), m.gate(def, t.primary.ID, t.secondary.ID), nil
+	src := m.cl.Handle(&t.primary).ConnString(def.Database)
+	if def.Unprotected {
+		return src, nil, nil
+	}
+	return src, m.gate(def, t.primary.ID, t.secondary.ID), nil
 }
 
 // Target returns a running link's target store (nil if it does not run).
