@@ -53,11 +53,14 @@ type Config struct {
 	// Gate, if set, is waited on before anything up to a source position is committed to the target (the
 	// failover-safe gate: the geo-secondary has flushed it).
 	Gate func(ctx context.Context, upTo lsn.LSN) error
+	// Batch: Run applies what the source committed until Run started, then returns nil with the link Idle
+	// (dataProcessIntervalMinutes runs one batch per interval).
+	Batch bool
 }
 
 // Status is what the link knows from facts.
 type Status struct {
-	Phase       string // Starting, Snapshotting, Streaming, Failed
+	Phase       string // Starting, Snapshotting, Streaming, Idle (between batches), Failed
 	Checkpoint  lsn.LSN
 	LastCommit  time.Time // commit time of the last applied source transaction
 	LastApplied time.Time // when it was applied
@@ -247,6 +250,10 @@ func (l *Link) run(ctx context.Context) error {
 	}
 	l.setStatus(func(s *Status) { s.Phase, s.Checkpoint = "Streaming", cp })
 	err = l.stream(ctx, db, rc, tables, cp)
+	if errors.Is(err, errBatchDone) {
+		l.setStatus(func(s *Status) { s.Phase = "Idle" })
+		return nil
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "58P01" && strings.Contains(pgErr.Message, "WAL segment") {
 		// The slot cannot serve the checkpoint any more (e.g. a slot copy older than its server's WAL): drop it,
@@ -589,7 +596,21 @@ func (l *Link) snapshot(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tab
 // written (with the checkpoint of its last transaction, in one target transaction) when it is large, or as soon as
 // the stream pauses for a moment, so a busy source costs few target transactions and a quiet one sees its changes
 // within milliseconds.
+// errBatchDone ends a batch: everything the source had committed when it started is applied.
+var errBatchDone = errors.New("batch done")
+
 func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source, cp lsn.LSN) error {
+	var until lsn.LSN // in batch mode: the source's WAL end when the batch started
+	if l.cfg.Batch {
+		var v string
+		if err := db.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn()::text").Scan(&v); err != nil {
+			return fmt.Errorf("link %s: read the source's WAL position: %w", l.cfg.Name, err)
+		}
+		var err error
+		if until, err = lsn.Parse(v); err != nil {
+			return err
+		}
+	}
 	if err := rc.StartReplication(ctx, l.slot, cp, []string{l.slot}, false); err != nil {
 		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
 	}
@@ -614,8 +635,9 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 	defer stopGate()
 	readerDone := make(chan struct{})
 	var readerErr error
+	var received atomic.Uint64 // how far the reader has received
 	go func() {
-		readerErr = l.read(rctx, rc, msgs, &applied)
+		readerErr = l.read(rctx, rc, msgs, &applied, &received)
 		stopGate()
 		close(readerDone)
 	}()
@@ -678,6 +700,10 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		case <-timer.C:
 			if err := flush(); err != nil {
 				return err
+			}
+			// A batch is done once everything up to its end was received and nothing waits to be applied.
+			if l.cfg.Batch && len(txn) == 0 && len(msgs) == 0 && lsn.LSN(received.Load()) >= until {
+				return errBatchDone
 			}
 			continue
 		case msg = <-msgs:
@@ -763,7 +789,7 @@ func (l *Link) failTable(ctx context.Context, src *source, cause error) error {
 // transaction open, the last commit applied), as PostgreSQL's own apply worker reports. The latter lets the slot
 // pass WAL with nothing to apply (checkpoints, other tables' transactions), and a walsender of a primary shutting
 // down for a planned failover waits for exactly that: flushed = everything it sent.
-func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, applied *atomic.Uint64) error {
+func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, applied, receivedUpTo *atomic.Uint64) error {
 	received := lsn.LSN(applied.Load())
 	var lastEnd lsn.LSN // end of the last commit handed to the applier
 	inTxn := false
@@ -792,6 +818,7 @@ func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, appl
 		switch m := msg.(type) {
 		case logrepl.Keepalive:
 			received = max(received, m.ServerWALEnd)
+			receivedUpTo.Store(uint64(received))
 			if m.ReplyRequested {
 				next = time.Time{}
 			}

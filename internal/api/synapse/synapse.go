@@ -383,6 +383,8 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 			out["status"], out["isApplyingChanges"] = "Running", true
 		case st.Phase == "Streaming":
 			out["status"] = "Running" // streaming but waiting (e.g. for the geo-secondary): the error says why
+		case st.Phase == "Idle":
+			out["status"] = "Running" // batch mode (dataProcessIntervalMinutes), between two batches
 		default:
 			out["status"] = "Starting"
 		}

@@ -139,6 +139,9 @@ func (c *Catalog) PutConnection(lc LinkConnection) (*LinkConnection, error) {
 	if tgt.Type != TypeDuckDB && tgt.Type != TypePostgreSQL {
 		return nil, errcatalog.Newf("InvalidParameterValue", "The target linked service must be DuckDb or PostgreSql.").WithTarget("properties.targetDatabase.linkedService")
 	}
+	if lc.IntervalMinutes < 0 || lc.IntervalMinutes > 24*60 {
+		return nil, errcatalog.Newf("InvalidParameterValue", "compute.dataProcessIntervalMinutes must be 0 (continuous) or between 1 and 1440.").WithTarget("properties.compute.dataProcessIntervalMinutes")
+	}
 	if lc.SourceResourceID != "" {
 		if _, err := armid.ParseFailoverGroupID(lc.SourceResourceID); err != nil {
 			if _, err := armid.ParseServerID(lc.SourceResourceID); err != nil {
@@ -370,7 +373,8 @@ func (c *Catalog) run(lc *LinkConnection) error {
 	if err != nil {
 		return errcatalog.Newf("InvalidParameterValue", "The source linked service's connection string is invalid.")
 	}
-	def := Def{Name: key(lc.Workspace, lc.Name), Database: cfg.Database, Drop: lc.DropExisting, Source: src.ConnectionString}
+	def := Def{Name: key(lc.Workspace, lc.Name), Database: cfg.Database, Drop: lc.DropExisting, Source: src.ConnectionString,
+		Interval: time.Duration(lc.IntervalMinutes) * time.Minute}
 	if id, err := armid.ParseFailoverGroupID(lc.SourceResourceID); err == nil {
 		def.Group, def.Source = id.Name, ""
 	}

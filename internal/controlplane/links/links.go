@@ -41,6 +41,9 @@ type Def struct {
 	// gate: after a failover the new primary has no slot, and every table is resynchronised (merged by primary
 	// key, which also removes anything the new primary lacks).
 	Unprotected bool
+	// Interval > 0 runs the link in batches (dataProcessIntervalMinutes): every Interval it applies what the
+	// source committed until then, and is idle in between.
+	Interval time.Duration
 }
 
 // Manager runs links.
@@ -174,7 +177,7 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 			w.setErr(err)
 		} else {
 			l := link.New(link.Config{Name: w.def.Name, Source: src, Tables: w.def.Tables, Target: w.def.Target,
-				DropExistingOnStart: w.def.Drop, Logger: m.log, Gate: gate})
+				DropExistingOnStart: w.def.Drop, Logger: m.log, Gate: gate, Batch: w.def.Interval > 0})
 			w.mu.Lock()
 			w.link = l
 			w.mu.Unlock()
@@ -182,6 +185,16 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 			err = l.Run(ctx)
 			if ctx.Err() != nil {
 				return
+			}
+			if err == nil && w.def.Interval > 0 {
+				// A batch is done: the next one starts an interval after this one started.
+				w.def.Drop, backoff = false, 200*time.Millisecond
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Until(start.Add(w.def.Interval))):
+				}
+				continue
 			}
 			w.setErr(err)
 			m.log.Warn("link stopped; restarting", "link", w.def.Name, "err", err)
