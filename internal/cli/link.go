@@ -110,7 +110,38 @@ func linkCommand(o *Options) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return printJSONOrFields(o, r.Body, "name", "status", "isApplyingChanges", "checkpointLsn", "appliedTransactions", "lastSourceCommitTime", "lastAppliedTime", "error")
+				return printJSONOrFields(o, r.Body, "name", "status", "isApplyingChanges", "isPartiallyFailed", "checkpointLsn", "appliedTransactions", "lastSourceCommitTime", "lastAppliedTime", "error")
+			})
+		}}
+	tablesCmd := &cobra.Command{Use: "tables NAME", Short: "Show each linked table's status (querytablestatus)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.call(cmd, func(ctx context.Context, c *Client) error {
+				r, err := c.Do(ctx, http.MethodPost, ws()+"/linkconnections/"+args[0]+"/querytablestatus"+linkAPI, map[string]any{})
+				if err != nil {
+					return err
+				}
+				if o.Output == "json" {
+					_, err := o.Stdout.Write(r.Body)
+					return err
+				}
+				var res struct {
+					Value []map[string]any `json:"value"`
+				}
+				if err := json.Unmarshal(r.Body, &res); err != nil {
+					return err
+				}
+				tw := tabwriter.NewWriter(o.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tSTATUS\tLAST COMMIT\tRESYNC\tERROR")
+				for _, t := range res.Value {
+					cell := func(k string) string {
+						if v, ok := t[k]; ok && v != nil {
+							return fmt.Sprint(v)
+						}
+						return "-"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cell("id"), cell("status"), cell("lastTransactionCommitTime"), cell("resyncReason"), cell("errorMessage"))
+				}
+				return tw.Flush()
 			})
 		}}
 	query := &cobra.Command{Use: "query NAME SQL", Short: "Run a read-only query against the link's target", Args: cobra.ExactArgs(2),
@@ -145,7 +176,9 @@ func linkCommand(o *Options) *cobra.Command {
 		}}
 	cmd.AddCommand(create, simple("start", "Start a link connection", http.MethodPost, "start"),
 		simple("stop", "Stop a link connection", http.MethodPost, "stop"),
-		simple("delete", "Delete a link connection", http.MethodDelete, ""), status, query)
+		simple("pause", "Pause a link connection (it resumes from its checkpoint)", http.MethodPost, "pause"),
+		simple("resume", "Resume a paused link connection", http.MethodPost, "resume"),
+		simple("delete", "Delete a link connection", http.MethodDelete, ""), status, tablesCmd, query)
 	return cmd
 }
 

@@ -118,6 +118,9 @@ func TestLinkConnectionAPI(t *testing.T) {
 	if out := f.mustCLI(t, "link", "status", "lk2", "-w", "analytics"); !strings.Contains(out, "Running") {
 		t.Fatalf("fogo link status:\n%s", out)
 	}
+	if out := f.mustCLI(t, "link", "tables", "lk2", "-w", "analytics"); !strings.Contains(out, "public.ledger") || !strings.Contains(out, "Replicating") {
+		t.Fatalf("fogo link tables:\n%s", out)
+	}
 	f.mustCLI(t, "link", "stop", "lk2", "-w", "analytics")
 	f.mustCLI(t, "link", "delete", "lk2", "-w", "analytics")
 }
