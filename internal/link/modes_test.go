@@ -10,6 +10,7 @@ import (
 
 	"github.com/fogo-db/fogo/internal/link"
 	"github.com/fogo-db/fogo/internal/link/target"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
 	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
 
@@ -117,4 +118,78 @@ func TestLinkSourceTransactionsLandAtomically(t *testing.T) {
 		t.Fatalf("%d of %d looks at the target saw a source transaction in one table and not the other", torn, looks)
 	}
 	t.Logf("%d looks, none torn", looks)
+}
+
+// TestLinkSurvivesSourceAndTargetRestarts: the source and then the (PostgreSQL) target restart while clients
+// write; the link, run again after each error as fogo's supervisor does, ends with exactly the source's rows.
+func TestLinkSurvivesSourceAndTargetRestarts(t *testing.T) {
+	pg, dst := pgtest.NewPrimary(t), pgtest.NewPrimary(t)
+	ctx := context.Background()
+	exec1 := func(sql string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			c, err := pg.Connect(ctx, "postgres")
+			if err == nil {
+				_, err = c.Exec(ctx, sql)
+				c.Close(ctx)
+			}
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v", sql, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	exec1("CREATE TABLE a(id int PRIMARY KEY, note text)")
+	store, err := target.OpenPostgres(dsn(dst))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	cfg := link.Config{Name: "rr", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}}}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	runs := 0
+	go func() { // what the supervisor does: run again after an error
+		defer close(done)
+		for rctx.Err() == nil {
+			runs++
+			_ = link.New(cfg).Run(rctx)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	defer func() { cancel(); <-done }()
+	id := 0
+	write := func(n int) {
+		for i := 0; i < n; i++ {
+			id++
+			exec1(fmt.Sprintf("INSERT INTO a VALUES (%d, 'n%d')", id, id))
+			if id%5 == 0 {
+				exec1(fmt.Sprintf("UPDATE a SET note = note || '+' WHERE id = %d", id-3))
+			}
+		}
+	}
+	write(100)
+	for _, in := range []*instance.Instance{pg, dst} {
+		if err := in.Stop(ctx, instance.ShutdownFast); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if err := in.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		write(100)
+	}
+	src, err := pg.Connect(ctx, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(ctx)
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	if runs < 3 {
+		t.Fatalf("the link ran %d times: the restarts did not interrupt it", runs)
+	}
 }
