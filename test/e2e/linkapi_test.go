@@ -100,7 +100,7 @@ func TestLinkConnectionAPI(t *testing.T) {
 	expect(f.do(http.MethodGet, ws+"/linkconnections/lc1"+lcVer, nil), 404, "ResourceNotFound")
 
 	// The same through the CLI.
-	f.mustCLI(t, "link", "create", "lk2", "-w", "analytics", "--source-resource-id", fgPath("api-east", "api-fg"),
+	f.mustCLI(t, "link", "create", "lk2", "-w", "analytics", "--source-resource-id", serverPath("api-west"), // the partner server
 		"--source-connection", fmt.Sprintf("host=%s port=%s dbname=shop user=%s password=%s", host, port, login, password),
 		"--target-duckdb", "cli.duckdb", "--table", "public.ledger:mart.ledger")
 	f.mustCLI(t, "link", "start", "lk2", "-w", "analytics")
@@ -114,6 +114,9 @@ func TestLinkConnectionAPI(t *testing.T) {
 			t.Fatalf("fogo link query: %q %v", out, err)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	if st := f.do(http.MethodGet, ws+"/linkconnections/lk2/detailedstatus"+lcVer, nil); st.Body["sourceFailoverGroup"] != "api-fg" {
+		t.Fatalf("a link on a server of a failover group does not follow the group: %s", st.Raw)
 	}
 	if out := f.mustCLI(t, "link", "status", "lk2", "-w", "analytics"); !strings.Contains(out, "Running") {
 		t.Fatalf("fogo link status:\n%s", out)

@@ -375,6 +375,9 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 	if !lc.StopTime.IsZero() {
 		out["stopTime"] = lc.StopTime.Format(time.RFC3339Nano)
 	}
+	if g := a.cat.SourceGroup(lc); g != "" {
+		out["sourceFailoverGroup"] = g // extension: the link follows this group's primary
+	}
 	if st, ok := a.cat.Status(ws, name); ok {
 		switch {
 		case st.Phase == "Failed":

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/link"
 	"github.com/fogo-db/fogo/internal/link/target"
@@ -363,6 +364,47 @@ func (c *Catalog) openTarget(lc *LinkConnection) (*target.Store, error) {
 	return target.OpenPostgres(ls.ConnectionString)
 }
 
+// SourceGroup is the failover group a link connection follows ("" for none).
+func (c *Catalog) SourceGroup(lc *LinkConnection) string {
+	ls, err := c.LinkedService(lc.Workspace, lc.SourceService)
+	if err != nil {
+		return ""
+	}
+	cfg, err := pgconn.ParseConfig(ls.ConnectionString)
+	if err != nil {
+		return ""
+	}
+	return c.groupOf(lc.SourceResourceID, cfg.Database)
+}
+
+// groupOf is the failover group a link's source resource id makes it follow: the group it names, or the group that
+// replicates the database on the server it names (either partner); "" for none.
+func (c *Catalog) groupOf(resourceID, database string) string {
+	if id, err := armid.ParseFailoverGroupID(resourceID); err == nil {
+		return id.Name
+	}
+	srv, err := armid.ParseServerID(resourceID)
+	if err != nil {
+		return ""
+	}
+	var groups []model.FailoverGroup
+	_ = c.m.st.View(func(tx *store.Tx) (err error) {
+		groups, err = store.List[model.FailoverGroup](tx, store.Groups, "")
+		return err
+	})
+	for _, g := range groups {
+		if !strings.EqualFold(g.Primary.Name, srv.Name) && !strings.EqualFold(g.Secondary.Name, srv.Name) {
+			continue
+		}
+		for _, d := range g.Databases {
+			if strings.EqualFold(d.Name, database) {
+				return g.Name
+			}
+		}
+	}
+	return ""
+}
+
 // run starts the worker for a definition.
 func (c *Catalog) run(lc *LinkConnection) error {
 	src, err := c.LinkedService(lc.Workspace, lc.SourceService)
@@ -375,8 +417,8 @@ func (c *Catalog) run(lc *LinkConnection) error {
 	}
 	def := Def{Name: key(lc.Workspace, lc.Name), Database: cfg.Database, Drop: lc.DropExisting, Source: src.ConnectionString,
 		Interval: time.Duration(lc.IntervalMinutes) * time.Minute}
-	if id, err := armid.ParseFailoverGroupID(lc.SourceResourceID); err == nil {
-		def.Group, def.Source = id.Name, ""
+	if group := c.groupOf(lc.SourceResourceID, cfg.Database); group != "" {
+		def.Group, def.Source = group, ""
 	}
 	for _, t := range lc.Tables {
 		def.Tables = append(def.Tables, link.TableMapping{ID: t.ID, SourceSchema: t.SourceSchema, SourceTable: t.SourceTable,
