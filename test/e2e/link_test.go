@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,10 +37,12 @@ func TestLinkFollowsFailovers(t *testing.T) {
 	convergeLink(t, f, rw, store)
 	waitSlotCopy(t, f, "lk-west", "shop", "fogo_link_lk")
 
-	// Planned failover to west while clients write through the listener.
+	// Planned failover to west while clients write through the listener: two commit single inserts as fast as
+	// they can, one keeps transactions of several statements open across the failover's checkpoints.
 	ctx, stop := context.WithCancel(context.Background())
 	var w listenerWriters
 	wg := w.run(ctx, rw, "shop", 2)
+	longTransactions(ctx, wg, rw)
 	time.Sleep(500 * time.Millisecond)
 	f.mustSucceed(f.do(http.MethodPost, fgPath("lk-west", "lk-fg")+"/failover", nil), 202)
 	time.Sleep(700 * time.Millisecond)
@@ -52,6 +55,7 @@ func TestLinkFollowsFailovers(t *testing.T) {
 	// Forced failover back to east after kill -9 of west's primary instance, writers still running.
 	ctx, stop = context.WithCancel(context.Background())
 	wg = w.run(ctx, rw, "shop", 2)
+	longTransactions(ctx, wg, rw)
 	time.Sleep(500 * time.Millisecond)
 	f.killPrimaryInstances(t, "lk-west")
 	f.mustSucceed(f.do(http.MethodPost, fgPath("lk-east", "lk-fg")+"/forceFailoverAllowDataLoss", nil), 202)
@@ -64,6 +68,33 @@ func TestLinkFollowsFailovers(t *testing.T) {
 		t.Fatalf("link status after the failovers: %+v", st)
 	}
 	t.Logf("link after a planned and a forced failover: %d acknowledged writes, status %+v", len(w.acked), st)
+}
+
+// longTransactions runs a client whose transactions insert, wait, update an earlier row and insert again before
+// they commit, until ctx ends; failed transactions (the failover) are retried on a new session.
+func longTransactions(ctx context.Context, wg *sync.WaitGroup, rw string) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			conn, err := dial(ctx, rw, "shop")
+			if err != nil {
+				continue
+			}
+			for ctx.Err() == nil {
+				_, err := conn.Exec(ctx, `BEGIN;
+					INSERT INTO ledger(note) VALUES ('long 1');
+					SELECT pg_sleep(0.05);
+					UPDATE ledger SET note = note || ' touched' WHERE id = (SELECT max(id) - 3 FROM ledger);
+					INSERT INTO ledger(note) VALUES ('long 2');
+					COMMIT`)
+				if err != nil {
+					break
+				}
+			}
+			conn.Close(context.Background())
+		}
+	}()
 }
 
 const ledgerDigest = "md5(string_agg(CAST(id AS VARCHAR) || ':' || note, ',' ORDER BY id))"
