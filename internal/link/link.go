@@ -66,6 +66,7 @@ type Status struct {
 	LastApplied time.Time // when it was applied
 	Applied     int64     // source transactions applied since start
 	Err         string
+	LastHeard   time.Time // when the source last sent anything on the replication connection (a heartbeat)
 	Tables      []TableStatus
 }
 
@@ -94,6 +95,7 @@ type Link struct {
 	mu     sync.Mutex
 	status Status
 	tables map[string]*TableStatus // by source table
+	heard  atomic.Int64            // when the source last sent anything (Unix nanoseconds)
 }
 
 var nonIdent = regexp.MustCompile(`[^a-z0-9_]+`)
@@ -144,6 +146,9 @@ func (l *Link) Status() Status {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := l.status
+	if h := l.heard.Load(); h != 0 {
+		st.LastHeard = time.Unix(0, h)
+	}
 	st.Tables = make([]TableStatus, 0, len(l.tables))
 	for _, t := range l.tables {
 		st.Tables = append(st.Tables, *t)
@@ -596,6 +601,9 @@ func (l *Link) snapshot(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tab
 // written (with the checkpoint of its last transaction, in one target transaction) when it is large, or as soon as
 // the stream pauses for a moment, so a busy source costs few target transactions and a quiet one sees its changes
 // within milliseconds.
+// sourceTimeout is how long a replication connection may stay silent although the link asks for replies.
+const sourceTimeout = 30 * time.Second
+
 // errBatchDone ends a batch: everything the source had committed when it started is applied.
 var errBatchDone = errors.New("batch done")
 
@@ -794,6 +802,7 @@ func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, appl
 	var lastEnd lsn.LSN // end of the last commit handed to the applier
 	inTxn := false
 	next := time.Now()
+	lastHeard := time.Now()
 	for {
 		if time.Now().After(next) {
 			cp := lsn.LSN(applied.Load())
@@ -801,7 +810,13 @@ func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, appl
 			if !inTxn && cp >= lastEnd {
 				flushed = max(received, cp)
 			}
-			if err := rc.SendStandbyStatus(ctx, max(received, cp), flushed, flushed, false); err != nil {
+			// Silence is ambiguous (an idle source sends nothing): ask for a reply now and then, and give up on
+			// a connection that stays silent, so the status never says Streaming over a dead one.
+			silent := time.Since(lastHeard)
+			if silent > sourceTimeout {
+				return fmt.Errorf("no word from the source for %s", silent.Round(time.Second))
+			}
+			if err := rc.SendStandbyStatus(ctx, max(received, cp), flushed, flushed, silent > sourceTimeout/6); err != nil {
 				return err
 			}
 			next = time.Now().Add(l.cfg.StatusInterval)
@@ -815,6 +830,8 @@ func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, appl
 			}
 			return err
 		}
+		lastHeard = time.Now()
+		l.heard.Store(lastHeard.UnixNano())
 		switch m := msg.(type) {
 		case logrepl.Keepalive:
 			received = max(received, m.ServerWALEnd)

@@ -193,3 +193,29 @@ func TestLinkSurvivesSourceAndTargetRestarts(t *testing.T) {
 		t.Fatalf("the link ran %d times: the restarts did not interrupt it", runs)
 	}
 }
+
+// TestLinkHeartbeatOnIdleSource: on a source with nothing to send, the link asks for replies, so its status keeps
+// a recent heartbeat (a silent dead connection would end the run instead of showing Streaming forever).
+func TestLinkHeartbeatOnIdleSource(t *testing.T) {
+	pg := pgtest.NewPrimary(t)
+	ctx := context.Background()
+	src, err := pg.Connect(ctx, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(ctx)
+	exec(t, src, "CREATE TABLE a(id int PRIMARY KEY, note text)")
+	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "hb.duckdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	l := link.New(link.Config{Name: "hb", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}}})
+	defer runLink(t, l)()
+	waitTable(t, l, "public.a", link.TableReplicating)
+	idleFrom := time.Now()
+	time.Sleep(9 * time.Second)
+	if st := l.Status(); st.Phase != "Streaming" || !st.LastHeard.After(idleFrom.Add(3*time.Second)) {
+		t.Fatalf("no heartbeat from an idle source: idle since %s, status %+v", idleFrom.Format(time.RFC3339Nano), st)
+	}
+}

@@ -400,6 +400,9 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 			out["error"] = map[string]any{"message": st.Err}
 		}
 		out["checkpointLsn"] = st.Checkpoint.String()
+		if !st.LastHeard.IsZero() {
+			out["lastSourceHeartbeatTime"] = st.LastHeard.UTC().Format(time.RFC3339Nano)
+		}
 		out["appliedTransactions"] = st.Applied
 		if !st.LastCommit.IsZero() {
 			out["lastSourceCommitTime"] = st.LastCommit.Format(time.RFC3339Nano)
