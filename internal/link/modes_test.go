@@ -3,7 +3,6 @@ package link_test
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -17,20 +16,11 @@ import (
 // TestLinkBatchMode: in batch mode a run applies what the source committed before it started, then returns with
 // the link Idle; the next run picks up what was committed meanwhile.
 func TestLinkBatchMode(t *testing.T) {
-	pg := pgtest.NewPrimary(t)
 	ctx := context.Background()
-	src, err := pg.Connect(ctx, "postgres")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close(ctx)
-	exec(t, src, "CREATE TABLE a(id int PRIMARY KEY, note text)")
-	exec(t, src, "INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 100) i")
-	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "batch.duckdb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	pg, src, store := sourceAndDuckDB(t,
+		"CREATE TABLE a(id int PRIMARY KEY, note text)",
+		"INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 100) i",
+	)
 	cfg := link.Config{Name: "b", Source: dsn(pg), Target: store, Batch: true, Tables: []link.TableMapping{{SourceTable: "a"}}}
 	for round := 0; round < 3; round++ {
 		for i := 0; i < 20; i++ {
@@ -63,20 +53,11 @@ func TestLinkBatchMode(t *testing.T) {
 // TestLinkSourceTransactionsLandAtomically: a source transaction that changes two tables is visible in the
 // target in both or in neither, at every moment a reader looks (crossTableTransaction).
 func TestLinkSourceTransactionsLandAtomically(t *testing.T) {
-	pg := pgtest.NewPrimary(t)
 	ctx := context.Background()
-	src, err := pg.Connect(ctx, "postgres")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close(ctx)
-	exec(t, src, "CREATE TABLE orders(id int PRIMARY KEY, note text)")
-	exec(t, src, "CREATE TABLE lines(id int PRIMARY KEY, note text)")
-	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "atomic.duckdb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	pg, src, store := sourceAndDuckDB(t,
+		"CREATE TABLE orders(id int PRIMARY KEY, note text)",
+		"CREATE TABLE lines(id int PRIMARY KEY, note text)",
+	)
 	l := link.New(link.Config{Name: "x", Source: dsn(pg), Target: store,
 		Tables: []link.TableMapping{{SourceTable: "orders"}, {SourceTable: "lines"}}})
 	defer runLink(t, l)()
@@ -197,19 +178,9 @@ func TestLinkSurvivesSourceAndTargetRestarts(t *testing.T) {
 // TestLinkHeartbeatOnIdleSource: on a source with nothing to send, the link asks for replies, so its status keeps
 // a recent heartbeat (a silent dead connection would end the run instead of showing Streaming forever).
 func TestLinkHeartbeatOnIdleSource(t *testing.T) {
-	pg := pgtest.NewPrimary(t)
-	ctx := context.Background()
-	src, err := pg.Connect(ctx, "postgres")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close(ctx)
-	exec(t, src, "CREATE TABLE a(id int PRIMARY KEY, note text)")
-	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "hb.duckdb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	pg, _, store := sourceAndDuckDB(t,
+		"CREATE TABLE a(id int PRIMARY KEY, note text)",
+	)
 	l := link.New(link.Config{Name: "hb", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}}})
 	defer runLink(t, l)()
 	waitTable(t, l, "public.a", link.TableReplicating)

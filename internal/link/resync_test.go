@@ -7,8 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/fogo-db/fogo/internal/link"
 	"github.com/fogo-db/fogo/internal/link/target"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
 	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
 
@@ -16,6 +19,27 @@ const (
 	srcDigest = "SELECT count(*)::text || ':' || coalesce(md5(string_agg(id::text || ':' || note, ',' ORDER BY id)), '') FROM "
 	dstDigest = "SELECT CAST(count(*) AS VARCHAR) || ':' || coalesce(md5(string_agg(CAST(id AS VARCHAR) || ':' || note, ',' ORDER BY id)), '') FROM "
 )
+
+// sourceAndDuckDB starts a source instance, runs the given statements on it, and opens a DuckDB target; the
+// connection and the store close at the end of the test.
+func sourceAndDuckDB(t *testing.T, setup ...string) (*instance.Instance, *pgx.Conn, *target.Store) {
+	t.Helper()
+	pg := pgtest.NewPrimary(t)
+	src, err := pg.Connect(context.Background(), "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close(context.Background()) })
+	for _, sql := range setup {
+		exec(t, src, sql)
+	}
+	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "target.duckdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return pg, src, store
+}
 
 // waitTable waits until the link reports table (schema.table) in the given status and returns it.
 func waitTable(t *testing.T, l *link.Link, table, status string) link.TableStatus {
@@ -39,20 +63,10 @@ func waitTable(t *testing.T, l *link.Link, table, status string) link.TableStatu
 // — rows changed, added and deleted meanwhile all end right, nothing is duplicated, the target table is kept —
 // says so in each table's status, and streams on.
 func TestLinkResyncsTablesWithoutItsSlot(t *testing.T) {
-	pg := pgtest.NewPrimary(t)
-	ctx := context.Background()
-	src, err := pg.Connect(ctx, "postgres")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close(ctx)
-	exec(t, src, "CREATE TABLE a(id int PRIMARY KEY, note text)")
-	exec(t, src, "INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 2000) i")
-	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "resync.duckdb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	pg, src, store := sourceAndDuckDB(t,
+		"CREATE TABLE a(id int PRIMARY KEY, note text)",
+		"INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 2000) i",
+	)
 	// A view on the target table: it keeps working only if the table is merged into, not replaced.
 	cfg := link.Config{Name: "rs", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}}}
 	stop := runLink(t, link.New(cfg))
@@ -86,22 +100,13 @@ func TestLinkResyncsTablesWithoutItsSlot(t *testing.T) {
 // (from a snapshot) and then its changes, without the other table starting over; a schema change on one table
 // that cannot be followed fails that table only, for good, while the other goes on.
 func TestLinkTableAddedLaterAndFailedAlone(t *testing.T) {
-	pg := pgtest.NewPrimary(t)
 	ctx := context.Background()
-	src, err := pg.Connect(ctx, "postgres")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close(ctx)
-	exec(t, src, "CREATE TABLE a(id int PRIMARY KEY, note text)")
-	exec(t, src, "CREATE TABLE b(id int PRIMARY KEY, note text)")
-	exec(t, src, "INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 500) i")
-	exec(t, src, "INSERT INTO b SELECT i, 'b' || i FROM generate_series(1, 700) i")
-	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "add.duckdb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	pg, src, store := sourceAndDuckDB(t,
+		"CREATE TABLE a(id int PRIMARY KEY, note text)",
+		"CREATE TABLE b(id int PRIMARY KEY, note text)",
+		"INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 500) i",
+		"INSERT INTO b SELECT i, 'b' || i FROM generate_series(1, 700) i",
+	)
 	cfg := link.Config{Name: "ab", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}}}
 	stop := runLink(t, link.New(cfg))
 	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
