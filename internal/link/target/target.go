@@ -183,14 +183,29 @@ func (s *Store) Apply(ctx context.Context, link string, changes []Change, checkp
 	if checkpoint == 0 {
 		return tx.Commit()
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO `+checkpointTable+` (link, lsn, updated_at) VALUES ($1, $2, CAST(now() AS VARCHAR))
-		ON CONFLICT (link) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at`, link, checkpoint.String()); err != nil {
+	if err := writeCheckpoint(ctx, tx, link, checkpoint); err != nil {
 		return fmt.Errorf("%s: write checkpoint: %w", s.dialect.name(), err)
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("%s: commit: %w", s.dialect.name(), err)
 	}
 	return nil
+}
+
+// writeCheckpoint sets the link's checkpoint in tx: an UPDATE of the existing row, an INSERT for a link's first
+// (an UPDATE costs DuckDB a third of an INSERT ... ON CONFLICT, and every batch writes one).
+func writeCheckpoint(ctx context.Context, tx *sql.Tx, link string, checkpoint lsn.LSN) error {
+	res, err := tx.ExecContext(ctx, `UPDATE `+checkpointTable+` SET lsn = $2, updated_at = CAST(now() AS VARCHAR) WHERE link = $1`,
+		link, checkpoint.String())
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n > 0 {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO `+checkpointTable+` (link, lsn, updated_at) VALUES ($1, $2, CAST(now() AS VARCHAR))`,
+		link, checkpoint.String())
+	return err
 }
 
 // applyAll applies changes in order inside tx (which runs on conn).
