@@ -12,14 +12,15 @@ import (
 	"github.com/duckdb/duckdb-go/v2"
 )
 
-// upsertRows writes rows through DuckDB's query appender: the rows are appended, as the text (or bytes, for
-// bytea) the dialect's param gives, to a temporary relation, and one INSERT ... SELECT with the same casts as a
-// single-row upsert and the same ON CONFLICT clause moves them into the table. The appender runs on the
+// upsertRows writes rows through DuckDB's query appender: the rows are appended to a temporary relation (see
+// stagingColumns), and one INSERT ... SELECT with the same casts as a single-row upsert and the same ON CONFLICT
+// clause moves them into the table. The appender runs on the
 // connection's client context, so it writes inside the transaction open on conn: it commits or rolls back with
 // the rest of the batch and the checkpoint. Closing it flushes, so the rows are in the table before the next
 // change of the batch is applied.
 func (d duckDialect) upsertRows(ctx context.Context, conn *sql.Conn, t *Table, rows [][]Value) error {
-	types, err := d.stagingTypes(t)
+	cols := d.stagingColumns(t)
+	types, err := stagingTypes(cols)
 	if err != nil {
 		return fmt.Errorf("%s: %s: %w", d.name(), t.qualified(), err)
 	}
@@ -34,7 +35,7 @@ func (d duckDialect) upsertRows(ctx context.Context, conn *sql.Conn, t *Table, r
 		if err != nil {
 			return err
 		}
-		if err := d.appendRows(a, t, rows); err != nil {
+		if err := appendRows(a, t, cols, rows); err != nil {
 			a.Close() // the rows appended so far are abandoned with the transaction
 			return err
 		}
@@ -58,23 +59,62 @@ func stagingNames(t *Table) []string {
 	return names
 }
 
-// stagingTypes returns the staging relation's column types: BLOB for columns stored as BLOB (param gives
-// bytes), VARCHAR for the rest (the text is cast in the query, as a single-row upsert casts its parameter).
-func (d duckDialect) stagingTypes(t *Table) ([]duckdb.TypeInfo, error) {
-	varchar, err := duckdb.NewTypeInfo(duckdb.TYPE_VARCHAR)
-	if err != nil {
-		return nil, err
-	}
-	blob, err := duckdb.NewTypeInfo(duckdb.TYPE_BLOB)
-	if err != nil {
-		return nil, err
-	}
-	types := make([]duckdb.TypeInfo, len(t.Columns))
+// stagingColumn is how a column's values travel through the appender.
+type stagingColumn struct {
+	typ duckdb.Type
+	// value converts a non-NULL text value for the appender.
+	value func(text string) (driver.Value, error)
+}
+
+// stagingColumns returns, per column of t, the staging type and conversion: integers as BIGINT and booleans as
+// BOOLEAN (PostgreSQL's text for them has one reading: digits, 't'/'f'; appended natively they skip a string copy
+// and a cast), bytea as the bytes param gives, and the rest as the text itself, cast in the query exactly as a
+// single-row upsert casts its parameter.
+func (d duckDialect) stagingColumns(t *Table) []stagingColumn {
+	cols := make([]stagingColumn, len(t.Columns))
 	for i, c := range t.Columns {
-		types[i] = varchar
-		if d.columnType(c.SourceType) == "BLOB" {
-			types[i] = blob
+		switch d.columnType(c.SourceType) {
+		case "SMALLINT", "INTEGER", "BIGINT":
+			cols[i] = stagingColumn{duckdb.TYPE_BIGINT, parseInteger}
+		case "BOOLEAN":
+			cols[i] = stagingColumn{duckdb.TYPE_BOOLEAN, parseBoolean}
+		case "BLOB":
+			sourceType := c.SourceType
+			cols[i] = stagingColumn{duckdb.TYPE_BLOB, func(text string) (driver.Value, error) { return d.param(sourceType, text) }}
+		default:
+			cols[i] = stagingColumn{duckdb.TYPE_VARCHAR, func(text string) (driver.Value, error) { return text, nil }}
 		}
+	}
+	return cols
+}
+
+func parseInteger(text string) (driver.Value, error) {
+	n, err := strconv.ParseInt(text, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("integer value %q: %w", text, err)
+	}
+	return n, nil
+}
+
+func parseBoolean(text string) (driver.Value, error) {
+	switch text {
+	case "t":
+		return true, nil
+	case "f":
+		return false, nil
+	}
+	return nil, fmt.Errorf("boolean value %q is neither t nor f", text)
+}
+
+// stagingTypes returns the appender's column types.
+func stagingTypes(cols []stagingColumn) ([]duckdb.TypeInfo, error) {
+	types := make([]duckdb.TypeInfo, len(cols))
+	for i, c := range cols {
+		ti, err := duckdb.NewTypeInfo(c.typ)
+		if err != nil {
+			return nil, err
+		}
+		types[i] = ti
 	}
 	return types, nil
 }
@@ -91,20 +131,20 @@ func (d duckDialect) stagingUpsert(t *Table, names []string) string {
 		" FROM " + stagingTable + upsertClause(t)
 }
 
-// appendRows appends rows (a missing trailing value is NULL) converted by the dialect's param.
-func (d duckDialect) appendRows(a *duckdb.Appender, t *Table, rows [][]Value) error {
-	vals := make([]driver.Value, len(t.Columns))
+// appendRows appends rows (a missing trailing value is NULL) converted for the staging columns.
+func appendRows(a *duckdb.Appender, t *Table, cols []stagingColumn, rows [][]Value) error {
+	vals := make([]driver.Value, len(cols))
 	for _, row := range rows {
-		for k, c := range t.Columns {
+		for k, c := range cols {
 			if k >= len(row) || row[k].Null {
 				vals[k] = nil
 				continue
 			}
-			p, err := d.param(c.SourceType, row[k].Text)
+			v, err := c.value(row[k].Text)
 			if err != nil {
-				return fmt.Errorf("column %s: %w", c.Name, err)
+				return fmt.Errorf("column %s: %w", t.Columns[k].Name, err)
 			}
-			vals[k] = p
+			vals[k] = v
 		}
 		if err := a.AppendRow(vals...); err != nil {
 			return err

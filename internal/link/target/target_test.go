@@ -47,6 +47,7 @@ func itemsTable() *Table {
 	return &Table{Schema: "analytics", Name: "items", Key: []string{"id"}, Columns: []Column{
 		{"id", "bigint"}, {"name", "text"}, {"amount", "numeric(12,2)"}, {"at", "timestamp with time zone"},
 		{"day", "date"}, {"u", "uuid"}, {"raw", "bytea"}, {"tags", "integer[]"}, {"flag", "boolean"}, {"doc", "jsonb"},
+		{"qty", "smallint"},
 	}}
 }
 
@@ -54,7 +55,7 @@ func itemsTable() *Table {
 func row(id int, tag string) []Value {
 	if tag == "null" {
 		r := []Value{{Text: fmt.Sprint(id)}}
-		for range 9 {
+		for range 10 {
 			r = append(r, Value{Null: true})
 		}
 		return r
@@ -64,6 +65,7 @@ func row(id int, tag string) []Value {
 		{Text: fmt.Sprintf("2026-11-22 10:%02d:00.123456+02", id)}, {Text: fmt.Sprintf("2026-11-%02d", id)},
 		{Text: fmt.Sprintf("a0eebc99-9c0b-4ef8-bb6d-6bb9bd3800%02d", id)}, {Text: fmt.Sprintf(`\xdead%02x`, id)},
 		{Text: fmt.Sprintf("{%d,NULL,3}", id)}, {Text: "t"}, {Text: fmt.Sprintf(`{"k": "%s"}`, tag)},
+		{Text: fmt.Sprint(-3 * id)},
 	}
 }
 
@@ -73,7 +75,7 @@ func ins(t *Table, id int, tag string) Change {
 
 func key(id int) []Value {
 	r := []Value{{Text: fmt.Sprint(id)}}
-	for range 9 {
+	for range 10 {
 		r = append(r, Value{Unchanged: true})
 	}
 	return r
@@ -179,6 +181,9 @@ func TestApplyUpsertsInOrder(t *testing.T) {
 	if fmt.Sprint(bulk[0][7]) != "{1,NULL,3}" || fmt.Sprint(bulk[0][9]) != `{"k": "new"}` {
 		t.Errorf("array or json kept as text: %q, %q", bulk[0][7], bulk[0][9])
 	}
+	if bulk[0][8] != true || bulk[0][10] != int16(-3) {
+		t.Errorf("boolean or smallint of row 1: %#v, %#v", bulk[0][8], bulk[0][10])
+	}
 }
 
 // A batch that fails part way leaves neither its data nor its checkpoint, whichever step fails: a cast in the
@@ -192,6 +197,8 @@ func TestApplyFailureLeavesNothing(t *testing.T) {
 		badDate.New[4] = Value{Text: "not a date"}
 		badBytea := ins(tb, 25, "bad")
 		badBytea.New[6] = Value{Text: "plain"}
+		badSmallint := ins(tb, 26, "bad")
+		badSmallint.New[10] = Value{Text: "40000"}
 		badUpdate := Change{Kind: Update, Table: tb, New: key(3)}
 		badUpdate.New[2] = Value{Text: "not a number"}
 		run := []Change{ins(tb, 20, "ok"), ins(tb, 21, "ok"), ins(tb, 1, "overwritten"), {Kind: Delete, Table: tb, Old: key(4)}}
@@ -199,6 +206,7 @@ func TestApplyFailureLeavesNothing(t *testing.T) {
 			{ins(tb, 22, "ok"), badDate},
 			{ins(tb, 22, "ok"), badBytea, ins(tb, 23, "ok")},
 			{badDate, ins(tb, 22, "ok")},
+			{ins(tb, 22, "ok"), badSmallint},
 			{badUpdate},
 		} {
 			batch := append(append([]Change{}, run...), bad...)
