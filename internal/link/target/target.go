@@ -270,27 +270,7 @@ func complete(row []Value) bool {
 // lastPerKey returns the rows of a run of inserts into one table, keeping only the last row of each key (upserting
 // them in order would leave that one), in the order of the run.
 func lastPerKey(run []Change) [][]Value {
-	t := run[0].Table
-	keyCols := keyIndexes(t)
-	var b strings.Builder
-	keyOf := func(row []Value) string {
-		b.Reset()
-		for _, i := range keyCols {
-			v := Value{Null: true}
-			if i < len(row) {
-				v = row[i]
-			}
-			if v.Null {
-				b.WriteString("n")
-			} else {
-				b.WriteString("v")
-				b.WriteString(strconv.Itoa(len(v.Text)))
-				b.WriteString(":")
-				b.WriteString(v.Text)
-			}
-		}
-		return b.String()
-	}
+	keyOf := keyFunc(run)
 	last := make(map[string]int, len(run))
 	for i, c := range run {
 		last[keyOf(c.New)] = i
@@ -302,6 +282,41 @@ func lastPerKey(run []Change) [][]Value {
 		}
 	}
 	return rows
+}
+
+// keyFunc returns a function giving the key of a row of the run as a map key: the text itself for a key of one
+// column that is never NULL in the run (a primary key), an unambiguous encoding otherwise.
+func keyFunc(run []Change) func(row []Value) string {
+	keyCols := keyIndexes(run[0].Table)
+	if len(keyCols) == 1 && !nullKey(run, keyCols[0]) {
+		k := keyCols[0]
+		return func(row []Value) string { return row[k].Text }
+	}
+	var b strings.Builder
+	return func(row []Value) string {
+		b.Reset()
+		for _, i := range keyCols {
+			if i >= len(row) || row[i].Null {
+				b.WriteString("n")
+				continue
+			}
+			b.WriteString("v")
+			b.WriteString(strconv.Itoa(len(row[i].Text)))
+			b.WriteString(":")
+			b.WriteString(row[i].Text)
+		}
+		return b.String()
+	}
+}
+
+// nullKey reports whether a row of the run lacks column k or has it NULL.
+func nullKey(run []Change, k int) bool {
+	for _, c := range run {
+		if k >= len(c.New) || c.New[k].Null {
+			return true
+		}
+	}
+	return false
 }
 
 // keyIndexes returns the positions of t's key columns.

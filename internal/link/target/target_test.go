@@ -230,3 +230,26 @@ func TestApplyFailureLeavesNothing(t *testing.T) {
 		}
 	}
 }
+
+// Rows of a run with a key of several columns are told apart by every key column (12|3 is not 1|23), and a key
+// repeated in the run keeps its last row.
+func TestApplyCompositeKey(t *testing.T) {
+	for _, bulk := range []bool{true, false} {
+		s := openDuck(t, bulk)
+		tb := &Table{Name: "pairs", Key: []string{"a", "b"}, Columns: []Column{{"a", "integer"}, {"b", "text"}, {"v", "text"}}}
+		if err := s.EnsureTable(context.Background(), tb, true); err != nil {
+			t.Fatal(err)
+		}
+		pair := func(a, b, v string) Change {
+			return Change{Kind: Insert, Table: tb, New: []Value{{Text: a}, {Text: b}, {Text: v}}}
+		}
+		apply(t, s, 0, pair("12", "3", "first"), pair("1", "23", "other"), pair("12", "3", "second"), pair("1", "2", "x"))
+		_, rows, err := s.Query(context.Background(), "SELECT a || '|' || b || '=' || v FROM pairs ORDER BY a, b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(rows); got != "[[1|2=x] [1|23=other] [12|3=second]]" {
+			t.Errorf("bulk=%v: %s", bulk, got)
+		}
+	}
+}
