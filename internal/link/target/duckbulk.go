@@ -66,18 +66,16 @@ type stagingColumn struct {
 	value func(text string) (driver.Value, error)
 }
 
-// stagingColumns returns, per column of t, the staging type and conversion: integers as BIGINT and booleans as
-// BOOLEAN (PostgreSQL's text for them has one reading: digits, 't'/'f'; appended natively they skip a string copy
-// and a cast), bytea as the bytes param gives, and the rest as the text itself, cast in the query exactly as a
-// single-row upsert casts its parameter.
+// stagingColumns returns, per column of t, the staging type and conversion: integers as BIGINT (PostgreSQL's text
+// for them is plain digits, read exactly; appended natively they skip a string copy and a cast), bytea as the
+// bytes param gives, and the rest as the text itself, cast in the query exactly as a single-row upsert casts its
+// parameter (booleans among them: the stream sends t/f, a snapshot's ::text true/false).
 func (d duckDialect) stagingColumns(t *Table) []stagingColumn {
 	cols := make([]stagingColumn, len(t.Columns))
 	for i, c := range t.Columns {
 		switch d.columnType(c.SourceType) {
 		case "SMALLINT", "INTEGER", "BIGINT":
 			cols[i] = stagingColumn{duckdb.TYPE_BIGINT, parseInteger}
-		case "BOOLEAN":
-			cols[i] = stagingColumn{duckdb.TYPE_BOOLEAN, parseBoolean}
 		case "BLOB":
 			sourceType := c.SourceType
 			cols[i] = stagingColumn{duckdb.TYPE_BLOB, func(text string) (driver.Value, error) { return d.param(sourceType, text) }}
@@ -94,16 +92,6 @@ func parseInteger(text string) (driver.Value, error) {
 		return nil, fmt.Errorf("integer value %q: %w", text, err)
 	}
 	return n, nil
-}
-
-func parseBoolean(text string) (driver.Value, error) {
-	switch text {
-	case "t":
-		return true, nil
-	case "f":
-		return false, nil
-	}
-	return nil, fmt.Errorf("boolean value %q is neither t nor f", text)
 }
 
 // stagingTypes returns the appender's column types.

@@ -1,7 +1,8 @@
 // Package target writes a link's changes into an analytics store: DuckDB (the embedded default) or PostgreSQL.
 // Both go through database/sql with a small dialect (type mapping and value conversion); everything else —
 // creating tables with the source's primary key, idempotent upserts, updates that leave unchanged TOASTed
-// columns alone, deletes, truncates — is shared.
+// columns alone, deletes, truncates — is shared. Runs of inserts are written in bulk: through DuckDB's appender
+// (duckbulk.go), or as multi-row INSERT statements into PostgreSQL.
 //
 // Exactly-once: Apply writes a batch of changes and the link's checkpoint (the end LSN of the last source
 // transaction in the batch) in one target transaction, and Checkpoint reads it back, so a restarted link skips

@@ -52,6 +52,7 @@ func itemsTable() *Table {
 }
 
 // row returns a full row for id whose values depend on tag; "null" gives NULL in every column but the key.
+// Booleans come as the stream sends them (t/f) and as a snapshot's ::text reads them (true/false).
 func row(id int, tag string) []Value {
 	if tag == "null" {
 		r := []Value{{Text: fmt.Sprint(id)}}
@@ -64,7 +65,7 @@ func row(id int, tag string) []Value {
 		{Text: fmt.Sprint(id)}, {Text: tag + fmt.Sprint(id)}, {Text: fmt.Sprintf("%d.5", id)},
 		{Text: fmt.Sprintf("2026-11-22 10:%02d:00.123456+02", id)}, {Text: fmt.Sprintf("2026-11-%02d", id)},
 		{Text: fmt.Sprintf("a0eebc99-9c0b-4ef8-bb6d-6bb9bd3800%02d", id)}, {Text: fmt.Sprintf(`\xdead%02x`, id)},
-		{Text: fmt.Sprintf("{%d,NULL,3}", id)}, {Text: "t"}, {Text: fmt.Sprintf(`{"k": "%s"}`, tag)},
+		{Text: fmt.Sprintf("{%d,NULL,3}", id)}, {Text: []string{"false", "t", "true", "f"}[id%4]}, {Text: fmt.Sprintf(`{"k": "%s"}`, tag)},
 		{Text: fmt.Sprint(-3 * id)},
 	}
 }
@@ -152,8 +153,8 @@ func checkpointOf(t *testing.T, s *Store) lsn.LSN {
 }
 
 var wantScenario = []string{
-	"1:new1:1.50:3:true", "2:again2:2.50:3:true", "3:old3:3.50:3:true", "4:second4:4.50:3:true", "5:a5:5.50:3:true",
-	"7:~:~:~:~", "8:b8:8.50:3:true", "10:moved10:10.50:3:true", "11:b11:11.50:3:true", "12:c12:12.50:3:true",
+	"1:new1:1.50:3:true", "2:again2:2.50:3:true", "3:old3:3.50:3:false", "4:second4:4.50:3:false", "5:a5:5.50:3:true",
+	"7:~:~:~:~", "8:b8:8.50:3:false", "10:moved10:10.50:3:true", "11:b11:11.50:3:false", "12:c12:12.50:3:false",
 }
 
 func TestApplyUpsertsInOrder(t *testing.T) {
