@@ -9,13 +9,26 @@ import (
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
 )
 
-// BenchmarkApplyDuckDB applies batches of 5000 inserts (the link's batch size) of the link benchmark's table.
-func BenchmarkApplyDuckDB(b *testing.B) {
-	s, err := OpenDuckDB(filepath.Join(b.TempDir(), "b.duckdb"))
-	if err != nil {
-		b.Fatal(err)
+// BenchmarkApply applies batches of 5000 inserts (the link's batch size) of the link benchmark's table, each with
+// a checkpoint, through DuckDB's bulk path and through multi-row statements (PostgreSQL has only the latter).
+func BenchmarkApply(b *testing.B) {
+	for _, bulk := range []bool{true, false} {
+		b.Run(fmt.Sprintf("duckdb/bulk=%v", bulk), func(b *testing.B) {
+			s, err := OpenDuckDB(filepath.Join(b.TempDir(), "b.duckdb"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			benchApply(b, s, bulk)
+		})
 	}
-	defer s.Close()
+	b.Run("postgres", func(b *testing.B) { benchApply(b, openPostgres(b), true) })
+}
+
+func benchApply(b *testing.B, s *Store, bulk bool) {
+	if !bulk {
+		s.dialect = statementsOnly{s.dialect}
+	}
 	ctx := context.Background()
 	if _, err := s.Checkpoint(ctx, "l"); err != nil {
 		b.Fatal(err)
