@@ -91,6 +91,7 @@ func proxyBenchCommand() *cobra.Command {
 
 func linkBenchCommand() *cobra.Command {
 	var o bench.LinkOptions
+	var cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "link",
 		Short: "Link throughput vs pg_recvlogical, end-to-end latency at a steady rate, time to resume after a failover",
@@ -99,6 +100,14 @@ func linkBenchCommand() *cobra.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			o.Progress = os.Stderr
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return fmt.Errorf("cpu profile: %w", err)
+				}
+				defer f.Close()
+				o.CPUProfile = f
+			}
 			res, err := bench.Link(ctx, o)
 			if err != nil {
 				return err
@@ -114,5 +123,7 @@ func linkBenchCommand() *cobra.Command {
 	f.StringVar(&o.PGBin, "pg-bin", "", "PostgreSQL 15 binaries (default: discovered)")
 	f.StringVar(&o.Dir, "dir", "", "scratch directory (default: a temporary one, removed afterwards)")
 	f.IntVar(&o.PortLow, "port-low", 34000, "first of the 100 ports the benchmark uses")
+	f.StringVar(&o.Only, "only", "", `run only this phase: "throughput" (default: every phase)`)
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the link applying the throughput workload to this file")
 	return cmd
 }

@@ -1,7 +1,8 @@
 // Package target writes a link's changes into an analytics store: DuckDB (the embedded default) or PostgreSQL.
 // Both go through database/sql with a small dialect (type mapping and value conversion); everything else —
 // creating tables with the source's primary key, idempotent upserts, updates that leave unchanged TOASTed
-// columns alone, deletes, truncates — is shared.
+// columns alone, deletes, truncates — is shared. Runs of inserts are written in bulk: through DuckDB's appender
+// (duckbulk.go), or as multi-row INSERT statements into PostgreSQL.
 //
 // Exactly-once: Apply writes a batch of changes and the link's checkpoint (the end LSN of the last source
 // transaction in the batch) in one target transaction, and Checkpoint reads it back, so a restarted link skips
@@ -13,6 +14,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
@@ -163,36 +165,26 @@ func (s *Store) AlterTable(ctx context.Context, t *Table, add []Column, drop []s
 }
 
 // Apply writes changes and the checkpoint in one transaction (a zero checkpoint writes none: a snapshot's
-// earlier batches).
+// earlier batches). Changes are applied in order; a run of inserts into one table (rows carrying every column)
+// is written in bulk: the dialect's bulk path if it has one, multi-row statements otherwise.
 func (s *Store) Apply(ctx context.Context, link string, changes []Change, checkpoint lsn.LSN) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	conn, err := s.db.Conn(ctx) // one connection: a bulk path must write inside the transaction
+	if err != nil {
+		return fmt.Errorf("%s: connection: %w", s.dialect.name(), err)
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
 	}
 	defer tx.Rollback()
-	for i := 0; i < len(changes); {
-		// A run of inserts into one table (whose rows carry every column) becomes multi-row statements.
-		j := i
-		for j < len(changes) && j-i < insertChunk && changes[j].Kind == Insert && changes[j].Table == changes[i].Table && complete(changes[j].New) {
-			j++
-		}
-		if j-i > 1 {
-			if err := s.insertMany(ctx, tx, changes[i:j]); err != nil {
-				return err
-			}
-			i = j
-			continue
-		}
-		if err := s.apply(ctx, tx, &changes[i]); err != nil {
-			return err
-		}
-		i++
+	if err := s.applyAll(ctx, conn, tx, changes); err != nil {
+		return err
 	}
 	if checkpoint == 0 {
 		return tx.Commit()
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO `+checkpointTable+` (link, lsn, updated_at) VALUES ($1, $2, CAST(now() AS VARCHAR))
-		ON CONFLICT (link) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at`, link, checkpoint.String()); err != nil {
+	if err := writeCheckpoint(ctx, tx, link, checkpoint); err != nil {
 		return fmt.Errorf("%s: write checkpoint: %w", s.dialect.name(), err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -201,8 +193,71 @@ func (s *Store) Apply(ctx context.Context, link string, changes []Change, checkp
 	return nil
 }
 
-// insertChunk bounds the rows of one multi-row insert.
+// writeCheckpoint sets the link's checkpoint in tx: an UPDATE of the existing row, an INSERT for a link's first
+// (an UPDATE costs DuckDB a third of an INSERT ... ON CONFLICT, and every batch writes one).
+func writeCheckpoint(ctx context.Context, tx *sql.Tx, link string, checkpoint lsn.LSN) error {
+	res, err := tx.ExecContext(ctx, `UPDATE `+checkpointTable+` SET lsn = $2, updated_at = CAST(now() AS VARCHAR) WHERE link = $1`,
+		link, checkpoint.String())
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n > 0 {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO `+checkpointTable+` (link, lsn, updated_at) VALUES ($1, $2, CAST(now() AS VARCHAR))`,
+		link, checkpoint.String())
+	return err
+}
+
+// applyAll applies changes in order inside tx (which runs on conn).
+func (s *Store) applyAll(ctx context.Context, conn *sql.Conn, tx *sql.Tx, changes []Change) error {
+	bulk, _ := s.dialect.(bulkUpserter)
+	limit := insertChunk
+	if bulk != nil {
+		limit = len(changes)
+	}
+	for i := 0; i < len(changes); {
+		j := insertRun(changes, i, limit)
+		if j-i <= 1 {
+			if err := s.apply(ctx, tx, &changes[i]); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		t, rows := changes[i].Table, lastPerKey(changes[i:j])
+		var err error
+		if bulk != nil {
+			err = bulk.upsertRows(ctx, conn, t, rows)
+		} else {
+			err = s.insertMany(ctx, tx, t, rows)
+		}
+		if err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// bulkUpserter is a dialect with a faster way than multi-row INSERT statements to upsert many rows of one table.
+// upsertRows must write inside the transaction open on conn; rows have distinct keys.
+type bulkUpserter interface {
+	upsertRows(ctx context.Context, conn *sql.Conn, t *Table, rows [][]Value) error
+}
+
+// insertChunk bounds the rows of one multi-row insert statement.
 const insertChunk = 500
+
+// insertRun returns the end of the run of inserts into one table starting at changes[i] (at most limit changes)
+// whose rows carry every column.
+func insertRun(changes []Change, i, limit int) int {
+	j := i
+	for j < len(changes) && j-i < limit && changes[j].Kind == Insert && changes[j].Table == changes[i].Table && complete(changes[j].New) {
+		j++
+	}
+	return j
+}
 
 func complete(row []Value) bool {
 	for _, v := range row {
@@ -213,42 +268,102 @@ func complete(row []Value) bool {
 	return true
 }
 
-// insertMany upserts rows of one table with one statement. Rows with the same key keep the last one (a single
-// statement may not touch a row twice).
-func (s *Store) insertMany(ctx context.Context, tx *sql.Tx, run []Change) error {
-	t := run[0].Table
-	keyOf := func(row []Value) string {
-		var b strings.Builder
-		for i, c := range t.Columns {
-			if isKey(t, c.Name) && i < len(row) {
-				fmt.Fprintf(&b, "%v\x00%s\x00", row[i].Null, row[i].Text)
-			}
-		}
-		return b.String()
-	}
-	last := map[string]int{}
+// lastPerKey returns the rows of a run of inserts into one table, keeping only the last row of each key (upserting
+// them in order would leave that one), in the order of the run.
+func lastPerKey(run []Change) [][]Value {
+	keyOf := keyFunc(run)
+	last := make(map[string]int, len(run))
 	for i, c := range run {
 		last[keyOf(c.New)] = i
 	}
-	cols := make([]string, len(t.Columns))
-	var sets []string
+	rows := make([][]Value, 0, len(last))
+	for i, c := range run {
+		if len(last) == len(run) || last[keyOf(c.New)] == i {
+			rows = append(rows, c.New)
+		}
+	}
+	return rows
+}
+
+// keyFunc returns a function giving the key of a row of the run as a map key: the text itself for a key of one
+// column that is never NULL in the run (a primary key), an unambiguous encoding otherwise.
+func keyFunc(run []Change) func(row []Value) string {
+	keyCols := keyIndexes(run[0].Table)
+	if len(keyCols) == 1 && !nullKey(run, keyCols[0]) {
+		k := keyCols[0]
+		return func(row []Value) string { return row[k].Text }
+	}
+	var b strings.Builder
+	return func(row []Value) string {
+		b.Reset()
+		for _, i := range keyCols {
+			if i >= len(row) || row[i].Null {
+				b.WriteString("n")
+				continue
+			}
+			b.WriteString("v")
+			b.WriteString(strconv.Itoa(len(row[i].Text)))
+			b.WriteString(":")
+			b.WriteString(row[i].Text)
+		}
+		return b.String()
+	}
+}
+
+// nullKey reports whether a row of the run lacks column k or has it NULL.
+func nullKey(run []Change, k int) bool {
+	for _, c := range run {
+		if k >= len(c.New) || c.New[k].Null {
+			return true
+		}
+	}
+	return false
+}
+
+// keyIndexes returns the positions of t's key columns.
+func keyIndexes(t *Table) []int {
+	var out []int
 	for i, c := range t.Columns {
-		cols[i] = qi(c.Name)
+		if isKey(t, c.Name) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// upsertClause returns the ON CONFLICT clause that makes an insert into t an upsert.
+func upsertClause(t *Table) string {
+	keys := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		keys[i] = qi(k)
+	}
+	var sets []string
+	for _, c := range t.Columns {
 		if !isKey(t, c.Name) {
 			sets = append(sets, qi(c.Name)+" = excluded."+qi(c.Name))
 		}
 	}
-	var rows []string
+	q := " ON CONFLICT (" + strings.Join(keys, ", ") + ")"
+	if len(sets) == 0 {
+		return q + " DO NOTHING"
+	}
+	return q + " DO UPDATE SET " + strings.Join(sets, ", ")
+}
+
+// insertMany upserts rows (with distinct keys) of one table with one statement.
+func (s *Store) insertMany(ctx context.Context, tx *sql.Tx, t *Table, rows [][]Value) error {
+	cols := make([]string, len(t.Columns))
+	for i, c := range t.Columns {
+		cols[i] = qi(c.Name)
+	}
+	tuples := make([]string, 0, len(rows))
 	var args []any
-	for i, c := range run {
-		if last[keyOf(c.New)] != i {
-			continue
-		}
+	for _, row := range rows {
 		vals := make([]string, len(t.Columns))
 		for k, col := range t.Columns {
 			v := Value{Null: true}
-			if k < len(c.New) {
-				v = c.New[k]
+			if k < len(row) {
+				v = row[k]
 			}
 			ph, err := s.arg(&args, col, v)
 			if err != nil {
@@ -256,19 +371,9 @@ func (s *Store) insertMany(ctx context.Context, tx *sql.Tx, run []Change) error 
 			}
 			vals[k] = ph
 		}
-		rows = append(rows, "("+strings.Join(vals, ", ")+")")
+		tuples = append(tuples, "("+strings.Join(vals, ", ")+")")
 	}
-	keys := make([]string, len(t.Key))
-	for i, k := range t.Key {
-		keys[i] = qi(k)
-	}
-	q := "INSERT INTO " + t.qualified() + " (" + strings.Join(cols, ", ") + ") VALUES " + strings.Join(rows, ", ") +
-		" ON CONFLICT (" + strings.Join(keys, ", ") + ")"
-	if len(sets) == 0 {
-		q += " DO NOTHING"
-	} else {
-		q += " DO UPDATE SET " + strings.Join(sets, ", ")
-	}
+	q := "INSERT INTO " + t.qualified() + " (" + strings.Join(cols, ", ") + ") VALUES " + strings.Join(tuples, ", ") + upsertClause(t)
 	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 		return fmt.Errorf("%s: apply to %s: %w", s.dialect.name(), t.qualified(), err)
 	}
