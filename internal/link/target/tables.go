@@ -113,7 +113,12 @@ func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, s
 	if err := s.ensureTableStates(ctx, s.db); err != nil {
 		return 0, err
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	conn, err := s.db.Conn(ctx) // one connection: the bulk path and the staging table live in the transaction
+	if err != nil {
+		return 0, fmt.Errorf("%s: connection: %w", s.dialect.name(), err)
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
 	}
@@ -132,7 +137,7 @@ func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, s
 		if len(batch) == 0 {
 			return nil
 		}
-		if err := s.insertMany(ctx, tx, batch); err != nil {
+		if err := s.applyAll(ctx, conn, tx, batch); err != nil {
 			return err
 		}
 		if err := s.stageKeys(ctx, tx, staging, t, batch); err != nil {
