@@ -693,29 +693,33 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 	}
 	for {
 		var msg any
-		wait := time.Second
-		if batchEnd > cp {
-			wait = 10 * time.Millisecond
-		}
-		timer := time.NewTimer(wait)
 		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return ctx.Err()
-		case <-readerDone:
-			timer.Stop()
-			return streamErr()
-		case <-timer.C:
-			if err := flush(); err != nil {
-				return err
+		case msg = <-msgs: // the common case under load: no timer
+		default:
+			wait := time.Second
+			if batchEnd > cp {
+				wait = 10 * time.Millisecond
 			}
-			// A batch is done once everything up to its end was received and nothing waits to be applied.
-			if l.cfg.Batch && len(txn) == 0 && len(msgs) == 0 && lsn.LSN(received.Load()) >= until {
-				return errBatchDone
+			timer := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return ctx.Err()
+			case <-readerDone:
+				timer.Stop()
+				return streamErr()
+			case <-timer.C:
+				if err := flush(); err != nil {
+					return err
+				}
+				// A batch is done once everything up to its end was received and nothing waits to be applied.
+				if l.cfg.Batch && len(txn) == 0 && len(msgs) == 0 && lsn.LSN(received.Load()) >= until {
+					return errBatchDone
+				}
+				continue
+			case msg = <-msgs:
+				timer.Stop()
 			}
-			continue
-		case msg = <-msgs:
-			timer.Stop()
 		}
 		m, ok := msg.(logrepl.XLogData)
 		if !ok {
@@ -803,6 +807,8 @@ func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, appl
 	inTxn := false
 	next := time.Now()
 	lastHeard := time.Now()
+	var dl deadlines
+	defer dl.stop()
 	for {
 		if time.Now().After(next) {
 			cp := lsn.LSN(applied.Load())
@@ -821,9 +827,7 @@ func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, appl
 			}
 			next = time.Now().Add(l.cfg.StatusInterval)
 		}
-		rctx, cancel := context.WithDeadline(ctx, next)
-		msg, err := rc.Receive(rctx)
-		cancel()
+		msg, err := rc.Receive(dl.until(ctx, next))
 		if err != nil {
 			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 				continue
@@ -858,6 +862,28 @@ func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, appl
 				return ctx.Err()
 			}
 		}
+	}
+}
+
+// deadlines hands out one context per deadline (a context per received message cost as much as decoding it).
+type deadlines struct {
+	at     time.Time
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (d *deadlines) until(parent context.Context, at time.Time) context.Context {
+	if d.ctx == nil || !d.at.Equal(at) {
+		d.stop()
+		d.ctx, d.cancel = context.WithDeadline(parent, at)
+		d.at = at
+	}
+	return d.ctx
+}
+
+func (d *deadlines) stop() {
+	if d.cancel != nil {
+		d.cancel()
 	}
 }
 
