@@ -9,11 +9,14 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fogo-db/fogo/internal/controlplane/armid"
 	"github.com/fogo-db/fogo/internal/controlplane/links"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/link"
 	"github.com/fogo-db/fogo/internal/link/target"
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
@@ -37,13 +40,18 @@ type LinkOptions struct {
 // LinkResult holds the measurements.
 type LinkResult struct {
 	Rows            int           `json:"rows"`
-	RawDecode       time.Duration `json:"rawDecode"`  // pg_recvlogical (pgoutput) decoding the workload
+	RawDecode       time.Duration `json:"rawDecode"`  // pg_recvlogical (pgoutput) decoding the workload: the faster of a run before and one after the link
 	LinkApply       time.Duration `json:"linkApply"`  // the link applying the same workload into DuckDB
 	LatencyP50      time.Duration `json:"latencyP50"` // source commit -> visible in the target, gate on
 	LatencyP99      time.Duration `json:"latencyP99"`
 	LatencyRows     int           `json:"latencyRows"`
 	FailoverToFirst time.Duration `json:"failoverToFirstChange"` // end of a planned failover -> first change from the new primary visible
 	FailoverErr     string        `json:"failoverError,omitempty"`
+	ForcedToFirst   time.Duration `json:"forcedFailoverToFirstChange"` // end of a forced failover (kill -9) -> first change
+	ForcedOp        time.Duration `json:"forcedFailover"`              // kill -9 -> the forced failover operation succeeded
+	ForcedErr       string        `json:"forcedFailoverError,omitempty"`
+	ForcedResync    string        `json:"forcedFailoverResync,omitempty"` // why tables were resynchronised instead
+
 }
 
 // Summary is a human-readable report.
@@ -62,6 +70,16 @@ func (r LinkResult) Summary() string {
 	} else {
 		fmt.Fprintf(&b, "end of a planned failover -> first change from the new primary in the target: %s (target <= 5s)\n",
 			r.FailoverToFirst.Round(time.Millisecond))
+	}
+	switch {
+	case r.ForcedErr != "":
+		fmt.Fprintf(&b, "end of a forced failover -> first change: not measured: %s\n", r.ForcedErr)
+	case r.ForcedToFirst > 0:
+		fmt.Fprintf(&b, "end of a forced failover (kill -9 of the primary) -> first change from the new primary in the target: %s (target <= 5s); kill -9 -> failover done: %s\n",
+			r.ForcedToFirst.Round(time.Millisecond), r.ForcedOp.Round(time.Millisecond))
+		if r.ForcedResync != "" {
+			fmt.Fprintf(&b, "  (the tables were resynchronised, not resumed from the slot copy: %s)\n", r.ForcedResync)
+		}
 	}
 	return b.String()
 }
@@ -134,8 +152,12 @@ func Link(ctx context.Context, o LinkOptions) (*LinkResult, error) {
 		return nil, err
 	}
 	defer sdb.Close(context.Background())
-	if _, err := sdb.Exec(ctx, "SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput')"); err != nil {
-		return nil, err
+	// Two raw slots: pg_recvlogical decodes the workload once before the link applies it and once after, and
+	// the faster run counts (the second one finds the WAL in the page cache, as the link did).
+	for _, slot := range []string{"bench_raw", "bench_raw2"} {
+		if _, err := sdb.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot); err != nil {
+			return nil, err
+		}
 	}
 	fmt.Fprintf(o.Progress, "writing %d rows in transactions of 100\n", o.Rows)
 	for i := 0; i < o.Rows; i += 100 {
@@ -149,23 +171,29 @@ func Link(ctx context.Context, o LinkOptions) (*LinkResult, error) {
 		return nil, err
 	}
 	end, _ := lsn.Parse(endText)
-	start := time.Now()
-	if out, err := bin.Run(ctx, []string{"PGPASSWORD=" + e.app.Cluster.SuperPassword()}, "pg_recvlogical",
-		"-d", fmt.Sprintf("host=127.0.0.1 port=%d user=fogo dbname=bench", e.primaryPort), "-S", "bench_raw", "--start",
-		"-o", "proto_version=1", "-o", "publication_names=bench_raw", "-f", "/dev/null", "-E", end.String(), "--no-loop"); err != nil {
-		return nil, fmt.Errorf("pg_recvlogical: %w: %s", err, out)
+	recvlogical := func(slot string) (time.Duration, error) {
+		start := time.Now()
+		if out, err := bin.Run(ctx, []string{"PGPASSWORD=" + e.app.Cluster.SuperPassword()}, "pg_recvlogical",
+			"-d", fmt.Sprintf("host=127.0.0.1 port=%d user=fogo dbname=bench", e.primaryPort), "-S", slot, "--start",
+			"-o", "proto_version=1", "-o", "publication_names=bench_raw", "-f", "/dev/null", "-E", end.String(), "--no-loop"); err != nil {
+			return 0, fmt.Errorf("pg_recvlogical: %w: %s", err, out)
+		}
+		took := time.Since(start)
+		if _, err := sdb.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slot); err != nil {
+			return 0, err
+		}
+		fmt.Fprintf(o.Progress, "pg_recvlogical: %s\n", took.Round(time.Millisecond))
+		return took, nil
 	}
-	res.RawDecode = time.Since(start)
-	if _, err := sdb.Exec(ctx, "SELECT pg_drop_replication_slot('bench_raw')"); err != nil {
+	if res.RawDecode, err = recvlogical("bench_raw"); err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(o.Progress, "pg_recvlogical: %s\n", res.RawDecode.Round(time.Millisecond))
 	if o.CPUProfile != nil {
 		if err := pprof.StartCPUProfile(o.CPUProfile); err != nil {
 			return nil, fmt.Errorf("cpu profile: %w", err)
 		}
 	}
-	start = time.Now()
+	start := time.Now()
 	if err := e.app.Links.Start(def); err != nil {
 		pprof.StopCPUProfile()
 		return nil, err
@@ -183,6 +211,11 @@ func Link(ctx context.Context, o LinkOptions) (*LinkResult, error) {
 	res.LinkApply = time.Since(start)
 	pprof.StopCPUProfile() // a no-op without a profile
 	fmt.Fprintf(o.Progress, "link: %s\n", res.LinkApply.Round(time.Millisecond))
+	if again, err := recvlogical("bench_raw2"); err != nil {
+		return nil, err
+	} else {
+		res.RawDecode = min(res.RawDecode, again)
+	}
 	if o.Only == "throughput" {
 		e.app.Links.Stop("bench")
 		return res, nil
@@ -204,28 +237,110 @@ func Link(ctx context.Context, o LinkOptions) (*LinkResult, error) {
 		res.FailoverErr = err.Error()
 		return res, nil
 	}
+	if res.FailoverToFirst, err = firstChangeAfter(ctx, src, store, -1); err != nil {
+		return nil, err
+	}
+
+	// 4. A forced failover back to east after kill -9 of west's primary instance, once east holds a copy of the
+	// link's slot, then the same measure.
+	if err := e.waitSlotCopy(ctx, "bench-east", "fogo_link_bench"); err != nil {
+		res.ForcedErr = err.Error()
+		return res, nil
+	}
+	killed := time.Now()
+	if err := e.killPrimaryInstance("bench-west"); err != nil {
+		return nil, err
+	}
+	if err := e.do(ctx, http.MethodPost, e.base+"bench-east/failoverGroups/bench-fg/forceFailoverAllowDataLoss", nil); err != nil {
+		res.ForcedErr = err.Error()
+		return res, nil
+	}
+	res.ForcedOp = time.Since(killed)
+	if res.ForcedToFirst, err = firstChangeAfter(ctx, src, store, -2); err != nil {
+		return nil, err
+	}
+	if st, ok := e.app.Links.Status("bench"); ok {
+		for _, t := range st.Tables {
+			if t.Resync != "" {
+				res.ForcedResync = t.Resync // the link did not resume from the slot copy
+			}
+		}
+	}
+	e.app.Links.Stop("bench")
+	return res, nil
+}
+
+// firstChangeAfter writes a row with the given id through src right after a failover ended and returns the time
+// until it is in the target.
+func firstChangeAfter(ctx context.Context, src string, store *target.Store, id int64) (time.Duration, error) {
 	ended := time.Now()
-	db.Close(context.Background())
-	if db, err = pgx.Connect(ctx, src); err != nil {
-		return nil, err
-	}
-	var id int64
-	if err := db.QueryRow(ctx, "INSERT INTO bench_link(id, payload) VALUES (-1, 'after failover') RETURNING id").Scan(&id); err != nil {
-		return nil, err
-	}
+	var db *pgx.Conn
+	var err error
 	for {
-		var n int
-		if err := store.DB().QueryRow("SELECT count(*) FROM public.bench_link WHERE id = -1").Scan(&n); err == nil && n == 1 {
+		if db, err = pgx.Connect(ctx, src); err == nil {
+			_, err = db.Exec(ctx, "INSERT INTO bench_link(id, payload) VALUES ($1, 'after a failover')", id)
+			db.Close(context.Background())
+		}
+		if err == nil {
 			break
 		}
-		if time.Since(ended) > 2*time.Minute {
-			return nil, fmt.Errorf("the change after the failover never reached the target")
+		if time.Since(ended) > time.Minute {
+			return 0, fmt.Errorf("write after the failover: %w", err)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	res.FailoverToFirst = time.Since(ended)
-	e.app.Links.Stop("bench")
-	return res, nil
+	for {
+		var n int
+		if err := store.DB().QueryRow("SELECT count(*) FROM public.bench_link WHERE id = $1", id).Scan(&n); err == nil && n == 1 {
+			return time.Since(ended), nil
+		}
+		if time.Since(ended) > 2*time.Minute {
+			return 0, fmt.Errorf("the change after the failover never reached the target")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// instanceOf is server's instance of the bench database.
+func (e *fogoEnv) instanceOf(server string) (*model.Instance, error) {
+	sid := armid.ServerID{Subscription: "00000000-0000-0000-0000-00000000b0b0", ResourceGroup: "bench", Name: server}
+	dbs, err := e.app.Service.ListDatabases(sid)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range dbs {
+		if d.ID.Name == "bench" {
+			return e.app.Cluster.GetInstance(d.Instance)
+		}
+	}
+	return nil, fmt.Errorf("no database bench on %s", server)
+}
+
+// waitSlotCopy waits until server's instance holds a copy of the slot.
+func (e *fogoEnv) waitSlotCopy(ctx context.Context, server, slot string) error {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if rec, err := e.instanceOf(server); err == nil {
+			if c, err := e.app.Cluster.Handle(rec).SlotConfirmedLSN(ctx, slot); err == nil && c > 0 {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("no copy of slot %s on %s after a minute", slot, server)
+}
+
+// killPrimaryInstance kills server's instance of the bench database with SIGKILL.
+func (e *fogoEnv) killPrimaryInstance(server string) error {
+	rec, err := e.instanceOf(server)
+	if err != nil {
+		return err
+	}
+	pid, running := e.app.Cluster.Handle(rec).Running()
+	if !running {
+		return fmt.Errorf("the instance on %s does not run", server)
+	}
+	return syscall.Kill(pid, syscall.SIGKILL)
 }
 
 func waitLink(ctx context.Context, e *fogoEnv, name string, done func(link.Status) bool) error {

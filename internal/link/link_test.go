@@ -128,6 +128,13 @@ func TestLinkToDuckDB(t *testing.T) {
 	if n != "4.500000" || raw != "DEADBEEF" || tags != "{3,4}" || doc != `{"a": 1}` {
 		t.Fatalf("types: n=%s raw=%s tags=%s doc=%s", n, raw, tags, doc)
 	}
+	// Every row, every type, compared with the source.
+	converge(t, src, store, `SELECT md5(string_agg(id::text || ':' || coalesce(extract(epoch FROM at)::bigint::text, '~') || ':' ||
+			coalesce(day::text, '~') || ':' || coalesce(u::text, '~') || ':' || coalesce(encode(raw, 'hex'), '~') || ':' ||
+			coalesce(tags::text, '~') || ':' || coalesce(doc::text, '~') || ':' || coalesce(n::text, '~'), ',' ORDER BY id)) FROM items`,
+		`SELECT md5(string_agg(CAST(id AS VARCHAR) || ':' || coalesce(CAST(CAST(epoch("at") AS BIGINT) AS VARCHAR), '~') || ':' ||
+			coalesce(CAST(day AS VARCHAR), '~') || ':' || coalesce(CAST(u AS VARCHAR), '~') || ':' || coalesce(lower(hex(raw)), '~') || ':' ||
+			coalesce(CAST(tags AS VARCHAR), '~') || ':' || coalesce(CAST(doc AS VARCHAR), '~') || ':' || coalesce(CAST(n AS VARCHAR), '~'), ',' ORDER BY id)) FROM analytics.items`)
 	// Schema changes follow: ADD COLUMN and DROP COLUMN.
 	exec(t, src, "ALTER TABLE items ADD COLUMN extra varchar(20)")
 	exec(t, src, "INSERT INTO items(id, note, extra) VALUES (6000, 'with extra', 'hello')")
