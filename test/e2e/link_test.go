@@ -214,3 +214,34 @@ func TestLinkWithoutSlotCopyResyncs(t *testing.T) {
 		t.Fatalf("the status does not say the table was resynchronised: %+v", st)
 	}
 }
+
+// TestLinkInBatches: a group's link with a data process interval applies what was committed in batches and is
+// Idle in between (dataProcessIntervalMinutes, here in seconds).
+func TestLinkInBatches(t *testing.T) {
+	f := startFogo(t)
+	f.groupWithLedger("bt-east", "bt-west", "bt-fg", "shop")
+	mustExec(t, f, "bt-east", "shop", "INSERT INTO ledger(note) SELECT 'seed ' || i FROM generate_series(1, 100) i")
+	rw := f.listenerOf("bt-east", "bt-fg", "readWriteEndpoint")
+	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "bt.duckdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := f.app.Links.Start(links.Def{Name: "lk", Group: "bt-fg", Database: "shop", Target: store, Interval: 3 * time.Second,
+		Tables: []link.TableMapping{{SourceTable: "ledger"}}}); err != nil {
+		t.Fatal(err)
+	}
+	defer f.app.Links.Stop("lk")
+	convergeLink(t, f, rw, store)
+	idle := false
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && !idle; time.Sleep(50 * time.Millisecond) {
+		st, _ := f.app.Links.Status("lk")
+		idle = st.Phase == "Idle"
+	}
+	if !idle {
+		t.Fatal("the link never went idle between batches")
+	}
+	mustExec(t, f, "bt-east", "shop", "INSERT INTO ledger(note) SELECT 'next batch ' || i FROM generate_series(1, 50) i")
+	convergeLink(t, f, rw, store)
+	waitSlotCopy(t, f, "bt-west", "shop", "fogo_link_lk") // kept between batches too
+}

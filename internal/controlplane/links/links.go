@@ -311,7 +311,10 @@ func (m *Manager) keepSlotCopy(ctx context.Context, w *worker) {
 		w.mu.Lock()
 		l := w.link
 		w.mu.Unlock()
-		if l == nil || l.Status().Phase != "Streaming" {
+		if l == nil {
+			continue
+		}
+		if ph := l.Status().Phase; ph != "Streaming" && ph != "Idle" { // Idle: between two batches
 			continue
 		}
 		err := m.syncCopy(ctx, w.def, l)
