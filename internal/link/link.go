@@ -178,6 +178,7 @@ type source struct {
 	target   *target.Table
 	types    []colType // the source type of each target column
 	failed   string    // the table failed: its changes are skipped
+	missing  bool      // the source table does not exist
 	syncedAt lsn.LSN   // its changes at or below this position are in the target already
 }
 
@@ -232,6 +233,19 @@ func (l *Link) run(ctx context.Context) error {
 					s.Status, s.Err = TableFailed, t.failed
 				}
 			})
+		}
+	}
+	// A source table that is gone forgets its state: if it comes back (recreated), nothing of its past changes
+	// can be trusted, and it is synchronised as an added table.
+	var gone []string
+	for key, t := range tables {
+		if _, ok := states[key]; ok && t.missing {
+			gone = append(gone, key)
+		}
+	}
+	if len(gone) > 0 {
+		if err := l.cfg.Target.ForgetTables(ctx, l.cfg.Name, gone...); err != nil {
+			return err
 		}
 	}
 	healthy := l.healthy(tables)
@@ -486,7 +500,7 @@ func (l *Link) describe(ctx context.Context, db *pgx.Conn) (map[string]*source, 
 		src := &source{key: m.SourceSchema + "." + m.SourceTable, m: m, target: t, types: types}
 		switch {
 		case len(t.Columns) == 0:
-			src.failed = fmt.Sprintf("source table %s does not exist", src.key)
+			src.failed, src.missing = fmt.Sprintf("source table %s does not exist", src.key), true
 		case len(t.Key) == 0 && ident != "f":
 			src.failed = fmt.Sprintf("source table %s: %v", src.key, target.ErrNoKey)
 		case len(t.Key) == 0:

@@ -168,3 +168,36 @@ func TestLinkTableAddedLaterAndFailedAlone(t *testing.T) {
 	exec(t, src, "INSERT INTO b VALUES (703, 'streams again')")
 	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
 }
+
+// TestLinkSourceTableDroppedAndRecreated: a linked table that disappears from the source fails alone; recreated,
+// it is synchronised afresh rather than trusted to continue.
+func TestLinkSourceTableDroppedAndRecreated(t *testing.T) {
+	pg, src, store := sourceAndDuckDB(t,
+		"CREATE TABLE a(id int PRIMARY KEY, note text)",
+		"CREATE TABLE c(id int PRIMARY KEY, note text)",
+		"INSERT INTO c SELECT i, 'old ' || i FROM generate_series(1, 300) i",
+	)
+	cfg := link.Config{Name: "dc", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}, {SourceTable: "c"}}}
+	stop := runLink(t, link.New(cfg))
+	converge(t, src, store, srcDigest+"c", dstDigest+"public.c")
+	stop()
+
+	exec(t, src, "DROP TABLE c")
+	l := link.New(cfg)
+	stop = runLink(t, l)
+	if ts := waitTable(t, l, "public.c", link.TableFailed); !strings.Contains(ts.Err, "does not exist") {
+		t.Fatalf("status of the dropped table: %+v", ts)
+	}
+	exec(t, src, "INSERT INTO a VALUES (1, 'a goes on')")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	stop()
+
+	exec(t, src, "CREATE TABLE c(id int PRIMARY KEY, note text)")
+	exec(t, src, "INSERT INTO c SELECT i, 'new ' || i FROM generate_series(100, 150) i")
+	l = link.New(cfg)
+	defer runLink(t, l)()
+	if ts := waitTable(t, l, "public.c", link.TableReplicating); ts.Resync != "added to the link" {
+		t.Fatalf("status of the recreated table: %+v", ts)
+	}
+	converge(t, src, store, srcDigest+"c", dstDigest+"public.c")
+}
