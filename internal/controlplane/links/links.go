@@ -4,8 +4,9 @@
 //   - The link reads from the instance the store names primary of the group's database; after any failover a
 //     worker restarts it (with backoff) on the new primary, from its checkpoint.
 //   - Slot copies: the keeper copies the link's logical slot from the primary to the geo-secondary (the slot's state
-//     file, then one restart of the standby) and advances the copy with pg_replication_slot_advance, never past the
-//     link's checkpoint. After a promotion the new primary already has the slot.
+//     file and logical decoding's serialized snapshots, then one restart of the standby) and advances the copy with
+//     pg_replication_slot_advance, never past the link's checkpoint. After a promotion the new primary already has
+//     the slot; if it has none, the link resynchronises its tables by itself (package link).
 //   - Failover-safe gate: a source transaction is applied only once the geo-secondary has flushed past its end, so
 //     a forced failover can never leave rows in the target that the new primary lacks.
 package links
