@@ -408,17 +408,15 @@ func (l *Link) mergeSnapshot(ctx context.Context, db *pgx.Conn, slot logrepl.Slo
 	for _, k := range keys {
 		t := tables[k]
 		l.setTable(k, func(s *TableStatus) { s.Status, s.Resync = TableSnapshotting, reason })
-		rows, err := tx.Query(ctx, selectAll(t))
-		if err != nil {
-			return fmt.Errorf("link %s: read %s: %w", l.cfg.Name, k, err)
-		}
-		n, err := l.cfg.Target.MergeTable(ctx, l.cfg.Name, k, t.target, slot.ConsistentPoint, func() ([]target.Value, error) {
-			if !rows.Next() {
-				return nil, rows.Err()
+		n, err := l.mergeTable(ctx, tx, t, slot.ConsistentPoint)
+		if err != nil && ctx.Err() == nil && !errors.As(err, new(sourceError)) {
+			// The target table no longer fits the source (its shape changed while the link could not follow):
+			// recreate it and merge again; the merge is one target transaction, so nothing half-done remains.
+			l.cfg.Logger.Warn("link recreates a target table that no longer fits its source", "link", l.cfg.Name, "table", k, "err", err)
+			if err = l.cfg.Target.EnsureTable(ctx, t.target, true); err == nil {
+				n, err = l.mergeTable(ctx, tx, t, slot.ConsistentPoint)
 			}
-			return scanText(rows, len(t.target.Columns))
-		})
-		rows.Close()
+		}
 		if err != nil {
 			return fmt.Errorf("link %s: resynchronise %s: %w", l.cfg.Name, k, err)
 		}
@@ -429,6 +427,33 @@ func (l *Link) mergeSnapshot(ctx context.Context, db *pgx.Conn, slot logrepl.Slo
 	}
 	return nil
 }
+
+// mergeTable merges a source table's rows, as the snapshot of tx shows them, into its target table.
+func (l *Link) mergeTable(ctx context.Context, tx pgx.Tx, t *source, at lsn.LSN) (int, error) {
+	rows, err := tx.Query(ctx, selectAll(t))
+	if err != nil {
+		return 0, sourceError{fmt.Errorf("read %s: %w", t.key, err)}
+	}
+	defer rows.Close()
+	return l.cfg.Target.MergeTable(ctx, l.cfg.Name, t.key, t.target, at, func() ([]target.Value, error) {
+		if !rows.Next() {
+			if err := rows.Err(); err != nil {
+				return nil, sourceError{fmt.Errorf("read %s: %w", t.key, err)}
+			}
+			return nil, nil
+		}
+		row, err := scanText(rows, len(t.target.Columns))
+		if err != nil {
+			return nil, sourceError{err}
+		}
+		return row, nil
+	})
+}
+
+// sourceError marks a failure to read the source (as opposed to one of the target).
+type sourceError struct{ error }
+
+func (e sourceError) Unwrap() error { return e.error }
 
 // selectAll reads every column of a source table as text.
 func selectAll(t *source) string {
