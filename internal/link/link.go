@@ -157,6 +157,27 @@ func (l *Link) Status() Status {
 	return st
 }
 
+// CarryOver takes what an earlier run of the same link knew from facts — when it last applied a change and the
+// source commit time of it, per table and overall, and why a table was last resynchronised — so that a restart
+// (a failover, a lost connection) does not blank the status.
+func (l *Link) CarryOver(prev Status) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.status.LastCommit.IsZero() {
+		l.status.LastCommit, l.status.LastApplied = prev.LastCommit, prev.LastApplied
+	}
+	for _, p := range prev.Tables {
+		if t := l.tables[p.Source]; t != nil {
+			if t.LastCommit.IsZero() {
+				t.LastCommit, t.LastApplied = p.LastCommit, p.LastApplied
+			}
+			if t.Resync == "" {
+				t.Resync = p.Resync
+			}
+		}
+	}
+}
+
 func (l *Link) setTable(key string, fn func(*TableStatus)) {
 	l.mu.Lock()
 	if t := l.tables[key]; t != nil {

@@ -190,3 +190,21 @@ func TestLinkHeartbeatOnIdleSource(t *testing.T) {
 		t.Fatalf("no heartbeat from an idle source: idle since %s, status %+v", idleFrom.Format(time.RFC3339Nano), st)
 	}
 }
+
+// TestCarryOver: a new run of a link keeps what the previous one knew of its tables until it learns newer facts.
+func TestCarryOver(t *testing.T) {
+	at := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	l := link.New(link.Config{Name: "c", Tables: []link.TableMapping{{SourceTable: "a"}, {SourceTable: "b"}}})
+	l.CarryOver(link.Status{LastCommit: at, Tables: []link.TableStatus{
+		{Source: "public.a", LastCommit: at, LastApplied: at.Add(time.Second), Resync: "because"},
+		{Source: "public.gone", LastCommit: at},
+	}})
+	st := l.Status()
+	if !st.LastCommit.Equal(at) || len(st.Tables) != 2 {
+		t.Fatalf("status: %+v", st)
+	}
+	a, b := st.Tables[0], st.Tables[1]
+	if !a.LastCommit.Equal(at) || !a.LastApplied.Equal(at.Add(time.Second)) || a.Resync != "because" || !b.LastCommit.IsZero() {
+		t.Fatalf("tables: %+v", st.Tables)
+	}
+}

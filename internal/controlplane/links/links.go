@@ -180,6 +180,9 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 			l := link.New(link.Config{Name: w.def.Name, Source: src, Tables: w.def.Tables, Target: w.def.Target,
 				DropExistingOnStart: w.def.Drop, Logger: m.log, Gate: gate, Batch: w.def.Interval > 0})
 			w.mu.Lock()
+			if w.link != nil {
+				l.CarryOver(w.link.Status())
+			}
 			w.link = l
 			w.mu.Unlock()
 			start := time.Now()
