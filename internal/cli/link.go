@@ -120,28 +120,27 @@ func linkCommand(o *Options) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if o.Output == "json" {
-					_, err := o.Stdout.Write(r.Body)
-					return err
-				}
-				var res struct {
-					Value []map[string]any `json:"value"`
-				}
-				if err := json.Unmarshal(r.Body, &res); err != nil {
-					return err
-				}
-				tw := tabwriter.NewWriter(o.Stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tSTATUS\tLAST COMMIT\tRESYNC\tERROR")
-				for _, t := range res.Value {
-					cell := func(k string) string {
-						if v, ok := t[k]; ok && v != nil {
-							return fmt.Sprint(v)
-						}
-						return "-"
+				return printJSONOrTable(o, r.Body, func(raw []byte) ([]string, [][]string, error) {
+					var res struct {
+						Value []map[string]any `json:"value"`
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cell("id"), cell("status"), cell("lastTransactionCommitTime"), cell("resyncReason"), cell("errorMessage"))
-				}
-				return tw.Flush()
+					if err := json.Unmarshal(raw, &res); err != nil {
+						return nil, nil, err
+					}
+					var rows [][]string
+					for _, t := range res.Value {
+						row := []string{}
+						for _, k := range []string{"id", "status", "lastTransactionCommitTime", "resyncReason", "errorMessage"} {
+							cell := "-"
+							if v, ok := t[k]; ok && v != nil {
+								cell = fmt.Sprint(v)
+							}
+							row = append(row, cell)
+						}
+						rows = append(rows, row)
+					}
+					return []string{"ID", "STATUS", "LAST COMMIT", "RESYNC", "ERROR"}, rows, nil
+				})
 			})
 		}}
 	query := &cobra.Command{Use: "query NAME SQL", Short: "Run a read-only query against the link's target", Args: cobra.ExactArgs(2),
@@ -151,27 +150,22 @@ func linkCommand(o *Options) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if o.Output == "json" {
-					_, err := o.Stdout.Write(r.Body)
-					return err
-				}
-				var res struct {
-					Columns []string `json:"columns"`
-					Rows    [][]any  `json:"rows"`
-				}
-				if err := json.Unmarshal(r.Body, &res); err != nil {
-					return err
-				}
-				tw := tabwriter.NewWriter(o.Stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, strings.Join(res.Columns, "\t"))
-				for _, row := range res.Rows {
-					cells := make([]string, len(row))
-					for i, v := range row {
-						cells[i] = fmt.Sprint(v)
+				return printJSONOrTable(o, r.Body, func(raw []byte) ([]string, [][]string, error) {
+					var res struct {
+						Columns []string `json:"columns"`
+						Rows    [][]any  `json:"rows"`
 					}
-					fmt.Fprintln(tw, strings.Join(cells, "\t"))
-				}
-				return tw.Flush()
+					if err := json.Unmarshal(raw, &res); err != nil {
+						return nil, nil, err
+					}
+					rows := make([][]string, len(res.Rows))
+					for i, row := range res.Rows {
+						for _, v := range row {
+							rows[i] = append(rows[i], fmt.Sprint(v))
+						}
+					}
+					return res.Columns, rows, nil
+				})
 			})
 		}}
 	cmd.AddCommand(create, simple("start", "Start a link connection", http.MethodPost, "start"),
@@ -190,6 +184,24 @@ func splitTable(s string) (schema, table string) {
 }
 
 // printJSONOrFields prints a JSON object as indented JSON or as "field: value" lines.
+// printJSONOrTable prints a response as it came (-o json) or as the table toTable makes of it.
+func printJSONOrTable(o *Options, raw []byte, toTable func([]byte) (header []string, rows [][]string, err error)) error {
+	if o.Output == "json" {
+		_, err := o.Stdout.Write(raw)
+		return err
+	}
+	header, rows, err := toTable(raw)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(o.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, row := range rows {
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	return tw.Flush()
+}
+
 func printJSONOrFields(o *Options, raw []byte, fields ...string) error {
 	var m map[string]any
 	if err := json.Unmarshal(raw, &m); err != nil {

@@ -302,11 +302,19 @@ func (l *Link) run(ctx context.Context) error {
 		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		time.Sleep(200 * time.Millisecond) // the walsender releases the slot as it exits
-		if _, derr := db.Exec(dctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", l.slot); derr != nil {
+		if derr := l.dropSlot(dctx, db); derr != nil {
 			return fmt.Errorf("%w; dropping the slot failed too: %v", err, derr)
 		}
 	}
 	return err
+}
+
+// dropSlot drops the link's slot on the source unless a walsender uses it.
+func (l *Link) dropSlot(ctx context.Context, db *pgx.Conn) error {
+	if _, err := db.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", l.slot); err != nil {
+		return fmt.Errorf("link %s: drop the slot: %w", l.cfg.Name, err)
+	}
+	return nil
 }
 
 // healthy returns the tables that have not failed.
@@ -336,28 +344,23 @@ func (l *Link) failures(tables map[string]*source) string {
 // fresh slot's snapshot, merged by primary key; tables added since the last run (no recorded state) are
 // synchronised from a temporary slot's snapshot. It returns the checkpoint to stream from.
 func (l *Link) resume(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source, states map[string]target.TableState, cp lsn.LSN) (lsn.LSN, error) {
-	for _, t := range tables {
-		if err := l.cfg.Target.EnsureTable(ctx, t.target, false); err != nil {
-			return 0, err
-		}
-	}
 	var exists bool
 	if err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", l.slot).Scan(&exists); err != nil {
 		return 0, fmt.Errorf("link %s: read slots: %w", l.cfg.Name, err)
 	}
+	added := map[string]*source{}
+	for k, t := range tables {
+		_, known := states[k]
+		if !known && exists {
+			added[k] = t // a table added to the link (again) gets a target table of its current shape
+		}
+		if err := l.cfg.Target.EnsureTable(ctx, t.target, !known && exists); err != nil {
+			return 0, err
+		}
+	}
 	if !exists {
 		reason := fmt.Sprintf("the source had no replication slot %s (its copy was missing after a failover, or the slot was dropped)", l.slot)
 		return l.resyncAll(ctx, db, rc, tables, reason)
-	}
-	var added []*source
-	for k, t := range tables {
-		if _, ok := states[k]; !ok {
-			// A table added to the link (again) gets a target table of its current shape.
-			if err := l.cfg.Target.EnsureTable(ctx, t.target, true); err != nil {
-				return 0, err
-			}
-			added = append(added, t)
-		}
 	}
 	if len(added) > 0 {
 		if err := l.syncTables(ctx, db, added, "added to the link"); err != nil {
@@ -371,8 +374,8 @@ func (l *Link) resume(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 // exported snapshot by primary key, then the checkpoint moves to the slot's consistent point.
 func (l *Link) resyncAll(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source, reason string) (lsn.LSN, error) {
 	l.cfg.Logger.Warn("link resynchronises every table", "link", l.cfg.Name, "reason", reason)
-	if _, err := db.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", l.slot); err != nil {
-		return 0, fmt.Errorf("link %s: drop old slot: %w", l.cfg.Name, err)
+	if err := l.dropSlot(ctx, db); err != nil {
+		return 0, err
 	}
 	slot, err := rc.CreateSlot(ctx, l.slot, false, true)
 	if err != nil {
@@ -390,7 +393,7 @@ func (l *Link) resyncAll(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, ta
 // syncTables synchronises some tables from the snapshot of a temporary slot while the link's own slot stays
 // where it is: each table's contents become those of the snapshot, and the stream skips its changes up to the
 // temporary slot's consistent point (what PostgreSQL's own table synchronisation does).
-func (l *Link) syncTables(ctx context.Context, db *pgx.Conn, tables []*source, reason string) error {
+func (l *Link) syncTables(ctx context.Context, db *pgx.Conn, tables map[string]*source, reason string) error {
 	rc, err := logrepl.Connect(ctx, l.cfg.Source)
 	if err != nil {
 		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
@@ -400,11 +403,7 @@ func (l *Link) syncTables(ctx context.Context, db *pgx.Conn, tables []*source, r
 	if err != nil {
 		return fmt.Errorf("link %s: table synchronisation slot: %w", l.cfg.Name, err)
 	}
-	byKey := map[string]*source{}
-	for _, t := range tables {
-		byKey[t.key] = t
-	}
-	return l.mergeSnapshot(ctx, db, slot, byKey, reason)
+	return l.mergeSnapshot(ctx, db, slot, tables, reason)
 }
 
 // mergeSnapshot merges each table's rows as of the slot's exported snapshot into its target table.
@@ -587,8 +586,8 @@ func (l *Link) ensurePublication(ctx context.Context, db *pgx.Conn, tables map[s
 // as of the snapshot copied, and the slot's consistent point recorded as the checkpoint with the last batch.
 func (l *Link) snapshot(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source) (lsn.LSN, error) {
 	l.setStatus(func(s *Status) { s.Phase = "Snapshotting" })
-	if _, err := db.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", l.slot); err != nil {
-		return 0, fmt.Errorf("link %s: drop old slot: %w", l.cfg.Name, err)
+	if err := l.dropSlot(ctx, db); err != nil {
+		return 0, err
 	}
 	slot, err := rc.CreateSlot(ctx, l.slot, false, true)
 	if err != nil {
@@ -657,16 +656,16 @@ func (l *Link) snapshot(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tab
 	return slot.ConsistentPoint, nil
 }
 
-// stream applies the slot's changes after cp. Committed source transactions are applied in batches: a batch is
-// written (with the checkpoint of its last transaction, in one target transaction) when it is large, or as soon as
-// the stream pauses for a moment, so a busy source costs few target transactions and a quiet one sees its changes
-// within milliseconds.
 // sourceTimeout is how long a replication connection may stay silent although the link asks for replies.
 const sourceTimeout = 30 * time.Second
 
 // errBatchDone ends a batch: everything the source had committed when it started is applied.
 var errBatchDone = errors.New("batch done")
 
+// stream applies the slot's changes after cp. Committed source transactions are applied in batches: a batch is
+// written (with the checkpoint of its last transaction, in one target transaction) when it is large, or as soon as
+// the stream pauses for a moment, so a busy source costs few target transactions and a quiet one sees its changes
+// within milliseconds.
 func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source, cp lsn.LSN) error {
 	var until lsn.LSN // in batch mode: the source's WAL end when the batch started
 	if l.cfg.Batch {
@@ -810,13 +809,8 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		case logrepl.Begin:
 			txn, txnSrc = txn[:0], txnSrc[:0]
 		case logrepl.Insert, logrepl.Update, logrepl.Delete, logrepl.Truncate:
-			n := len(txn)
-			txn, err = appendChanges(txn, relations, v)
-			if err != nil {
+			if txn, txnSrc, err = appendChanges(txn, txnSrc, relations, v); err != nil {
 				return fmt.Errorf("link %s: %w", l.cfg.Name, err)
-			}
-			for i := n; i < len(txn); i++ {
-				txnSrc = append(txnSrc, relations[txnRel(v, i-n)])
 			}
 		case logrepl.Commit:
 			if v.EndLSN <= cp {
@@ -1042,53 +1036,32 @@ func values(t logrepl.Tuple) []target.Value {
 	return out
 }
 
-// txnRel is the relation of the i-th change that appendChanges made of msg.
-func txnRel(msg any, i int) uint32 {
-	switch v := msg.(type) {
-	case logrepl.Insert:
-		return v.RelationID
-	case logrepl.Update:
-		return v.RelationID
-	case logrepl.Delete:
-		return v.RelationID
-	case logrepl.Truncate:
-		return v.RelationIDs[i]
-	}
-	return 0
-}
-
-// appendChanges appends the target changes of one decoded change message, one per relation (the commit drops
-// those of failed tables).
-func appendChanges(out []target.Change, relations map[uint32]*source, msg any) ([]target.Change, error) {
-	rel := func(id uint32) (*source, error) {
+// appendChanges appends the target changes of one decoded change message, one per relation, and the table of
+// each to srcs (the commit drops those of failed tables).
+func appendChanges(out []target.Change, srcs []*source, relations map[uint32]*source, msg any) ([]target.Change, []*source, error) {
+	one := func(id uint32, c target.Change) error {
 		src := relations[id]
 		if src == nil {
-			return nil, fmt.Errorf("change of relation %d before its description", id)
-		}
-		return src, nil
-	}
-	one := func(id uint32, c target.Change) ([]target.Change, error) {
-		src, err := rel(id)
-		if err != nil {
-			return out, err
+			return fmt.Errorf("change of relation %d before its description", id)
 		}
 		c.Table = src.target
-		return append(out, c), nil
+		out, srcs = append(out, c), append(srcs, src)
+		return nil
 	}
+	var err error
 	switch v := msg.(type) {
 	case logrepl.Insert:
-		return one(v.RelationID, target.Change{Kind: target.Insert, New: values(v.New)})
+		err = one(v.RelationID, target.Change{Kind: target.Insert, New: values(v.New)})
 	case logrepl.Update:
-		return one(v.RelationID, target.Change{Kind: target.Update, Old: values(v.Old), New: values(v.New)})
+		err = one(v.RelationID, target.Change{Kind: target.Update, Old: values(v.Old), New: values(v.New)})
 	case logrepl.Delete:
-		return one(v.RelationID, target.Change{Kind: target.Delete, Old: values(v.Old)})
+		err = one(v.RelationID, target.Change{Kind: target.Delete, Old: values(v.Old)})
 	case logrepl.Truncate:
-		var err error
 		for _, id := range v.RelationIDs {
-			if out, err = one(id, target.Change{Kind: target.Truncate}); err != nil {
-				return out, err
+			if err = one(id, target.Change{Kind: target.Truncate}); err != nil {
+				break
 			}
 		}
 	}
-	return out, nil
+	return out, srcs, err
 }

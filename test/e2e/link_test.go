@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"sort"
@@ -19,21 +20,7 @@ import (
 // and a forced failover while clients write through the read-write listener, with no manual step: afterwards the
 // target equals the new primary exactly (nothing lost, nothing duplicated, no row the new primary lacks).
 func TestLinkFollowsFailovers(t *testing.T) {
-	f := startFogo(t)
-	f.groupWithLedger("lk-east", "lk-west", "lk-fg", "shop")
-	mustExec(t, f, "lk-east", "shop", "INSERT INTO ledger(note) SELECT 'seed ' || i FROM generate_series(1, 500) i")
-	rw := f.listenerOf("lk-east", "lk-fg", "readWriteEndpoint")
-
-	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "lk.duckdb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	if err := f.app.Links.Start(links.Def{Name: "lk", Group: "lk-fg", Database: "shop", Target: store,
-		Tables: []link.TableMapping{{SourceTable: "ledger"}}}); err != nil {
-		t.Fatal(err)
-	}
-	defer f.app.Links.Stop("lk")
+	f, rw, store := groupLink(t, "lk", 500, nil)
 	convergeLink(t, f, rw, store)
 	waitSlotCopy(t, f, "lk-west", "shop", "fogo_link_lk")
 
@@ -98,6 +85,30 @@ func longTransactions(ctx context.Context, wg *sync.WaitGroup, rw string) {
 }
 
 const ledgerDigest = "md5(string_agg(CAST(id AS VARCHAR) || ':' || note, ',' ORDER BY id))"
+
+// groupLink starts fogo with a failover group P-fg of servers P-east and P-west whose database shop holds a ledger
+// of seed rows, and a link "lk" of the ledger into a DuckDB file (mod, if set, adjusts its definition); it returns
+// fogo, the group's read-write listener and the target. The link stops at the end of the test.
+func groupLink(t *testing.T, p string, seed int, mod func(*links.Def)) (*fogo, string, *target.Store) {
+	t.Helper()
+	f := startFogo(t)
+	f.groupWithLedger(p+"-east", p+"-west", p+"-fg", "shop")
+	mustExec(t, f, p+"-east", "shop", fmt.Sprintf("INSERT INTO ledger(note) SELECT 'seed ' || i FROM generate_series(1, %d) i", seed))
+	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "lk.duckdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	def := links.Def{Name: "lk", Group: p + "-fg", Database: "shop", Target: store, Tables: []link.TableMapping{{SourceTable: "ledger"}}}
+	if mod != nil {
+		mod(&def)
+	}
+	if err := f.app.Links.Start(def); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.app.Links.Stop("lk") })
+	return f, f.listenerOf(p+"-east", p+"-fg", "readWriteEndpoint"), store
+}
 
 // convergeLink waits until the target's ledger equals the current primary's (read through the listener).
 func convergeLink(t *testing.T, f *fogo, rw string, store *target.Store) {
@@ -184,20 +195,7 @@ func waitSlotCopy(t *testing.T, f *fogo, server, db, slot string) {
 // TestLinkWithoutSlotCopyResyncs: a link whose new primary has no copy of its slot after a failover (here: a link
 // run without slot copies) resynchronises its table from the new primary by itself, and the status says so.
 func TestLinkWithoutSlotCopyResyncs(t *testing.T) {
-	f := startFogo(t)
-	f.groupWithLedger("rs-east", "rs-west", "rs-fg", "shop")
-	mustExec(t, f, "rs-east", "shop", "INSERT INTO ledger(note) SELECT 'seed ' || i FROM generate_series(1, 500) i")
-	rw := f.listenerOf("rs-east", "rs-fg", "readWriteEndpoint")
-	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "rs.duckdb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	if err := f.app.Links.Start(links.Def{Name: "lk", Group: "rs-fg", Database: "shop", Target: store, Unprotected: true,
-		Tables: []link.TableMapping{{SourceTable: "ledger"}}}); err != nil {
-		t.Fatal(err)
-	}
-	defer f.app.Links.Stop("lk")
+	f, rw, store := groupLink(t, "rs", 500, func(d *links.Def) { d.Unprotected = true })
 	convergeLink(t, f, rw, store)
 
 	ctx, stop := context.WithCancel(context.Background())
@@ -218,20 +216,7 @@ func TestLinkWithoutSlotCopyResyncs(t *testing.T) {
 // TestLinkInBatches: a group's link with a data process interval applies what was committed in batches and is
 // Idle in between (dataProcessIntervalMinutes, here in seconds).
 func TestLinkInBatches(t *testing.T) {
-	f := startFogo(t)
-	f.groupWithLedger("bt-east", "bt-west", "bt-fg", "shop")
-	mustExec(t, f, "bt-east", "shop", "INSERT INTO ledger(note) SELECT 'seed ' || i FROM generate_series(1, 100) i")
-	rw := f.listenerOf("bt-east", "bt-fg", "readWriteEndpoint")
-	store, err := target.OpenDuckDB(filepath.Join(t.TempDir(), "bt.duckdb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	if err := f.app.Links.Start(links.Def{Name: "lk", Group: "bt-fg", Database: "shop", Target: store, Interval: 3 * time.Second,
-		Tables: []link.TableMapping{{SourceTable: "ledger"}}}); err != nil {
-		t.Fatal(err)
-	}
-	defer f.app.Links.Stop("lk")
+	f, rw, store := groupLink(t, "bt", 100, func(d *links.Def) { d.Interval = 3 * time.Second })
 	convergeLink(t, f, rw, store)
 	idle := false
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && !idle; time.Sleep(50 * time.Millisecond) {

@@ -20,20 +20,23 @@ type TableState struct {
 	Failed   string  // non-empty: the table stopped with this error; the link skips its changes
 }
 
-func (s *Store) ensureTableStates(ctx context.Context, q interface {
-	ExecContext(context.Context, string, ...any) (sql.Result, error)
-}) error {
-	_, err := q.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+tablesTable+` (link VARCHAR NOT NULL, source VARCHAR NOT NULL,
+// ensureTableStates creates the table state table, once per store.
+func (s *Store) ensureTableStates(ctx context.Context) error {
+	if s.tableStatesReady.Load() {
+		return nil
+	}
+	_, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+tablesTable+` (link VARCHAR NOT NULL, source VARCHAR NOT NULL,
 		synced_lsn VARCHAR NOT NULL, failed VARCHAR NOT NULL, updated_at VARCHAR NOT NULL, PRIMARY KEY (link, source))`)
 	if err != nil {
 		return fmt.Errorf("%s: table state table: %w", s.dialect.name(), err)
 	}
+	s.tableStatesReady.Store(true)
 	return nil
 }
 
 // TableStates returns the recorded state of each of link's tables, by source table ("schema.table").
 func (s *Store) TableStates(ctx context.Context, link string) (map[string]TableState, error) {
-	if err := s.ensureTableStates(ctx, s.db); err != nil {
+	if err := s.ensureTableStates(ctx); err != nil {
 		return nil, err
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT source, synced_lsn, failed FROM `+tablesTable+` WHERE link = $1`, link)
@@ -58,7 +61,7 @@ func (s *Store) TableStates(ctx context.Context, link string) (map[string]TableS
 
 // SetTableStates records the state of some of link's tables in one transaction.
 func (s *Store) SetTableStates(ctx context.Context, link string, states map[string]TableState) error {
-	if err := s.ensureTableStates(ctx, s.db); err != nil {
+	if err := s.ensureTableStates(ctx); err != nil {
 		return err
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
@@ -88,7 +91,7 @@ func (s *Store) setTableState(ctx context.Context, tx *sql.Tx, link, src string,
 // ForgetTables removes link's recorded state of the given source tables (all of them with none given): a table
 // added again later is synchronised afresh.
 func (s *Store) ForgetTables(ctx context.Context, link string, sources ...string) error {
-	if err := s.ensureTableStates(ctx, s.db); err != nil {
+	if err := s.ensureTableStates(ctx); err != nil {
 		return err
 	}
 	if len(sources) == 0 {
@@ -110,7 +113,7 @@ var stagingSeq atomic.Int64
 // lacks is deleted, and the table's state becomes "synchronised at syncedAt". Readers see the table before or
 // after, never emptied; rows that did not change stay as they were.
 func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, syncedAt lsn.LSN, next func() ([]Value, error)) (int, error) {
-	if err := s.ensureTableStates(ctx, s.db); err != nil {
+	if err := s.ensureTableStates(ctx); err != nil {
 		return 0, err
 	}
 	conn, err := s.db.Conn(ctx) // one connection: the bulk path and the staging table live in the transaction
@@ -124,9 +127,10 @@ func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, s
 	}
 	defer tx.Rollback()
 	staging := qi(fmt.Sprintf("_fogo_sync_keys_%d", stagingSeq.Add(1)))
-	keys := make([]string, len(t.Key))
-	for i, k := range t.Key {
-		keys[i] = qi(k)
+	idx := keyIndexes(t) // the staging table's columns, in this order
+	keys := make([]string, len(idx))
+	for i, k := range idx {
+		keys[i] = qi(t.Columns[k].Name)
 	}
 	if _, err := tx.ExecContext(ctx, "CREATE TEMP TABLE "+staging+" AS SELECT "+strings.Join(keys, ", ")+" FROM "+t.qualified()+" WHERE 1 = 0"); err != nil {
 		return 0, fmt.Errorf("%s: staging table for %s: %w", s.dialect.name(), t.qualified(), err)
@@ -140,7 +144,7 @@ func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, s
 		if err := s.applyAll(ctx, conn, tx, batch); err != nil {
 			return err
 		}
-		if err := s.stageKeys(ctx, tx, staging, t, batch); err != nil {
+		if err := s.stageKeys(ctx, tx, staging, t, idx, batch); err != nil {
 			return err
 		}
 		batch = batch[:0]
@@ -184,27 +188,22 @@ func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, s
 	return n, nil
 }
 
-// stageKeys records the keys of a batch of snapshot rows in the staging table.
-func (s *Store) stageKeys(ctx context.Context, tx *sql.Tx, staging string, t *Table, batch []Change) error {
+// stageKeys records the keys (the columns at idx) of a batch of snapshot rows in the staging table.
+func (s *Store) stageKeys(ctx context.Context, tx *sql.Tx, staging string, t *Table, idx []int, batch []Change) error {
 	var rows []string
 	var args []any
 	for _, c := range batch {
-		vals := make([]string, 0, len(t.Key))
-		for _, k := range t.Key {
-			for i, col := range t.Columns {
-				if col.Name != k {
-					continue
-				}
-				v := Value{Null: true}
-				if i < len(c.New) {
-					v = c.New[i]
-				}
-				ph, err := s.arg(&args, col, v)
-				if err != nil {
-					return fmt.Errorf("%s: %w", t.qualified(), err)
-				}
-				vals = append(vals, ph)
+		vals := make([]string, len(idx))
+		for j, i := range idx {
+			v := Value{Null: true}
+			if i < len(c.New) {
+				v = c.New[i]
 			}
+			ph, err := s.arg(&args, t.Columns[i], v)
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.qualified(), err)
+			}
+			vals[j] = ph
 		}
 		rows = append(rows, "("+strings.Join(vals, ", ")+")")
 	}

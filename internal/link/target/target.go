@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
 )
@@ -61,8 +62,9 @@ type Change struct {
 
 // Store is a target store.
 type Store struct {
-	db      *sql.DB
-	dialect dialect
+	db               *sql.DB
+	dialect          dialect
+	tableStatesReady atomic.Bool // the table state table exists
 }
 
 // dialect is what differs between stores.
