@@ -143,20 +143,33 @@ func linkCommand(o *Options) *cobra.Command {
 				})
 			})
 		}}
-	query := &cobra.Command{Use: "query NAME SQL", Short: "Run a read-only query against the link's target", Args: cobra.ExactArgs(2),
+	var maxRows, timeoutSeconds int
+	query := &cobra.Command{Use: "query NAME SQL", Short: "Run a read-only query against the link's target tables", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return o.call(cmd, func(ctx context.Context, c *Client) error {
-				r, err := c.Do(ctx, http.MethodPost, ws()+"/linkconnections/"+args[0]+"/query"+linkAPI, map[string]any{"query": args[1]})
+				body := map[string]any{"query": args[1]}
+				if maxRows > 0 {
+					body["maxRows"] = maxRows
+				}
+				if timeoutSeconds > 0 {
+					body["timeoutSeconds"] = timeoutSeconds
+				}
+				r, err := c.Do(ctx, http.MethodPost, ws()+"/linkconnections/"+args[0]+"/query"+linkAPI, body)
 				if err != nil {
 					return err
 				}
 				return printJSONOrTable(o, r.Body, func(raw []byte) ([]string, [][]string, error) {
 					var res struct {
-						Columns []string `json:"columns"`
-						Rows    [][]any  `json:"rows"`
+						Columns   []string `json:"columns"`
+						Rows      [][]any  `json:"rows"`
+						Truncated bool     `json:"truncated"`
+						MaxRows   int      `json:"maxRows"`
 					}
 					if err := json.Unmarshal(raw, &res); err != nil {
 						return nil, nil, err
+					}
+					if res.Truncated {
+						fmt.Fprintf(cmd.ErrOrStderr(), "(more rows than the limit of %d; showing the first %d: pass --max-rows)\n", res.MaxRows, len(res.Rows))
 					}
 					rows := make([][]string, len(res.Rows))
 					for i, row := range res.Rows {
@@ -173,6 +186,8 @@ func linkCommand(o *Options) *cobra.Command {
 		simple("pause", "Pause a link connection (it resumes from its checkpoint)", http.MethodPost, "pause"),
 		simple("resume", "Resume a paused link connection", http.MethodPost, "resume"),
 		simple("delete", "Delete a link connection", http.MethodDelete, ""), status, tablesCmd, query)
+	query.Flags().IntVar(&maxRows, "max-rows", 0, "rows returned at most (default 1000, at most 10000)")
+	query.Flags().IntVar(&timeoutSeconds, "timeout-seconds", 0, "cancel the query after this many seconds (default 30, at most 300)")
 	return cmd
 }
 

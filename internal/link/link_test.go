@@ -156,14 +156,17 @@ func TestLinkToDuckDB(t *testing.T) {
 	if err := store.DB().QueryRow("SELECT extra FROM analytics.items WHERE id = 6000").Scan(&extra); err != nil || extra != "hello" {
 		t.Fatalf("added column: %q %v", extra, err)
 	}
-	if _, _, err := store.Query(ctx, "SELECT day FROM analytics.items"); err == nil {
+	items := func(sql string) (*target.QueryResult, error) {
+		return store.Query(ctx, target.QueryRequest{SQL: sql, Link: "test/link", Tables: []target.TableName{{Schema: "analytics", Name: "items"}}})
+	}
+	if _, err := items("SELECT day FROM analytics.items"); err == nil {
 		t.Fatal("the dropped column is still in the target")
 	}
-	if _, _, err := store.Query(ctx, "DELETE FROM analytics.items"); err == nil {
+	if _, err := items("DELETE FROM analytics.items"); err == nil {
 		t.Fatal("a write ran through the read-only query of a DuckDB target")
 	}
-	if cols, rows, err := store.Query(ctx, "SELECT count(*) AS n FROM analytics.items"); err != nil || cols[0] != "n" || len(rows) != 1 {
-		t.Fatalf("query: %v %v %v", cols, rows, err)
+	if res, err := items("SELECT count(*) AS n FROM analytics.items"); err != nil || res.Columns[0] != "n" || len(res.Rows) != 1 {
+		t.Fatalf("query: %+v %v", res, err)
 	}
 	stop()
 	st := l.Status()
@@ -212,7 +215,7 @@ func TestLinkExactlyOnceAcrossRestarts(t *testing.T) {
 	defer stop()
 	sum := "SELECT count(*)::text || ':' || sum(amount)::text || ':' || md5(string_agg(id::text || note || amount::text, ',' ORDER BY id)) FROM ledger"
 	converge(t, src, store, sum, `SELECT count(*)::text || ':' || sum(amount)::text || ':' || md5(string_agg(id::text || note || amount::text, ',' ORDER BY id)) FROM public.ledger`)
-	if _, _, err := store.Query(ctx, "DELETE FROM public.ledger"); err == nil {
+	if _, err := store.Query(ctx, target.QueryRequest{SQL: "DELETE FROM public.ledger", Link: "test/link", Tables: []target.TableName{{Schema: "public", Name: "ledger"}}}); err == nil {
 		t.Fatal("a write ran through the read-only query of a PostgreSQL target")
 	}
 }

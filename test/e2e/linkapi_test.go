@@ -3,9 +3,13 @@ package e2e
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fogo-db/fogo/internal/app"
 )
 
 const lcVer = "?api-version=2022-12-01-preview"
@@ -15,7 +19,8 @@ const lsVer = "?api-version=2020-12-01"
 // returned), a link connection on a failover group, edittables, linktables, start, detailedstatus from facts,
 // the query extension (read-only), stop, and the errors a user meets.
 func TestLinkConnectionAPI(t *testing.T) {
-	f := startFogo(t)
+	var dataDir string
+	f := startFogo(t, func(o *app.Options) { dataDir = o.DataDir })
 	f.groupWithLedger("api-east", "api-west", "api-fg", "shop")
 	mustExec(t, f, "api-east", "shop", "INSERT INTO ledger(note) SELECT 'seed' FROM generate_series(1, 100)")
 	rw := f.listenerOf("api-east", "api-fg", "readWriteEndpoint")
@@ -88,6 +93,7 @@ func TestLinkConnectionAPI(t *testing.T) {
 	}
 	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/querytablestatus"+lcVer, map[string]any{"maxSegmentCount": 5000}), 400, "InvalidParameterValue")
 	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/query"+lcVer, map[string]any{"query": "DELETE FROM dbo.ledger"}), 400, "InvalidParameterValue")
+	queryContainment(t, f, dataDir, ws+"/linkconnections/lc1/query"+lcVer)
 	expect(f.do(http.MethodPost, ws+"/linkconnections/lc1/stop"+lcVer, nil), 200, "")
 	if st := f.do(http.MethodGet, ws+"/linkconnections/lc1/detailedstatus"+lcVer, nil); st.Body["status"] != "Stopped" {
 		t.Fatalf("after stop: %s", st.Raw)
@@ -126,4 +132,65 @@ func TestLinkConnectionAPI(t *testing.T) {
 	}
 	f.mustCLI(t, "link", "stop", "lk2", "-w", "analytics")
 	f.mustCLI(t, "link", "delete", "lk2", "-w", "analytics")
+}
+
+// queryContainment sends the probes of issue 9 to a running link's query extension (a DuckDB target holding
+// dbo.ledger with 150 rows): each is a 400 that says what is not allowed and shows nothing it read; the
+// connection's settings are locked with no external access; analytical queries work; rows are limited and the
+// limits are in the answer.
+func queryContainment(t *testing.T, f *fogo, dataDir, queryURL string) {
+	t.Helper()
+	secret, err := os.ReadFile(filepath.Join(dataDir, "internal-secret"))
+	if err != nil || len(strings.TrimSpace(string(secret))) < 16 {
+		t.Fatalf("internal-secret: %v", err)
+	}
+	written := filepath.Join(dataDir, "probe.csv")
+	for _, q := range []string{
+		"select * from read_text('/etc/passwd')",
+		"select * from glob('/root/*')",
+		"select * from read_csv('" + filepath.Join(dataDir, "internal-secret") + "', header=false)",
+		"select * from read_csv('" + filepath.Join(dataDir, "api-token") + "', header=false)",
+		"EXPLAIN ANALYZE COPY (SELECT 1) TO '" + written + "'",
+		"SELECT 1; COPY (SELECT 1) TO '" + written + "'",
+		"INSTALL httpfs",
+		"SET enable_external_access = true",
+		"ATTACH '" + filepath.Join(dataDir, "state.db") + "' AS st",
+		"SELECT * FROM query_table('_fogo_link_checkpoints')",
+	} {
+		r := f.do(http.MethodPost, queryURL, map[string]any{"query": q})
+		if r.Status != 400 || r.errCode() != "InvalidParameterValue" || !strings.Contains(string(r.Raw), "refused") {
+			t.Errorf("%s: %d %s", q, r.Status, r.Raw)
+		}
+		if strings.Contains(string(r.Raw), "root:") || strings.Contains(string(r.Raw), strings.TrimSpace(string(secret))) ||
+			strings.Contains(string(r.Raw), f.tok) {
+			t.Errorf("%s: the answer shows what it read: %s", q, r.Raw)
+		}
+	}
+	if _, err := os.Stat(written); !os.IsNotExist(err) {
+		t.Errorf("a refused query wrote %s", written)
+	}
+	r := f.do(http.MethodPost, queryURL, map[string]any{"query": "SELECT name, value FROM duckdb_settings() WHERE name IN ('enable_external_access', 'lock_configuration') ORDER BY name"})
+	if got := fmt.Sprint(r.Body["rows"]); r.Status != 200 || got != "[[enable_external_access false] [lock_configuration true]]" {
+		t.Errorf("settings: %d %s", r.Status, r.Raw)
+	}
+	r = f.do(http.MethodPost, queryURL, map[string]any{"query": `SELECT id, sum(id) OVER (ORDER BY id) AS running, count(*) OVER () AS n
+		FROM dbo.ledger WHERE id <= 3 ORDER BY id`})
+	if got := fmt.Sprint(r.Body["rows"]); r.Status != 200 || got != "[[1 1 3] [2 3 3] [3 6 3]]" {
+		t.Errorf("window query: %d %s", r.Status, r.Raw)
+	}
+	r = f.do(http.MethodPost, queryURL, map[string]any{"query": "SELECT * FROM dbo.ledger", "maxRows": 10, "timeoutSeconds": 5})
+	if r.Status != 200 || r.Body["rowCount"] != float64(10) || r.Body["truncated"] != true || r.Body["maxRows"] != float64(10) ||
+		r.Body["timeoutSeconds"] != float64(5) {
+		t.Errorf("row limit: %d %s", r.Status, r.Raw)
+	}
+	r = f.do(http.MethodPost, queryURL, map[string]any{"query": "SELECT count(*) FROM dbo.ledger"})
+	if r.Status != 200 || r.Body["truncated"] != false || r.Body["maxRows"] != float64(1000) || r.Body["timeoutSeconds"] != float64(30) {
+		t.Errorf("default limits: %d %s", r.Status, r.Raw)
+	}
+	for _, bad := range []map[string]any{{"query": "SELECT 1", "maxRows": 0}, {"query": "SELECT 1", "maxRows": 100001},
+		{"query": "SELECT 1", "timeoutSeconds": 3600}} {
+		if r := f.do(http.MethodPost, queryURL, bad); r.Status != 400 || r.errCode() != "InvalidParameterValue" {
+			t.Errorf("%v: %d %s", bad, r.Status, r.Raw)
+		}
+	}
 }

@@ -5,7 +5,6 @@
 package synapse
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/links"
 	"github.com/fogo-db/fogo/internal/link"
+	"github.com/fogo-db/fogo/internal/link/target"
 )
 
 // API-versions served.
@@ -483,28 +483,62 @@ func (a *API) queryTableStatus(w http.ResponseWriter, r *http.Request, ws, name 
 
 func (a *API) query(w http.ResponseWriter, r *http.Request, ws, name string) {
 	var b struct {
-		Query string `json:"query"`
+		Query          string `json:"query"`
+		MaxRows        *int   `json:"maxRows"`
+		TimeoutSeconds *int   `json:"timeoutSeconds"`
 	}
 	if err := decode(r, &b); err != nil {
 		errcatalog.Write(w, err)
 		return
 	}
-	if strings.TrimSpace(b.Query) == "" {
+	req := target.QueryRequest{SQL: b.Query}
+	switch {
+	case strings.TrimSpace(b.Query) == "":
 		errcatalog.Write(w, errcatalog.Newf("InvalidParameterValue", "query is required.").WithTarget("query"))
 		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
-	defer cancel()
-	cols, rows, err := a.cat.Query(ctx, ws, name, b.Query)
-	if err != nil {
-		if _, ok := errcatalog.As(err); !ok {
-			err = errcatalog.Newf("InvalidParameterValue", "The query failed on the target: %v", err).WithTarget("query")
-		}
-		errcatalog.Write(w, err)
+	case strings.ContainsRune(b.Query, 0):
+		errcatalog.Write(w, errcatalog.Newf("InvalidParameterValue", "query may not contain NUL characters.").WithTarget("query"))
+		return
+	case b.MaxRows != nil && (*b.MaxRows < 1 || *b.MaxRows > target.MaxQueryRows):
+		errcatalog.Write(w, errcatalog.Newf("InvalidParameterValue", "maxRows must be between 1 and %d.", target.MaxQueryRows).WithTarget("maxRows"))
+		return
+	case b.TimeoutSeconds != nil && (*b.TimeoutSeconds < 1 || *b.TimeoutSeconds > int(target.MaxQueryTimeout/time.Second)):
+		errcatalog.Write(w, errcatalog.Newf("InvalidParameterValue", "timeoutSeconds must be between 1 and %d.", int(target.MaxQueryTimeout/time.Second)).WithTarget("timeoutSeconds"))
 		return
 	}
+	if b.MaxRows != nil {
+		req.MaxRows = *b.MaxRows
+	}
+	if b.TimeoutSeconds != nil {
+		req.Timeout = time.Duration(*b.TimeoutSeconds) * time.Second
+	}
+	res, err := a.cat.Query(r.Context(), ws, name, req)
+	if err != nil {
+		errcatalog.Write(w, queryError(err))
+		return
+	}
+	rows := res.Rows
 	if rows == nil {
 		rows = [][]any{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"columns": cols, "rows": rows})
+	writeJSON(w, http.StatusOK, map[string]any{"columns": res.Columns, "rows": rows, "rowCount": len(rows),
+		"truncated": res.Truncated, "maxRows": res.MaxRows, "timeoutSeconds": int(res.Timeout / time.Second)})
+}
+
+// queryError turns a query's failure into the answer: a refused query or one that ran out of time is the caller's
+// 400, as is any error the target gave.
+func queryError(err error) error {
+	if _, ok := errcatalog.As(err); ok {
+		return err
+	}
+	var refused *target.RefusedError
+	var timeout *target.TimeoutError
+	switch {
+	case errors.As(err, &refused):
+		return errcatalog.Newf("InvalidParameterValue", "The query was refused: %s.", refused.Reason).WithTarget("query")
+	case errors.As(err, &timeout):
+		return errcatalog.Newf("InvalidParameterValue", "The query ran longer than its limit of %s and was cancelled; pass a larger timeoutSeconds (at most %d) or narrow the query.",
+			timeout.Limit, int(target.MaxQueryTimeout/time.Second)).WithTarget("query")
+	}
+	return errcatalog.Newf("InvalidParameterValue", "The query failed on the target: %v", err).WithTarget("query")
 }

@@ -320,18 +320,24 @@ func (c *Catalog) Status(workspace, name string) (link.Status, bool) {
 	return c.m.Status(key(workspace, name))
 }
 
-// Query runs a read-only query against the link's target.
-func (c *Catalog) Query(ctx context.Context, workspace, name, query string) ([]string, [][]any, error) {
+// Query runs a read-only query against the link's target: it may read the link's target tables and nothing else
+// (package target, query.go). req.SQL, MaxRows and Timeout come from the caller; the rest is filled in here.
+func (c *Catalog) Query(ctx context.Context, workspace, name string, req target.QueryRequest) (*target.QueryResult, error) {
 	lc, err := c.Connection(workspace, name)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	st, closeFn, err := c.targetStore(lc)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer closeFn()
-	return st.Query(ctx, query)
+	req.Link, req.Tables = key(workspace, name), nil
+	for _, t := range lc.Tables {
+		m := link.TableMapping{SourceSchema: t.SourceSchema, SourceTable: t.SourceTable, TargetSchema: t.TargetSchema, TargetTable: t.TargetTable}.WithDefaults()
+		req.Tables = append(req.Tables, target.TableName{Schema: m.TargetSchema, Name: m.TargetTable})
+	}
+	return st.Query(ctx, req)
 }
 
 // targetStore returns the running link's target store, or opens one.

@@ -1,21 +1,24 @@
 package target
 
 import (
-	"context"
 	"database/sql"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"regexp"
 	"strings"
 
-	"github.com/duckdb/duckdb-go/v2"   // registers "duckdb"
+	_ "github.com/duckdb/duckdb-go/v2" // registers "duckdb"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 )
 
-// OpenDuckDB opens (creating it if needed) a DuckDB file.
+// OpenDuckDB opens (creating it if needed) a DuckDB file, with the settings of duckSettings: no access to
+// anything outside the file, a memory limit, and a configuration no statement can change.
 func OpenDuckDB(path string) (*Store, error) {
-	db, err := sql.Open("duckdb", path)
+	dsn, err := duckDSN(path)
+	if err != nil {
+		return nil, fmt.Errorf("open DuckDB %s: %w", path, err)
+	}
+	db, err := sql.Open("duckdb", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open DuckDB %s: %w", path, err)
 	}
@@ -36,7 +39,7 @@ func OpenPostgres(connString string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("connect to PostgreSQL target: %w", err)
 	}
-	return &Store{db: db, dialect: pgDialect{}}, nil
+	return &Store{db: db, dialect: pgDialect{}, connString: connString}, nil
 }
 
 // pgDialect keeps the source types as they are.
@@ -46,10 +49,6 @@ func (pgDialect) name() string                      { return "postgres target" }
 func (pgDialect) columnType(t string) string        { return t }
 func (pgDialect) param(_, text string) (any, error) { return text, nil }
 func (pgDialect) cast(placeholder, t string) string { return "CAST(" + placeholder + " AS " + t + ")" }
-
-func (pgDialect) readOnly(ctx context.Context, db *sql.DB, _ string) (*sql.Tx, error) {
-	return db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
-}
 
 // duckDialect maps PostgreSQL types to DuckDB's.
 type duckDialect struct{}
@@ -104,39 +103,6 @@ func (duckDialect) param(t, text string) (any, error) {
 		return hex.DecodeString(text[2:])
 	}
 	return text, nil
-}
-
-// readOnly: DuckDB has no read-only transactions, so the statement's type is checked on a prepared statement:
-// one SELECT (or EXPLAIN) only.
-func (duckDialect) readOnly(ctx context.Context, db *sql.DB, query string) (*sql.Tx, error) {
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	err = conn.Raw(func(dc any) error {
-		c, ok := dc.(*duckdb.Conn)
-		if !ok {
-			return errors.New("unexpected DuckDB driver connection")
-		}
-		st, err := c.PrepareContext(ctx, query)
-		if err != nil {
-			return err
-		}
-		defer st.Close()
-		typ, err := st.(*duckdb.Stmt).StatementType()
-		if err != nil {
-			return err
-		}
-		if typ != duckdb.STATEMENT_TYPE_SELECT && typ != duckdb.STATEMENT_TYPE_EXPLAIN {
-			return errors.New("only a single SELECT query may run against the link's target")
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return db.BeginTx(ctx, nil)
 }
 
 func (d duckDialect) cast(placeholder, t string) string {

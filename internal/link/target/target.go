@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
@@ -65,6 +66,10 @@ type Store struct {
 	db               *sql.DB
 	dialect          dialect
 	tableStatesReady atomic.Bool // the table state table exists
+
+	connString  string // PostgreSQL: the target's login, whose reader roles run queries (query_postgres.go)
+	readerMu    sync.Mutex
+	readerReady map[string]bool // reader roles whose password this process has set
 }
 
 // dialect is what differs between stores.
@@ -75,8 +80,8 @@ type dialect interface {
 	param(sourceType, text string) (any, error)
 	// cast wraps a placeholder so the store converts it to the column's type.
 	cast(placeholder, sourceType string) string
-	// readOnly returns a transaction in which query can only read (or an error saying why it may not run).
-	readOnly(ctx context.Context, db *sql.DB, query string) (*sql.Tx, error)
+	// query runs a query of the query extension, contained (query.go).
+	query(ctx context.Context, s *Store, r QueryRequest) (*QueryResult, error)
 }
 
 // ErrNoKey is returned for a table that has neither a primary key nor REPLICA IDENTITY FULL.
@@ -533,40 +538,4 @@ func isKey(t *Table, name string) bool {
 		}
 	}
 	return false
-}
-
-// Query runs a query in a read-only transaction against the target and returns column names and rows (values as Go types).
-func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, error) {
-	tx, err := s.dialect.readOnly(ctx, s.db, query)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, query)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer rows.Close()
-	cols, err := rows.Columns()
-	if err != nil {
-		return nil, nil, err
-	}
-	var out [][]any
-	for rows.Next() {
-		vals := make([]any, len(cols))
-		ptrs := make([]any, len(cols))
-		for i := range vals {
-			ptrs[i] = &vals[i]
-		}
-		if err := rows.Scan(ptrs...); err != nil {
-			return nil, nil, err
-		}
-		for i, v := range vals {
-			if b, ok := v.([]byte); ok {
-				vals[i] = string(b)
-			}
-		}
-		out = append(out, vals)
-	}
-	return cols, out, rows.Err()
 }

@@ -117,12 +117,21 @@ func scenario(t *testing.T, s *Store) *Table {
 	return tb
 }
 
+// readRows runs a query of the query extension that may read tables.
+func readRows(s *Store, sql string, tables ...TableName) ([][]any, error) {
+	res, err := s.Query(context.Background(), QueryRequest{SQL: sql, Link: "test/link", Tables: tables})
+	if err != nil {
+		return nil, err
+	}
+	return res.Rows, nil
+}
+
 // portable reads what both stores show the same way: id, name, amount, raw and flag.
 func portable(t *testing.T, s *Store) []string {
 	t.Helper()
-	_, rows, err := s.Query(context.Background(), `SELECT CAST(id AS VARCHAR) || ':' || coalesce(name, '~') || ':' ||
+	rows, err := readRows(s, `SELECT CAST(id AS VARCHAR) || ':' || coalesce(name, '~') || ':' ||
 		coalesce(CAST(amount AS VARCHAR), '~') || ':' || coalesce(CAST(octet_length(raw) AS VARCHAR), '~') || ':' ||
-		coalesce(CAST(flag AS VARCHAR), '~') FROM analytics.items ORDER BY id`)
+		coalesce(CAST(flag AS VARCHAR), '~') FROM analytics.items ORDER BY id`, TableName{"analytics", "items"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +145,7 @@ func portable(t *testing.T, s *Store) []string {
 // everything reads every column as the store converted it.
 func everything(t *testing.T, s *Store) [][]any {
 	t.Helper()
-	_, rows, err := s.Query(context.Background(), "SELECT * FROM analytics.items ORDER BY id")
+	rows, err := readRows(s, "SELECT * FROM analytics.items ORDER BY id", TableName{"analytics", "items"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +260,7 @@ func TestApplyCompositeKey(t *testing.T) {
 			return Change{Kind: Insert, Table: tb, New: []Value{{Text: a}, {Text: b}, {Text: v}}}
 		}
 		apply(t, s, 0, pair("12", "3", "first"), pair("1", "23", "other"), pair("12", "3", "second"), pair("1", "2", "x"))
-		_, rows, err := s.Query(context.Background(), "SELECT a || '|' || b || '=' || v FROM pairs ORDER BY a, b")
+		rows, err := readRows(s, "SELECT a || '|' || b || '=' || v FROM pairs ORDER BY a, b", TableName{"main", "pairs"})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,17 +2,13 @@ package instance
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/pbkdf2"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"fmt"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
+	"github.com/fogo-db/fogo/internal/postgres/scram"
 )
 
 // query runs fn on a short-lived superuser session.
@@ -212,26 +208,6 @@ func (i *Instance) EnsureDatabase(ctx context.Context, name, owner string) error
 	})
 }
 
-// ScramVerifier returns the SCRAM-SHA-256 verifier of password in PostgreSQL's stored form
-// ("SCRAM-SHA-256$4096:salt$StoredKey:ServerKey", RFC 5803). PostgreSQL accepts it as a role's PASSWORD, so the
-// plain password never has to be stored or sent to an instance.
-func ScramVerifier(password string) string {
-	salt := make([]byte, 16)
-	_, _ = rand.Read(salt)
-	const iterations = 4096
-	salted, err := pbkdf2.Key(sha256.New, password, salt, iterations, sha256.Size)
-	if err != nil {
-		panic(err) // only for invalid parameters, which these are not
-	}
-	clientKey := hmacSHA256(salted, "Client Key")
-	stored := sha256.Sum256(clientKey)
-	serverKey := hmacSHA256(salted, "Server Key")
-	b64 := base64.StdEncoding.EncodeToString
-	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", iterations, b64(salt), b64(stored[:]), b64(serverKey))
-}
-
-func hmacSHA256(key []byte, msg string) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(msg))
-	return m.Sum(nil)
-}
+// ScramVerifier returns the SCRAM-SHA-256 verifier of password in PostgreSQL's stored form (see package scram).
+// PostgreSQL accepts it as a role's PASSWORD, so the plain password never has to be stored or sent to an instance.
+func ScramVerifier(password string) string { return scram.Verifier(password) }
