@@ -128,9 +128,17 @@ func (m *Manager) Status(name string) (link.Status, bool) {
 	l, lastErr := w.link, w.lastErr
 	w.mu.Unlock()
 	if l == nil {
-		return link.Status{Phase: "Starting", Err: lastErr}, true
+		if lastErr != "" {
+			return link.Status{Phase: "Failed", Err: lastErr}, true // it could not even be started
+		}
+		return link.Status{Phase: "Starting"}, true
 	}
 	st := l.Status()
+	if st.Phase == "Starting" && lastErr != "" {
+		// A restarted run that has not got going yet: the link is still failed, for the reason the last run
+		// ended (a link that keeps failing does not flicker between Failed and Starting).
+		st = st.AsFailed(lastErr)
+	}
 	if st.Err == "" && !(st.Phase == "Streaming" && st.Applied > 0) {
 		st.Err = lastErr // the last restart's cause, until the restarted link has applied something
 	}
