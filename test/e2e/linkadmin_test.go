@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestLinkWithAdminLogin: a link given nothing but the server admin's own connection string (no resourceId), as
@@ -56,8 +60,9 @@ func TestLinkWithAdminLogin(t *testing.T) {
 			}
 		}
 	}
-	for name := range endpoints {
+	for name, ep := range endpoints {
 		waitLinkQuery(t, f, ws, name, "SELECT count(*) FROM public.ledger", "40")
+		adminReplicationLimits(t, ep)
 	}
 	mustExec(t, f, "adm-east", "shop", "UPDATE ledger SET note = 'later' WHERE id <= 5; INSERT INTO ledger(note) VALUES ('later')")
 	for name := range endpoints {
@@ -70,6 +75,50 @@ func TestLinkWithAdminLogin(t *testing.T) {
 		if v, _ := ts.Body["value"].([]any); len(v) != 1 || v[0].(map[string]any)["status"] != "Replicating" {
 			t.Fatalf("%s: querytablestatus: %s", name, ts.Raw)
 		}
+	}
+}
+
+// adminReplicationLimits: through a server endpoint the admin login opens logical replication sessions only:
+// a physical replication connection, BASE_BACKUP, a physical START_REPLICATION or physical slot in a logical
+// session are refused (the walsender would serve them: REPLICATION is all it checks), as is reading files.
+func adminReplicationLimits(t *testing.T, endpoint string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	host, port, _ := strings.Cut(endpoint, ":")
+	dsn := fmt.Sprintf("host=%s port=%s dbname=shop user=%s password=%s sslmode=disable", host, port, login, password)
+	if pc, err := pgconn.Connect(ctx, dsn+" replication=true"); err == nil {
+		pc.Close(ctx)
+		t.Fatal("a physical replication connection as the admin login was accepted")
+	}
+	for _, cmd := range []string{"BASE_BACKUP", "START_REPLICATION 0/0", "CREATE_REPLICATION_SLOT adminphys PHYSICAL"} {
+		pc, err := pgconn.Connect(ctx, dsn+" replication=database")
+		if err != nil {
+			t.Fatalf("a logical replication connection as the admin login: %v", err)
+		}
+		if _, err := pc.Exec(ctx, "IDENTIFY_SYSTEM").ReadAll(); err != nil {
+			t.Fatalf("IDENTIFY_SYSTEM: %v", err)
+		}
+		if _, err := pc.Exec(ctx, cmd).ReadAll(); err == nil || !strings.Contains(err.Error(), "not allowed") {
+			t.Fatalf("%s in a logical replication session: %v", cmd, err)
+		}
+		pc.Close(ctx)
+	}
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var super bool
+	if err := c.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&super); err != nil || super {
+		t.Fatalf("the admin login is superuser (%v, %v)", super, err)
+	}
+	if _, err := c.Exec(ctx, "SELECT pg_read_file('postgresql.conf')"); err == nil {
+		t.Fatal("the admin login can read the server's files")
+	}
+	var slots int
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical' AND slot_name = 'adminphys'").Scan(&slots); err != nil || slots != 0 {
+		t.Fatalf("a physical slot was created: %d %v", slots, err)
 	}
 }
 
