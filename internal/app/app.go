@@ -62,6 +62,8 @@ type Options struct {
 	PauseBeforeStep string
 	// PauseFor is how long PauseBeforeStep pauses (default 30s).
 	PauseFor time.Duration
+	// LinkTargetDirs are absolute directories DuckDB link targets may live in besides DATA-DIR/link-targets.
+	LinkTargetDirs []string
 }
 
 // App is a running fogo.
@@ -192,6 +194,10 @@ func (a *App) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	targets, err := links.NewTargetDirs(a.opts.DataDir, a.opts.LinkTargetDirs)
+	if err != nil {
+		return err
+	}
 	a.Cluster = cluster.New(cluster.Config{
 		DataDir: a.opts.DataDir, PortLow: a.opts.PortLow, PortHigh: a.opts.PortHigh, Bin: a.bin,
 		SuperPassword: superPassword, Logger: a.log,
@@ -224,7 +230,7 @@ func (a *App) build(ctx context.Context) error {
 		a.Store, a.Ops, a.Cluster, a.gw, obs, a.log)
 	a.gw.svc = a.Service
 	a.Links = links.New(a.Store, a.Cluster, a.log)
-	a.LinkCatalog = links.NewCatalog(a.Links, a.opts.DataDir)
+	a.LinkCatalog = links.NewCatalog(a.Links, targets)
 	a.gw.lis = listener.New(listener.Config{ListenHost: a.opts.GatewayListenHost, HoldTimeout: a.opts.ListenerHoldTimeout, Logger: a.log},
 		a.gw.mgr, a.Service)
 	go func() {

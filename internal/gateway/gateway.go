@@ -224,6 +224,12 @@ func (e *Endpoint) handle(client net.Conn) {
 	e.track(client) // a TLS-wrapped conn replaces the raw one for Close
 	defer e.untrack(client)
 	params := startupParams(startup[8:])
+	mode := replicationMode(params)
+	if mode == replPhysical {
+		e.refused.Add(1)
+		writeError(client, "28000", "fogo gateway: physical replication is not available through server endpoints")
+		return
+	}
 	database := params["database"]
 	if database == "" {
 		database = params["user"]
@@ -245,6 +251,10 @@ func (e *Endpoint) handle(client net.Conn) {
 	}
 	e.active.Add(1)
 	defer e.active.Add(-1)
+	if mode == replLogical {
+		e.relayLogical(client, backend, addr)
+		return
+	}
 	e.relay(client, backend, addr)
 }
 

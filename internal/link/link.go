@@ -154,6 +154,24 @@ func (l *Link) Status() Status {
 		st.Tables = append(st.Tables, *t)
 	}
 	sort.Slice(st.Tables, func(i, j int) bool { return st.Tables[i].Source < st.Tables[j].Source })
+	if st.Phase == "Failed" {
+		st = st.AsFailed(st.Err)
+	}
+	return st
+}
+
+// AsFailed is st as a link that failed with err reports it: the tables of a link that does not run are not
+// starting, snapshotting or replicating, so each table that has not failed by itself reports the link's failure.
+func (st Status) AsFailed(err string) Status {
+	st.Phase, st.Err = "Failed", err
+	tables := make([]TableStatus, len(st.Tables))
+	for i, t := range st.Tables {
+		if t.Status != TableFailed {
+			t.Status, t.Err = TableFailed, err
+		}
+		tables[i] = t
+	}
+	st.Tables = tables
 	return st
 }
 

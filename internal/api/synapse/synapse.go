@@ -392,7 +392,7 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 			out["status"] = "Starting"
 		}
 		for _, t := range st.Tables {
-			if t.Status == link.TableFailed {
+			if t.Status == link.TableFailed && st.Phase != "Failed" { // some tables failed, the link runs
 				out["isPartiallyFailed"] = true
 			}
 		}
@@ -458,10 +458,16 @@ func (a *API) queryTableStatus(w http.ResponseWriter, r *http.Request, ws, name 
 		if !lc.StopTime.IsZero() && !lc.Running {
 			row["stopTime"] = lc.StopTime.Format(time.RFC3339Nano)
 		}
+		if running && !ok && st.Phase == "Failed" {
+			ts, ok = link.TableStatus{ID: t.ID, Status: link.TableFailed, Err: st.Err}, true // a link that could not be started
+		}
 		if running && ok {
 			row["status"] = ts.Status
 			if ts.Err != "" {
 				row["errorMessage"], row["errorCode"] = ts.Err, "TableFailed"
+				if st.Phase == "Failed" && ts.Err == st.Err {
+					row["errorCode"] = "LinkFailed" // the table failed because its link did
+				}
 			}
 			if ts.Resync != "" {
 				row["resyncReason"] = ts.Resync

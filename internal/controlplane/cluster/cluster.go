@@ -286,6 +286,43 @@ func (m *Manager) EnsureRunning(ctx context.Context, rec *model.Instance) error 
 	return h.Start(ctx)
 }
 
+// AdminRightsVersion is the version of the rights fogo gives a server's admin login; 1: REPLICATION (logical
+// replication over a plain connection string, as managed services allow).
+const AdminRightsVersion = 1
+
+// EnsureAdminRights gives the admin login on a running primary the rights of AdminRightsVersion, once per instance
+// record: new instances have them from EnsureRole already, instances of a server created by an older fogo get
+// them here. A standby gets them by replication, and is checked again once it is a primary.
+func (m *Manager) EnsureAdminRights(ctx context.Context, rec *model.Instance) error {
+	if rec.AdminRights >= AdminRightsVersion || rec.Role != model.RolePrimary || rec.NeedsRejoin {
+		return nil
+	}
+	h := m.Handle(rec)
+	if _, running := h.Running(); !running || h.IsStandby() {
+		return nil
+	}
+	var srv model.Server
+	if err := m.store.View(func(tx *store.Tx) error { return tx.MustGet(store.Servers, rec.Server.Key(), &srv) }); err != nil {
+		return fmt.Errorf("admin rights on %s: %w", rec.ID, err)
+	}
+	granted, err := h.EnsureReplicationRight(ctx, srv.AdminLogin)
+	if err != nil {
+		return fmt.Errorf("grant REPLICATION to the admin login on %s: %w", rec.ID, err)
+	}
+	if granted {
+		m.log.Info("granted the admin login REPLICATION (a server created by an older fogo)", "instance", rec.ID,
+			"database", rec.Database, "login", srv.AdminLogin)
+	}
+	return m.store.Update(func(tx *store.Tx) error {
+		var cur model.Instance
+		if ok, err := tx.Get(store.Instances, rec.ID, &cur); err != nil || !ok {
+			return err
+		}
+		cur.AdminRights = AdminRightsVersion
+		return tx.Put(store.Instances, rec.ID, &cur)
+	})
+}
+
 // Destroy stops an instance, removes its files and releases its port and record.
 func (m *Manager) Destroy(ctx context.Context, rec *model.Instance) error {
 	h := m.Handle(rec)

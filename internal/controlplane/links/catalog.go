@@ -3,6 +3,7 @@ package links
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,11 +65,12 @@ func key(workspace, name string) string {
 // Catalog stores link definitions and runs them through the Manager.
 type Catalog struct {
 	m       *Manager
-	dataDir string
+	targets *TargetDirs
 }
 
-// NewCatalog returns the catalog; DuckDB paths that are not absolute live under dataDir/link-targets.
-func NewCatalog(m *Manager, dataDir string) *Catalog { return &Catalog{m: m, dataDir: dataDir} }
+// NewCatalog returns the catalog; DuckDB target files live in targets (relative paths under
+// DATA-DIR/link-targets).
+func NewCatalog(m *Manager, targets *TargetDirs) *Catalog { return &Catalog{m: m, targets: targets} }
 
 // PutLinkedService validates and stores a linked service.
 func (c *Catalog) PutLinkedService(ls LinkedService) error {
@@ -83,6 +85,9 @@ func (c *Catalog) PutLinkedService(ls LinkedService) error {
 	case TypeDuckDB:
 		if ls.Path == "" {
 			return errcatalog.Newf("InvalidParameterValue", "A DuckDb linked service needs typeProperties.path.").WithTarget("properties.typeProperties.path")
+		}
+		if _, err := c.targets.Resolve(ls.Path); err != nil {
+			return c.pathError(err)
 		}
 	default:
 		return errcatalog.Newf("InvalidParameterValue", "Linked service type '%s' is not supported: use PostgreSql, AzureSqlDatabase or DuckDb.", ls.Type).WithTarget("properties.type")
@@ -139,6 +144,11 @@ func (c *Catalog) PutConnection(lc LinkConnection) (*LinkConnection, error) {
 	}
 	if tgt.Type != TypeDuckDB && tgt.Type != TypePostgreSQL {
 		return nil, errcatalog.Newf("InvalidParameterValue", "The target linked service must be DuckDb or PostgreSql.").WithTarget("properties.targetDatabase.linkedService")
+	}
+	if tgt.Type == TypeDuckDB {
+		if _, err := c.targets.Resolve(tgt.Path); err != nil { // a definition an older fogo stored unchecked
+			return nil, errcatalog.Newf("InvalidParameterValue", "The target linked service '%s' must be fixed first: %s", tgt.Name, c.pathMessage(err)).WithTarget("properties.targetDatabase.linkedService")
+		}
 	}
 	if lc.IntervalMinutes < 0 || lc.IntervalMinutes > 24*60 {
 		return nil, errcatalog.Newf("InvalidParameterValue", "compute.dataProcessIntervalMinutes must be 0 (continuous) or between 1 and 1440.").WithTarget("properties.compute.dataProcessIntervalMinutes")
@@ -309,7 +319,14 @@ func (c *Catalog) Resume() {
 	for i := range all {
 		if all[i].Running {
 			if err := c.run(&all[i]); err != nil {
+				// E.g. a target path an older fogo accepted: the link shows Failed with the reason until it is
+				// stopped (or started again once the cause is fixed).
 				c.m.log.Error("resume link connection", "link", all[i].Name, "err", err)
+				msg := err.Error()
+				if e, ok := errcatalog.As(err); ok {
+					msg = e.Message
+				}
+				c.m.Failed(key(all[i].Workspace, all[i].Name), errors.New(msg))
 			}
 		}
 	}
@@ -352,22 +369,62 @@ func (c *Catalog) targetStore(lc *LinkConnection) (*target.Store, func(), error)
 	return st, func() { st.Close() }, nil
 }
 
+// pathError is the 400 for a refused DuckDB target path.
+func (c *Catalog) pathError(err error) error {
+	var pe *PathError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	return errcatalog.Newf("InvalidParameterValue", "typeProperties.path is refused: %s", c.pathMessage(pe)).WithTarget("properties.typeProperties.path")
+}
+
+// pathMessage says why a DuckDB target path is refused and where target files may live.
+func (c *Catalog) pathMessage(err error) string {
+	return fmt.Sprintf("%v. A DuckDb target file must be %s, without '..' components or symbolic links that lead elsewhere.",
+		err, c.targets.Allowed())
+}
+
 func (c *Catalog) openTarget(lc *LinkConnection) (*target.Store, error) {
 	ls, err := c.LinkedService(lc.Workspace, lc.TargetService)
 	if err != nil {
 		return nil, err
 	}
 	if ls.Type == TypeDuckDB {
-		path := ls.Path
-		if !filepath.IsAbs(path) {
-			path = filepath.Join(c.dataDir, "link-targets", path)
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, err
-		}
-		return target.OpenDuckDB(path)
+		return c.openDuckDB(ls.Path)
 	}
 	return target.OpenPostgres(ls.ConnectionString)
+}
+
+// openDuckDB opens a DuckDB target file after checking its path again (a definition stored by an older fogo was
+// never checked, and a symbolic link can be planted after the PUT), and checks once more after the open: a link
+// planted between the check and DuckDB's open makes the open fail instead of serving a file elsewhere.
+func (c *Catalog) openDuckDB(path string) (*target.Store, error) {
+	allowed := func(err error) error {
+		var pe *PathError
+		if errors.As(err, &pe) {
+			return errors.New(c.pathMessage(pe))
+		}
+		return err
+	}
+	real, err := c.targets.Resolve(path)
+	if err != nil {
+		return nil, allowed(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(real), 0o700); err != nil {
+		return nil, fmt.Errorf("create the DuckDB target's directory: %s", bare(err))
+	}
+	if err := c.targets.CheckOpen(path, real); err != nil {
+		return nil, allowed(err)
+	}
+	st, err := target.OpenDuckDB(real)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.targets.CheckOpen(path, real); err != nil {
+		st.Close()
+		return nil, allowed(err)
+	}
+	return st, nil
 }
 
 // SourceGroup is the failover group a link connection follows ("" for none).

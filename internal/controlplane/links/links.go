@@ -69,13 +69,15 @@ type worker struct {
 	done    chan struct{}
 	mu      sync.Mutex
 	lastErr string
+	// notStarted: a link that should run but could not be started (Failed); no goroutine runs for it.
+	notStarted bool
 }
 
 // Start runs a link until Stop (restarting it after errors, e.g. a failover ending its connection).
 func (m *Manager) Start(def Def) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.links[def.Name]; ok {
+	if w, ok := m.links[def.Name]; ok && !w.notStarted {
 		return fmt.Errorf("link %s is already running", def.Name)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -86,6 +88,19 @@ func (m *Manager) Start(def Def) error {
 		go m.keepSlotCopy(ctx, w)
 	}
 	return nil
+}
+
+// Failed records a link that should run but could not be started (e.g. its target cannot be opened): it reports
+// Failed with err until it is stopped or started.
+func (m *Manager) Failed(name string, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.links[name]; ok {
+		return
+	}
+	done := make(chan struct{})
+	close(done)
+	m.links[name] = &worker{def: Def{Name: name}, cancel: func() {}, done: done, lastErr: err.Error(), notStarted: true}
 }
 
 // Stop stops a link and waits for it.
@@ -128,9 +143,17 @@ func (m *Manager) Status(name string) (link.Status, bool) {
 	l, lastErr := w.link, w.lastErr
 	w.mu.Unlock()
 	if l == nil {
-		return link.Status{Phase: "Starting", Err: lastErr}, true
+		if lastErr != "" {
+			return link.Status{Phase: "Failed", Err: lastErr}, true // it could not even be started
+		}
+		return link.Status{Phase: "Starting"}, true
 	}
 	st := l.Status()
+	if st.Phase == "Starting" && lastErr != "" {
+		// A restarted run that has not got going yet: the link is still failed, for the reason the last run
+		// ended (a link that keeps failing does not flicker between Failed and Starting).
+		st = st.AsFailed(lastErr)
+	}
 	if st.Err == "" && !(st.Phase == "Streaming" && st.Applied > 0) {
 		st.Err = lastErr // the last restart's cause, until the restarted link has applied something
 	}

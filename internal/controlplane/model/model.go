@@ -70,6 +70,9 @@ type Instance struct {
 	Seeded bool `json:"seeded"`
 	// Epoch is the group epoch at which this instance last became primary (0 for never).
 	Epoch int64 `json:"epoch,omitempty"`
+	// AdminRights is the version of the rights fogo gives the server's admin login that this instance was last
+	// checked to grant as a primary (0: never checked, e.g. created by an older fogo).
+	AdminRights int `json:"adminRights,omitempty"`
 }
 
 // Replication states of a failover group's databases, as the SDK's ReplicationState enum names them.

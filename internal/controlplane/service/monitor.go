@@ -220,7 +220,7 @@ func (o *Observer) noteResult(rec *model.Instance, err error, log func(msg strin
 }
 
 // reconcile starts an instance that should run, or rejoins a fenced former primary once its upstream is a
-// running primary.
+// running primary; a primary's admin login gets the rights fogo gives it (once per instance record).
 func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 	// Re-read under the lock: an operation may have changed it since the list was taken.
 	cur, err := o.cl.GetInstance(rec.ID)
@@ -247,7 +247,10 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 		}
 		return o.cl.Rejoin(ctx, cur, up)
 	}
-	return o.cl.EnsureRunning(ctx, cur)
+	if err := o.cl.EnsureRunning(ctx, cur); err != nil {
+		return err
+	}
+	return o.cl.EnsureAdminRights(ctx, cur)
 }
 
 func (o *Observer) observe(ctx context.Context, groups []model.FailoverGroup, insts []model.Instance) {

@@ -3,11 +3,13 @@ package instance_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fogo-db/fogo/internal/postgres/instance"
 	"github.com/fogo-db/fogo/internal/testutil/pgtest"
@@ -180,5 +182,54 @@ func TestScramVerifierLogin(t *testing.T) {
 	c.Close(ctx)
 	if _, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=app password=wrong dbname=appdb", p.Port)); err == nil {
 		t.Fatal("wrong password accepted")
+	}
+	adminRights(t, p, dsn)
+}
+
+// adminRights: the admin login (EnsureRole) can open a logical replication connection and create a logical slot,
+// but not a physical replication connection (pg_hba.conf keeps that for fogo's superuser); it is no superuser and
+// cannot read the server's files. EnsureReplicationRight grants REPLICATION to a role that lacks it, once.
+func adminRights(t *testing.T, p *instance.Instance, dsn string) {
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var super, repl bool
+	if err := c.QueryRow(ctx, "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user").Scan(&super, &repl); err != nil || super || !repl {
+		t.Fatalf("admin login: superuser %v, replication %v, %v", super, repl, err)
+	}
+	if _, err := c.Exec(ctx, "SELECT pg_read_file('postgresql.conf')"); err == nil {
+		t.Fatal("the admin login can read the server's files")
+	}
+	logical, err := pgconn.Connect(ctx, dsn+" replication=database")
+	if err != nil {
+		t.Fatalf("a logical replication connection as the admin login: %v", err)
+	}
+	if _, err := logical.Exec(ctx, "CREATE_REPLICATION_SLOT admin_slot LOGICAL pgoutput").ReadAll(); err != nil {
+		t.Fatalf("create a logical slot as the admin login: %v", err)
+	}
+	logical.Close(ctx)
+	if _, err := c.Exec(ctx, "SELECT pg_drop_replication_slot('admin_slot')"); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"true", "on"} {
+		if pc, err := pgconn.Connect(ctx, dsn+" replication="+mode); err == nil {
+			pc.Close(ctx)
+			t.Fatalf("a physical replication connection (replication=%s) as the admin login was accepted", mode)
+		} else if !strings.Contains(err.Error(), "pg_hba.conf") {
+			t.Fatalf("a physical replication connection was refused for another reason: %v", err)
+		}
+	}
+
+	exec(t, p, "ALTER ROLE app NOREPLICATION") // as an older fogo created it
+	for i, want := range []bool{true, false} {
+		if granted, err := p.EnsureReplicationRight(ctx, "app"); err != nil || granted != want {
+			t.Fatalf("EnsureReplicationRight #%d: granted %v, %v", i+1, granted, err)
+		}
+	}
+	if granted, err := p.EnsureReplicationRight(ctx, "nosuchrole"); err != nil || granted {
+		t.Fatalf("EnsureReplicationRight of a missing role: %v %v", granted, err)
 	}
 }

@@ -177,7 +177,12 @@ func (i *Instance) TerminateClientBackends(ctx context.Context) error {
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
-// EnsureRole creates (or updates) a login role whose password is given as a SCRAM verifier.
+// EnsureRole creates (or updates) a server's admin login: a login role whose password is given as a SCRAM
+// verifier, with REPLICATION, as managed PostgreSQL services give their admin, so that it can run logical
+// replication (a link, a subscriber elsewhere) over a plain connection string. It stays no superuser, and physical
+// replication stays reserved to fogo's superuser: pg_hba.conf has replication lines for that user only, and a
+// logical walsender session reaches the instance through the gateway, which refuses physical replication
+// commands (package gateway).
 func (i *Instance) EnsureRole(ctx context.Context, name, scramVerifier string) error {
 	return i.query(ctx, func(c *pgx.Conn) error {
 		var exists bool
@@ -188,9 +193,31 @@ func (i *Instance) EnsureRole(ctx context.Context, name, scramVerifier string) e
 		if exists {
 			verb = "ALTER"
 		}
-		_, err := c.Exec(ctx, fmt.Sprintf("%s ROLE %s LOGIN PASSWORD %s", verb, pgx.Identifier{name}.Sanitize(), quoteLiteral(scramVerifier)))
+		_, err := c.Exec(ctx, fmt.Sprintf("%s ROLE %s LOGIN REPLICATION PASSWORD %s", verb, pgx.Identifier{name}.Sanitize(), quoteLiteral(scramVerifier)))
 		return err
 	})
+}
+
+// EnsureReplicationRight grants an existing role REPLICATION unless it has it (an admin login created by an older
+// fogo); it reports whether it granted it. A role that does not exist is left alone.
+func (i *Instance) EnsureReplicationRight(ctx context.Context, name string) (bool, error) {
+	granted := false
+	err := i.query(ctx, func(c *pgx.Conn) error {
+		var lacks bool
+		err := c.QueryRow(ctx, "SELECT NOT rolreplication FROM pg_roles WHERE rolname = $1", name).Scan(&lacks)
+		if err == pgx.ErrNoRows || (err == nil && !lacks) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := c.Exec(ctx, "ALTER ROLE "+pgx.Identifier{name}.Sanitize()+" REPLICATION"); err != nil {
+			return err
+		}
+		granted = true
+		return nil
+	})
+	return granted, err
 }
 
 // EnsureDatabase creates database name owned by owner unless it exists.
