@@ -62,6 +62,8 @@ type Options struct {
 	PauseBeforeStep string
 	// PauseFor is how long PauseBeforeStep pauses (default 30s).
 	PauseFor time.Duration
+	// SecretsKeyFile is the key file that seals the secrets in the store (default DATA-DIR/secrets.key).
+	SecretsKeyFile string
 }
 
 // App is a running fogo.
@@ -70,6 +72,7 @@ type App struct {
 	Token     string
 	TokenFile string
 	Store     *store.Store
+	sealed    *sealedState
 	Service   *service.Service
 	Cluster   *cluster.Manager
 	Ops       *operations.Runner
@@ -182,13 +185,16 @@ func loadOrCreateSecret(path string) (string, error) {
 }
 
 func (a *App) openState(context.Context) error {
-	st, err := store.Open(filepath.Join(a.opts.DataDir, "state.db"))
-	a.Store = st
-	return err
+	s, err := openSealedState(a.opts.DataDir, a.opts.SecretsKeyFile, a.log)
+	if err != nil {
+		return err
+	}
+	a.sealed, a.Store = s, s.st
+	return nil
 }
 
 func (a *App) build(ctx context.Context) error {
-	superPassword, err := loadOrCreateSecret(filepath.Join(a.opts.DataDir, "internal-secret"))
+	superPassword, err := a.superPassword()
 	if err != nil {
 		return err
 	}

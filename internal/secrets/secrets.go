@@ -136,6 +136,9 @@ func (r *Keyring) snapshot() []Key {
 	return append([]Key(nil), r.keys...)
 }
 
+// Clone returns a keyring holding the same keys (to prepare a change before making it).
+func (r *Keyring) Clone() *Keyring { return NewKeyring(r.snapshot()...) }
+
 // Replace makes the keyring hold exactly the keys of other (used when a key file is read again).
 func (r *Keyring) Replace(other *Keyring) {
 	keys := other.snapshot()
