@@ -72,6 +72,7 @@ func serveCommand() *cobra.Command {
 	f.StringVar(&o.GatewayTLSKey, "gateway-tls-key", "", "TLS key for the endpoints and listeners")
 	f.DurationVar(&o.ListenerHoldTimeout, "listener-hold-timeout", 30*time.Second, "how long new read-write sessions wait for a failover to finish")
 	f.DurationVar(&o.GraceUnit, "grace-period-unit", time.Minute, "TESTING ONLY: the length of one minute of failoverWithDataLossGracePeriodMinutes")
+	f.StringVar(&o.SecretsKeyFile, "secrets-key-file", "", "key file that seals the secrets in fogo's state, 0600 (default DATA-DIR/secrets.key, created on the first start); never written to the store")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

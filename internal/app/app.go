@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/api/admin"
 	"github.com/fogo-db/fogo/internal/api/arm"
 	"github.com/fogo-db/fogo/internal/api/synapse"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
@@ -286,7 +287,8 @@ func (a *App) listen(context.Context) error {
 		return err
 	}
 	api := arm.New(arm.Config{Token: a.Token, AdvertiseHost: a.opts.AdvertiseHost, Logger: a.log, Ready: a.ready.Load,
-		Metrics: a.metrics.Handler(), Workspaces: synapse.New(a.LinkCatalog)}, a.Service)
+		Metrics: a.metrics.Handler(), Workspaces: synapse.New(a.LinkCatalog),
+		Admin: admin.New(admin.Config{RotateKey: func(ctx context.Context) (any, error) { return a.RotateSecretsKey(ctx) }})}, a.Service)
 	a.http = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	if a.opts.TLSCert != "" || a.opts.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(a.opts.TLSCert, a.opts.TLSKey)
