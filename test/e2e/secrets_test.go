@@ -179,6 +179,12 @@ func TestSecretsAtRest(t *testing.T) {
 		}
 		return res
 	}
+	if r := f.doRaw(http.MethodPost, "/admin/secrets/rotate-key", nil, ""); r.Status != 401 {
+		t.Fatalf("rotate-key without the token: %d %s", r.Status, r.Raw)
+	}
+	if r := f.do(http.MethodGet, "/admin/secrets/rotate-key", nil); r.Status != 405 {
+		t.Fatalf("GET rotate-key: %d %s", r.Status, r.Raw)
+	}
 	before, _ := secrets.LoadFile(keyFile)
 	rot := cli("--endpoint", f.url, "--token", token)
 	after, _ := secrets.LoadFile(keyFile)
