@@ -120,7 +120,7 @@ func (s *sealedState) prepare(loaded *secrets.Keyring) error {
 
 // retire drops the keys other than the current one from the keyring and the key file. Only after Reseal: nothing
 // the store holds is sealed under them then.
-func (s *sealedState) retire() (err error) {
+func (s *sealedState) retire() error {
 	if len(s.keys.IDs()) <= 1 {
 		return nil
 	}
