@@ -73,6 +73,7 @@ func serveCommand() *cobra.Command {
 	f.DurationVar(&o.ListenerHoldTimeout, "listener-hold-timeout", 30*time.Second, "how long new read-write sessions wait for a failover to finish")
 	f.DurationVar(&o.GraceUnit, "grace-period-unit", time.Minute, "TESTING ONLY: the length of one minute of failoverWithDataLossGracePeriodMinutes")
 	f.StringArrayVar(&o.LinkTargetDirs, "link-target-dir", nil, "absolute directory DuckDB link targets may live in besides DATA-DIR/link-targets (repeatable)")
+	f.StringVar(&o.SecretsKeyFile, "secrets-key-file", "", "key file that seals the secrets in fogo's state, 0600 (default DATA-DIR/secrets.key, created on the first start); never written to the store")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

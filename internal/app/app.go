@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/api/admin"
 	"github.com/fogo-db/fogo/internal/api/arm"
 	"github.com/fogo-db/fogo/internal/api/synapse"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
@@ -64,6 +65,8 @@ type Options struct {
 	PauseFor time.Duration
 	// LinkTargetDirs are absolute directories DuckDB link targets may live in besides DATA-DIR/link-targets.
 	LinkTargetDirs []string
+	// SecretsKeyFile is the key file that seals the secrets in the store (default DATA-DIR/secrets.key).
+	SecretsKeyFile string
 }
 
 // App is a running fogo.
@@ -72,6 +75,7 @@ type App struct {
 	Token     string
 	TokenFile string
 	Store     *store.Store
+	sealed    *sealedState
 	Service   *service.Service
 	Cluster   *cluster.Manager
 	Ops       *operations.Runner
@@ -184,13 +188,16 @@ func loadOrCreateSecret(path string) (string, error) {
 }
 
 func (a *App) openState(context.Context) error {
-	st, err := store.Open(filepath.Join(a.opts.DataDir, "state.db"))
-	a.Store = st
-	return err
+	s, err := openSealedState(a.opts.DataDir, a.opts.SecretsKeyFile, a.log)
+	if err != nil {
+		return err
+	}
+	a.sealed, a.Store = s, s.st
+	return nil
 }
 
 func (a *App) build(ctx context.Context) error {
-	superPassword, err := loadOrCreateSecret(filepath.Join(a.opts.DataDir, "internal-secret"))
+	superPassword, err := a.superPassword()
 	if err != nil {
 		return err
 	}
@@ -286,7 +293,8 @@ func (a *App) listen(context.Context) error {
 		return err
 	}
 	api := arm.New(arm.Config{Token: a.Token, AdvertiseHost: a.opts.AdvertiseHost, Logger: a.log, Ready: a.ready.Load,
-		Metrics: a.metrics.Handler(), Workspaces: synapse.New(a.LinkCatalog)}, a.Service)
+		Metrics: a.metrics.Handler(), Workspaces: synapse.New(a.LinkCatalog),
+		Admin: admin.New(admin.Config{RotateKey: func(ctx context.Context) (any, error) { return a.RotateSecretsKey(ctx) }})}, a.Service)
 	a.http = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	if a.opts.TLSCert != "" || a.opts.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(a.opts.TLSCert, a.opts.TLSKey)

@@ -12,15 +12,16 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// AddCommands adds the client commands (server, db, failover-group) to root, writing to stdout and stderr.
-func AddCommands(root *cobra.Command) {
-	o := &Options{Stdout: os.Stdout, Stderr: os.Stderr}
+// AddCommands adds the client commands (server, db, failover-group, link, secrets) to root, writing to stdout
+// and stderr; rotateKeyOffline serves `secrets rotate-key --offline`.
+func AddCommands(root *cobra.Command, rotateKeyOffline func(dataDir, keyFile string) (any, error)) {
+	o := &Options{Stdout: os.Stdout, Stderr: os.Stderr, RotateKeyOffline: rotateKeyOffline}
 	root.AddCommand(Commands(o)...)
 }
 
 // Commands returns the client commands bound to o (tests give their own writers).
 func Commands(o *Options) []*cobra.Command {
-	cmds := []*cobra.Command{serverCommand(o), databaseCommand(o), failoverGroupCommand(o), linkCommand(o)}
+	cmds := []*cobra.Command{serverCommand(o), databaseCommand(o), failoverGroupCommand(o), linkCommand(o), secretsCommand(o)}
 	for _, c := range cmds {
 		o.bind(c)
 	}

@@ -25,7 +25,9 @@ type Options struct {
 	Timeout       time.Duration
 
 	Stdout, Stderr io.Writer
-	pollInterval   time.Duration
+	// RotateKeyOffline rotates the secrets key of a stopped fogo's data directory (nil: --offline unavailable).
+	RotateKeyOffline func(dataDir, keyFile string) (any, error)
+	pollInterval     time.Duration
 }
 
 // Defaults for the shared flags.

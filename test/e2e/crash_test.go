@@ -37,9 +37,15 @@ func buildFogo(t *testing.T) string {
 // startProcess runs `fogo serve` on dataDir and waits until /healthz answers.
 func startProcess(t *testing.T, bin, dataDir, listen string, low int, token string, env ...string) *process {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--data-dir", dataDir, "--listen", listen,
+	return startProcessArgs(t, bin, dataDir, listen, low, token, nil, env...)
+}
+
+// startProcessArgs is startProcess with more `fogo serve` flags.
+func startProcessArgs(t *testing.T, bin, dataDir, listen string, low int, token string, args []string, env ...string) *process {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve", "--data-dir", dataDir, "--listen", listen,
 		"--port-range", fmt.Sprintf("%d-%d", low, low+98), "--min-grace-period-minutes", "1",
-		"--planned-catch-up-timeout", "20s")
+		"--planned-catch-up-timeout", "20s"}, args...)...)
 	cmd.Env = append(append(os.Environ(), "FOGO_API_TOKEN="+token), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -140,15 +140,17 @@ func TestLinkConnectionAPI(t *testing.T) {
 // limits are in the answer.
 func queryContainment(t *testing.T, f *fogo, dataDir, queryURL string) {
 	t.Helper()
-	secret, err := os.ReadFile(filepath.Join(dataDir, "internal-secret"))
-	if err != nil || len(strings.TrimSpace(string(secret))) < 16 {
-		t.Fatalf("internal-secret: %v", err)
+	key, err := os.ReadFile(filepath.Join(dataDir, "secrets.key")) // the key that seals every secret in state.db
+	if err != nil || len(strings.Fields(string(key))) < 2 {
+		t.Fatalf("secrets.key: %v", err)
 	}
+	secret := strings.Fields(string(key))[1]
 	written := filepath.Join(dataDir, "probe.csv")
 	for _, q := range []string{
 		"select * from read_text('/etc/passwd')",
 		"select * from glob('/root/*')",
-		"select * from read_csv('" + filepath.Join(dataDir, "internal-secret") + "', header=false)",
+		"select * from read_csv('" + filepath.Join(dataDir, "secrets.key") + "', header=false)",
+		"select * from read_blob('" + filepath.Join(dataDir, "state.db") + "')",
 		"select * from read_csv('" + filepath.Join(dataDir, "api-token") + "', header=false)",
 		"EXPLAIN ANALYZE COPY (SELECT 1) TO '" + written + "'",
 		"SELECT 1; COPY (SELECT 1) TO '" + written + "'",
@@ -161,7 +163,7 @@ func queryContainment(t *testing.T, f *fogo, dataDir, queryURL string) {
 		if r.Status != 400 || r.errCode() != "InvalidParameterValue" || !strings.Contains(string(r.Raw), "refused") {
 			t.Errorf("%s: %d %s", q, r.Status, r.Raw)
 		}
-		if strings.Contains(string(r.Raw), "root:") || strings.Contains(string(r.Raw), strings.TrimSpace(string(secret))) ||
+		if strings.Contains(string(r.Raw), "root:") || strings.Contains(string(r.Raw), secret) ||
 			strings.Contains(string(r.Raw), f.tok) {
 			t.Errorf("%s: the answer shows what it read: %s", q, r.Raw)
 		}

@@ -32,6 +32,8 @@ type Config struct {
 	Metrics http.Handler
 	// Workspaces, if set, serves /workspaces/ (the Synapse link API; bearer token required).
 	Workspaces http.Handler
+	// Admin, if set, serves /admin/ (fogo's own administration, e.g. key rotation; bearer token required).
+	Admin http.Handler
 }
 
 // API is the HTTP handler.
@@ -55,6 +57,9 @@ func New(cfg Config, svc *service.Service) *API {
 	a.mux.HandleFunc("GET /health/failoverGroups/{group}/servers/{server}/{check}", a.groupHealth)
 	if cfg.Workspaces != nil {
 		a.mux.Handle("/workspaces/", a.authenticated(cfg.Workspaces))
+	}
+	if cfg.Admin != nil {
+		a.mux.Handle("/admin/", a.authenticated(cfg.Admin))
 	}
 	if cfg.Metrics != nil {
 		a.mux.Handle("GET /metrics", a.authenticated(cfg.Metrics))

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fogo-db/fogo/internal/api/errcatalog"
@@ -79,7 +80,10 @@ func (c *Catalog) PutLinkedService(ls LinkedService) error {
 		if ls.ConnectionString == "" {
 			return errcatalog.Newf("InvalidParameterValue", "A %s linked service needs typeProperties.connectionString.", ls.Type).WithTarget("properties.typeProperties.connectionString")
 		}
-		if _, err := pgconn.ParseConfig(ls.ConnectionString); err != nil {
+		// pgx's parser (a superset of pgconn's, used by the link and the target) so that no later parse can fail:
+		// a parse error may quote the string, and pgx redacts the password in it only on a best-effort basis. This
+		// message never quotes it.
+		if _, err := pgx.ParseConfig(ls.ConnectionString); err != nil {
 			return errcatalog.Newf("InvalidParameterValue", "typeProperties.connectionString is not a libpq connection string or URL.").WithTarget("properties.typeProperties.connectionString")
 		}
 	case TypeDuckDB:

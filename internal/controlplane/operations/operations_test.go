@@ -19,7 +19,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func openStore(t *testing.T, path string) *store.Store {
 	t.Helper()
-	st, err := store.Open(path)
+	st, err := store.Open(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,8 @@ type item struct {
 
 func TestPutGetScanSurvivesReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
-	s, err := Open(path)
+	keys := testKeys(t)
+	s, err := Open(path, keys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,12 +40,12 @@ func TestPutGetScanSurvivesReopen(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(path)
+	s, err = Open(path, keys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if _, err := Open(path); err == nil {
+	if _, err := Open(path, keys); err == nil {
 		t.Fatal("second Open of the same file must fail while the first holds it")
 	}
 	err = s.View(func(tx *Tx) error {
