@@ -3,6 +3,7 @@ package links
 import (
 	"context"
 	"errors"
+	"net"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -396,7 +397,51 @@ func (c *Catalog) openTarget(lc *LinkConnection) (*target.Store, error) {
 	if ls.Type == TypeDuckDB {
 		return c.openDuckDB(ls.Path)
 	}
-	return target.OpenPostgres(ls.ConnectionString)
+	st, err := target.OpenPostgres(ls.ConnectionString)
+	if err != nil {
+		return nil, err
+	}
+	if admin := c.managedTarget(ls.ConnectionString); admin != "" {
+		st.SetRoleAdmin(admin)
+	}
+	return st, nil
+}
+
+// managedTarget returns fogo's own superuser connection to the database a PostgreSQL target's connection string
+// names when that is a database of a fogo server reached through the server's endpoint on this host ("" for any
+// other target). The query extension creates its read-only reader role through it: a server's admin login may
+// not create roles (on PostgreSQL 15, CREATEROLE could grant itself pg_execute_server_program).
+func (c *Catalog) managedTarget(connString string) string {
+	cfg, err := pgconn.ParseConfig(connString)
+	if err != nil || cfg.Port == 0 {
+		return ""
+	}
+	if ip := net.ParseIP(cfg.Host); cfg.Host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return ""
+	}
+	var conn string
+	_ = c.m.st.View(func(tx *store.Tx) error {
+		servers, err := store.List[model.Server](tx, store.Servers, "")
+		if err != nil {
+			return err
+		}
+		for _, srv := range servers {
+			if srv.GatewayPort != int(cfg.Port) {
+				continue
+			}
+			var db model.Database
+			if ok, err := tx.Get(store.Databases, model.DatabaseKey(armid.DatabaseID{Server: srv.ID, Name: cfg.Database}), &db); err != nil || !ok {
+				return err
+			}
+			var inst model.Instance
+			if ok, err := tx.Get(store.Instances, db.Instance, &inst); err != nil || !ok {
+				return err
+			}
+			conn = c.m.cl.Handle(&inst).ConnString(cfg.Database)
+		}
+		return nil
+	})
+	return conn
 }
 
 // openDuckDB opens a DuckDB target file after checking its path again (a definition stored by an older fogo was

@@ -115,7 +115,16 @@ func (s *Store) provisionReader(ctx context.Context, r QueryRequest) error {
 	qrole := qi(role)
 	s.readerMu.Lock()
 	defer s.readerMu.Unlock()
-	tx, err := s.db.BeginTx(ctx, nil)
+	db := s.db
+	if s.roleAdmin != "" {
+		adm, err := sql.Open("pgx", s.roleAdmin)
+		if err != nil {
+			return fmt.Errorf("postgres target: %w", err)
+		}
+		defer adm.Close()
+		db = adm
+	}
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("postgres target: %w", err)
 	}
@@ -129,7 +138,7 @@ func (s *Store) provisionReader(ctx context.Context, r QueryRequest) error {
 		verb = "ALTER"
 	}
 	if !exists || !s.readerReady[role] {
-		stmt := fmt.Sprintf("%s ROLE %s WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 4 PASSWORD '%s'",
+		stmt := fmt.Sprintf("%s ROLE %s WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 8 PASSWORD '%s'",
 			verb, qrole, scram.Verifier(readerPassword))
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {
 			var pe *pgconn.PgError

@@ -70,7 +70,12 @@ type Store struct {
 	connString  string // PostgreSQL: the target's login, whose reader roles run queries (query_postgres.go)
 	readerMu    sync.Mutex
 	readerReady map[string]bool // reader roles whose password this process has set
+	roleAdmin   string          // PostgreSQL: the connection that creates reader roles, if not the target's login
 }
+
+// SetRoleAdmin makes the query extension create and grant a PostgreSQL target's reader roles through connString
+// (fogo's superuser on a target it manages) instead of the target's own login.
+func (s *Store) SetRoleAdmin(connString string) { s.roleAdmin = connString }
 
 // dialect is what differs between stores.
 type dialect interface {
