@@ -3,8 +3,8 @@ package links
 import (
 	"context"
 	"errors"
-	"net"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
