@@ -54,3 +54,60 @@ func benchApply(b *testing.B, s *Store, bulk bool) {
 	}
 	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "rows/s")
 }
+
+// BenchmarkQuery measures what containment costs a small analytical query of the query extension: the contained
+// path (parse-tree checks, LIMIT wrapping, a read-only transaction; on PostgreSQL the reader's grants and rights
+// check plus a connection of its own) against the same query run directly on the store's pool.
+func BenchmarkQuery(b *testing.B) {
+	const q = "SELECT n, count(*) AS c FROM public.bench_link GROUP BY n ORDER BY c DESC, n LIMIT 10"
+	run := func(b *testing.B, s *Store) {
+		ctx := context.Background()
+		if _, err := s.Checkpoint(ctx, "l"); err != nil {
+			b.Fatal(err)
+		}
+		t := &Table{Schema: "public", Name: "bench_link", Key: []string{"id"}, Columns: []Column{{"id", "bigint"}, {"n", "integer"}}}
+		if err := s.EnsureTable(ctx, t, true); err != nil {
+			b.Fatal(err)
+		}
+		var rows []Change
+		for i := range 10000 {
+			rows = append(rows, Change{Kind: Insert, Table: t, New: []Value{{Text: fmt.Sprint(i)}, {Text: fmt.Sprint(i % 100)}}})
+		}
+		if err := s.Apply(ctx, "l", rows, 1); err != nil {
+			b.Fatal(err)
+		}
+		b.Run("contained", func(b *testing.B) {
+			for b.Loop() {
+				res, err := s.Query(ctx, QueryRequest{SQL: q, Link: "bench/l", Tables: []TableName{{"public", "bench_link"}}})
+				if err != nil || len(res.Rows) != 10 {
+					b.Fatal(res, err)
+				}
+			}
+		})
+		b.Run("direct", func(b *testing.B) {
+			for b.Loop() {
+				r, err := s.DB().QueryContext(ctx, q)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n := 0
+				for r.Next() {
+					n++
+				}
+				r.Close()
+				if n != 10 {
+					b.Fatal(n)
+				}
+			}
+		})
+	}
+	b.Run("duckdb", func(b *testing.B) {
+		s, err := OpenDuckDB(filepath.Join(b.TempDir(), "q.duckdb"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		run(b, s)
+	})
+	b.Run("postgres", func(b *testing.B) { run(b, openPostgres(b)) })
+}
