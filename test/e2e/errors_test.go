@@ -8,7 +8,8 @@ import (
 )
 
 // TestErrorCatalogue checks, case by case, the exact ARM error code and HTTP status fogo answers with. Every
-// code the README claims is exercised here or in TestBusyAndRollback.
+// code the table of docs/error-codes.md claims is exercised here, in TestBusyAndRollback or in
+// TestFailoverPreconditionsAndLimits.
 func TestErrorCatalogue(t *testing.T) {
 	f := startFogo(t, func(o *app.Options) { o.MinGraceMinutes = 60 })
 	f.createServer("err-east", "eastus")
