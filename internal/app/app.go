@@ -59,7 +59,7 @@ type Options struct {
 	ListenerHoldTimeout time.Duration
 	// GraceUnit is the length of one grace-period "minute" of the Automatic policy (default 1m; tests shorten it).
 	GraceUnit time.Duration
-	// PauseBeforeStep pauses before the named operation step (tests of crash recovery only).
+	// PauseBeforeStep pauses before the named operation steps, comma-separated (tests only).
 	PauseBeforeStep string
 	// PauseFor is how long PauseBeforeStep pauses (default 30s).
 	PauseFor time.Duration
@@ -226,7 +226,7 @@ func (a *App) build(ctx context.Context) error {
 	}
 	hooks := failover.Hooks{
 		Hold:    func(group string) { a.gw.lis.Hold(group) },
-		Release: func(group string) { a.gw.lis.Release(group) },
+		Release: func(group string) { a.gw.Released(group) },
 	}
 	orch := failover.New(failover.Config{CatchUpTimeout: a.opts.CatchUpTimeout, TryPlannedTimeout: a.opts.TryPlannedTimeout, Logger: a.log},
 		a.Store, a.Cluster, hooks)
@@ -256,20 +256,23 @@ func (a *App) build(ctx context.Context) error {
 
 func (a *App) logWarn(msg string, args ...any) { a.log.Warn(msg, args...) }
 
-// pauseHook sleeps before the named step: a test-only way to kill fogo at a known point of an operation.
-// spec is "step" (any operation) or "Kind:step" (e.g. "ForcedFailover:record").
+// pauseHook sleeps before the named steps: a test-only way to kill fogo at a known point of an operation.
+// spec is a comma-separated list of "step" (any operation) or "Kind:step" (e.g. "ForcedFailover:record").
 func pauseHook(spec string, pause time.Duration, log *slog.Logger) func(*model.Operation, string) {
 	if pause <= 0 {
 		pause = 30 * time.Second
 	}
-	kind, step, ok := strings.Cut(spec, ":")
-	if !ok {
-		kind, step = "", spec
-	}
 	return func(op *model.Operation, name string) {
-		if name == step && (kind == "" || kind == op.Kind) {
-			log.Warn("pausing before step (test hook)", "op", op.ID, "kind", op.Kind, "step", name)
-			time.Sleep(pause)
+		for _, one := range strings.Split(spec, ",") {
+			kind, step, ok := strings.Cut(one, ":")
+			if !ok {
+				kind, step = "", one
+			}
+			if name == step && (kind == "" || kind == op.Kind) {
+				log.Warn("pausing before step (test hook)", "op", op.ID, "kind", op.Kind, "step", name)
+				time.Sleep(pause)
+				return
+			}
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/service"
 	"github.com/fogo-db/fogo/internal/gateway"
@@ -28,7 +29,9 @@ type gatewayEndpoints struct {
 }
 
 func newGatewayEndpoints(o Options, log *slog.Logger) (*gatewayEndpoints, error) {
-	cfg := gateway.Config{Logger: log}
+	// fogo's internal superuser never logs in through an endpoint or listener: PostgreSQL sees every gateway
+	// session come from 127.0.0.1, as fogo's own connections do, so pg_hba.conf cannot refuse it there.
+	cfg := gateway.Config{Logger: log, ReservedUsers: []string{cluster.SuperUser}}
 	if o.GatewayTLSCert != "" || o.GatewayTLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(o.GatewayTLSCert, o.GatewayTLSKey)
 		if err != nil {
@@ -48,7 +51,7 @@ func endpointName(id armid.ServerID) string { return "server:" + id.Key() }
 // OpenServer opens the server's endpoint on its leased port (idempotent).
 func (g *gatewayEndpoints) OpenServer(srv *model.Server) error {
 	addr := net.JoinHostPort(g.host, strconv.Itoa(srv.GatewayPort))
-	_, err := g.mgr.Open(endpointName(srv.ID), addr, serverResolver{svc: g.svc, server: srv.ID})
+	_, err := g.mgr.Open(endpointName(srv.ID), addr, serverResolver{g: g, server: srv.ID})
 	if err != nil {
 		return fmt.Errorf("open endpoint of server %s on %s: %w", srv.ID.Name, addr, err)
 	}
@@ -67,17 +70,48 @@ func (g *gatewayEndpoints) CloseServer(srv *model.Server) { g.mgr.Close(endpoint
 // CloseAll closes every endpoint.
 func (g *gatewayEndpoints) CloseAll() { g.mgr.CloseAll() }
 
+// Released follows the end of a failover of group: the group's listeners let new sessions through and cut the
+// read-write sessions still on a former primary, and every server endpoint cuts its sessions to a fenced
+// instance (a former primary that could not be stopped would otherwise keep serving them).
+func (g *gatewayEndpoints) Released(group string) {
+	g.lis.Release(group)
+	servers, err := g.svc.Servers()
+	if err != nil {
+		g.log.Warn("cut sessions to fenced instances", "err", err)
+		return
+	}
+	for i := range servers {
+		g.cutFenced(servers[i].ID)
+	}
+}
+
+// cutFenced ends the sessions of server's endpoint that are relayed to a fenced instance.
+func (g *gatewayEndpoints) cutFenced(server armid.ServerID) {
+	ep, ok := g.mgr.Get(endpointName(server))
+	if !ok {
+		return
+	}
+	n := ep.Cut(func(s gateway.SessionInfo) bool {
+		_, _, err := g.svc.ResolveDatabase(server, s.Database)
+		return errors.Is(err, service.ErrFenced)
+	})
+	if n > 0 {
+		g.log.Warn("cut sessions relayed to a fenced former primary", "server", server.Name, "sessions", n)
+	}
+}
+
 type serverResolver struct {
-	svc    *service.Service
+	g      *gatewayEndpoints
 	server armid.ServerID
 }
 
 func (r serverResolver) Resolve(_ context.Context, database string) (string, error) {
-	port, status, err := r.svc.ResolveDatabase(r.server, database)
+	port, status, err := r.g.svc.ResolveDatabase(r.server, database)
 	switch {
 	case errors.Is(err, service.ErrUnknownDatabase):
 		return "", &gateway.RouteError{Code: "3D000", Message: fmt.Sprintf("database %q does not exist on server %q", database, r.server.Name)}
 	case errors.Is(err, service.ErrFenced):
+		go r.g.cutFenced(r.server) // sessions relayed to it before it was fenced end too
 		return "", &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf("database %q on server %q is a former primary waiting to rejoin as a secondary", database, r.server.Name)}
 	case err != nil:
 		return "", &gateway.RouteError{Code: "58000", Message: "fogo could not resolve the database"}

@@ -14,27 +14,55 @@ import (
 // (which, through Go's netpoller, costs a large share of a short query's round trip). Descriptors are duplicates
 // of the net.Conns' (non-blocking, as Go made them); a side whose peer cannot take more stops being read until
 // the peer drains (backpressure).
+//
+// Ownership: from add on, a session's duplicates belong to the loop thread. Only it registers, reads, writes,
+// shuts down and closes them; other goroutines ask through the request queue (add, end) and never name a
+// descriptor number, which the OS reuses once it is closed. Epoll events carry a side's id, not its descriptor,
+// so an event that was already queued for a side that has ended finds nothing.
+//
+// Interest follows what a side wants: EPOLLIN|EPOLLRDHUP while it is read, EPOLLOUT while bytes wait for it, and
+// nothing at all (the descriptor leaves the interest list) while it is paused for backpressure with nothing to
+// write. EPOLLHUP and EPOLLERR are reported whatever the mask says and a hang-up stays pending (level-triggered),
+// so a paused side that stayed registered would wake epoll_wait at once, again and again, until its peer drained:
+// a backend that closes while its client reads slowly (an old primary ending its sessions in a failover) spun
+// the loop at 100 % CPU. A paused side is registered again when its peer drains, and then its hang-up is read
+// like any end of stream.
 type eventLoop struct {
-	epfd int
-	mu   sync.Mutex
-	fds  map[int]*side
+	epfd   int
+	wakeR  int // read end of the wake-up pipe (registered with wakeID)
+	wakeW  int
+	mu     sync.Mutex
+	queue  []loopRequest // for the loop thread, from other goroutines
+	woken  bool          // a byte is in the wake-up pipe
+	sides  map[uint64]*side
+	nextID uint64 // loop-thread only, like sides
+}
+
+// wakeID is the epoll data of the wake-up pipe; side ids start above it.
+const wakeID = 0
+
+type loopRequest struct {
+	sess *loopSession
+	end  bool // end the session (else: start relaying it)
 }
 
 // side is one direction's source descriptor and what waits to be written to it.
 type side struct {
-	fd      int
-	peer    *side
-	pending []byte // bytes read from peer that fd has not accepted yet
-	reading bool   // EPOLLIN wanted (false while peer has pending bytes: backpressure)
-	writing bool   // EPOLLOUT wanted (pending not empty)
-	sess    *loopSession
+	id         uint64
+	fd         int
+	peer       *side
+	pending    []byte // bytes read from peer that fd has not accepted yet
+	reading    bool   // EPOLLIN wanted (false while peer has pending bytes: backpressure)
+	writing    bool   // EPOLLOUT wanted (pending not empty)
+	registered bool   // fd is in the epoll interest list
+	sess       *loopSession
 }
 
-// loopSession ends once, when either side ends.
+// loopSession ends once, when either side ends or end() asks.
 type loopSession struct {
-	once sync.Once
-	done chan struct{}
-	a, b *side
+	done  chan struct{}
+	ended bool // loop-thread only
+	a, b  *side
 }
 
 var (
@@ -45,16 +73,40 @@ var (
 
 // sharedLoop starts the process's event loop on first use.
 func sharedLoop() (*eventLoop, error) {
-	loopOnce.Do(func() {
-		fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
-		if err != nil {
-			loopErr = fmt.Errorf("epoll_create1: %w", err)
-			return
-		}
-		loop = &eventLoop{epfd: fd, fds: map[int]*side{}}
-		go loop.run()
-	})
+	loopOnce.Do(func() { loop, loopErr = newEventLoop() })
 	return loop, loopErr
+}
+
+func newEventLoop() (*eventLoop, error) {
+	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
+		syscall.Close(fd)
+		return nil, fmt.Errorf("pipe2: %w", err)
+	}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
+	setEventID(&ev, wakeID)
+	if err := syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, p[0], &ev); err != nil {
+		syscall.Close(fd)
+		syscall.Close(p[0])
+		syscall.Close(p[1])
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	l := &eventLoop{epfd: fd, wakeR: p[0], wakeW: p[1], sides: map[uint64]*side{}, nextID: wakeID + 1}
+	go l.run()
+	return l, nil
+}
+
+// setEventID and eventID keep a 64-bit id in epoll_event's data (Fd and Pad are its two halves).
+func setEventID(ev *syscall.EpollEvent, id uint64) {
+	ev.Fd, ev.Pad = int32(uint32(id)), int32(uint32(id>>32))
+}
+
+func eventID(ev *syscall.EpollEvent) uint64 {
+	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 }
 
 func dupFD(c *net.TCPConn) (int, error) {
@@ -75,7 +127,8 @@ func dupFD(c *net.TCPConn) (int, error) {
 }
 
 // add relays between client and backend until either ends; the returned channel closes then, and end() ends
-// the session from outside (endpoint closing).
+// the session from outside (endpoint closing, a cut). end may be called any number of times, also after the
+// session ended by itself.
 func (l *eventLoop) add(client, backend *net.TCPConn) (done <-chan struct{}, end func(), err error) {
 	cfd, err := dupFD(client)
 	if err != nil {
@@ -89,21 +142,56 @@ func (l *eventLoop) add(client, backend *net.TCPConn) (done <-chan struct{}, end
 	s := &loopSession{done: make(chan struct{})}
 	s.a, s.b = &side{fd: cfd, reading: true, sess: s}, &side{fd: bfd, reading: true, sess: s}
 	s.a.peer, s.b.peer = s.b, s.a
+	l.request(loopRequest{sess: s})
+	return s.done, func() { l.request(loopRequest{sess: s, end: true}) }, nil
+}
+
+// request hands r to the loop thread and wakes it.
+func (l *eventLoop) request(r loopRequest) {
 	l.mu.Lock()
-	l.fds[cfd], l.fds[bfd] = s.a, s.b
+	l.queue = append(l.queue, r)
+	wake := !l.woken
+	l.woken = true
 	l.mu.Unlock()
-	for _, sd := range []*side{s.a, s.b} {
-		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(sd.fd)}
-		if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, sd.fd, &ev); err != nil {
-			l.finish(s)
-			return nil, nil, fmt.Errorf("epoll_ctl: %w", err)
+	if wake {
+		_, _ = syscall.Write(l.wakeW, []byte{1}) // a full pipe (EAGAIN) is already a wake-up
+	}
+}
+
+// serveRequests runs on the loop thread: start new sessions, end the ones asked for.
+func (l *eventLoop) serveRequests() {
+	var b [64]byte
+	for {
+		if n, err := syscall.Read(l.wakeR, b[:]); n <= 0 || err != nil {
+			break
 		}
 	}
-	end = func() {
-		_ = syscall.Shutdown(cfd, syscall.SHUT_RDWR)
-		_ = syscall.Shutdown(bfd, syscall.SHUT_RDWR)
+	l.mu.Lock()
+	q := l.queue
+	l.queue, l.woken = nil, false
+	l.mu.Unlock()
+	for _, r := range q {
+		s := r.sess
+		switch {
+		case s.ended:
+		case r.end:
+			l.finish(s)
+		case s.a.id == 0:
+			l.start(s)
+		}
 	}
-	return s.done, end, nil
+}
+
+// start registers a new session's two sides.
+func (l *eventLoop) start(s *loopSession) {
+	for _, sd := range []*side{s.a, s.b} {
+		sd.id = l.nextID
+		l.nextID++
+		l.sides[sd.id] = sd
+	}
+	if !l.update(s.a) || !l.update(s.b) {
+		l.finish(s)
+	}
 }
 
 func (l *eventLoop) run() {
@@ -119,20 +207,24 @@ func (l *eventLoop) run() {
 			return
 		}
 		for i := 0; i < n; i++ {
-			l.mu.Lock()
-			sd := l.fds[int(events[i].Fd)]
-			l.mu.Unlock()
-			if sd == nil {
+			id := eventID(&events[i])
+			if id == wakeID {
+				l.serveRequests()
 				continue
 			}
+			sd := l.sides[id]
+			if sd == nil || sd.sess.ended {
+				continue // the session ended earlier in this batch
+			}
 			ev := events[i].Events
-			if ev&syscall.EPOLLOUT != 0 && sd.writing {
+			// A hang-up or error on a side that waits to be written is found by the write.
+			if sd.writing && ev&(syscall.EPOLLOUT|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
 				if !l.flush(sd) {
 					l.finish(sd.sess)
 					continue
 				}
 			}
-			if ev&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 && sd.reading {
+			if sd.reading && ev&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
 				if !l.pump(sd, buf) {
 					l.finish(sd.sess)
 				}
@@ -219,30 +311,48 @@ func (l *eventLoop) flush(sd *side) bool {
 	return l.update(sd) && l.update(sd.peer)
 }
 
+// update makes sd's epoll interest match what it wants; a side that wants nothing leaves the interest list, so
+// that a hang-up it cannot act on yet does not wake the loop (see eventLoop).
 func (l *eventLoop) update(sd *side) bool {
-	var events uint32 = syscall.EPOLLRDHUP
+	var events uint32
 	if sd.reading {
-		events |= syscall.EPOLLIN
+		events |= syscall.EPOLLIN | syscall.EPOLLRDHUP
 	}
 	if sd.writing {
 		events |= syscall.EPOLLOUT
 	}
-	ev := syscall.EpollEvent{Events: events, Fd: int32(sd.fd)}
-	return syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, sd.fd, &ev) == nil
+	ev := syscall.EpollEvent{Events: events}
+	setEventID(&ev, sd.id)
+	var err error
+	switch {
+	case events == 0 && sd.registered:
+		err = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, sd.fd, nil)
+		sd.registered = false
+	case events == 0:
+	case sd.registered:
+		err = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, sd.fd, &ev)
+	default:
+		err = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, sd.fd, &ev)
+		sd.registered = err == nil
+	}
+	return err == nil
 }
 
-// finish ends a session once: unregister and close both duplicates.
+// finish ends a session once, on the loop thread: unregister, shut down and close both duplicates.
 func (l *eventLoop) finish(s *loopSession) {
-	s.once.Do(func() {
-		l.mu.Lock()
-		delete(l.fds, s.a.fd)
-		delete(l.fds, s.b.fd)
-		l.mu.Unlock()
-		for _, sd := range []*side{s.a, s.b} {
+	if s.ended {
+		return
+	}
+	s.ended = true
+	for _, sd := range []*side{s.a, s.b} {
+		delete(l.sides, sd.id)
+		if sd.registered {
 			_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, sd.fd, nil)
-			_ = syscall.Shutdown(sd.fd, syscall.SHUT_RDWR)
-			_ = syscall.Close(sd.fd)
+			sd.registered = false
 		}
-		close(s.done)
-	})
+		_ = syscall.Shutdown(sd.fd, syscall.SHUT_RDWR)
+		_ = syscall.Close(sd.fd)
+		sd.fd = -1
+	}
+	close(s.done)
 }

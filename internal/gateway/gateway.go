@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,11 +46,14 @@ type Config struct {
 	// RetryFor bounds how long a session is retried against backends that refuse it or answer "cannot connect
 	// now" (57P03) before the client gets the error (default 5s).
 	RetryFor time.Duration
-	Logger   *slog.Logger
+	// ReservedUsers are login names refused at every endpoint (fogo's internal superuser): every session reaches
+	// PostgreSQL from the gateway's loopback address, so pg_hba.conf cannot tell a client from fogo itself.
+	ReservedUsers []string
+	Logger        *slog.Logger
 }
 
-// Stats are an endpoint's counters.
-type Stats struct{ Active, Accepted, Refused int64 }
+// Stats are an endpoint's counters: Cut counts sessions ended by Cut.
+type Stats struct{ Active, Accepted, Refused, Cut int64 }
 
 // Manager owns named endpoints and the cancel-key registry they share.
 type Manager struct {
@@ -90,7 +94,7 @@ func (m *Manager) Open(name, addr string, r Resolver) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	e := &Endpoint{cfg: m.cfg, ln: ln, resolver: r, cancels: m.cancels, sessions: map[net.Conn]func(){}}
+	e := &Endpoint{cfg: m.cfg, ln: ln, resolver: r, cancels: m.cancels, sessions: map[*session]struct{}{}}
 	m.endpoints[name] = e
 	go e.serve()
 	return e.Addr(), nil
@@ -134,11 +138,12 @@ type Endpoint struct {
 	cancels  *cancelRegistry
 
 	mu       sync.Mutex
-	sessions map[net.Conn]func() // client connection -> how to end the session
+	sessions map[*session]struct{}
 	closed   bool
 	active   atomic.Int64
 	accepted atomic.Int64
 	refused  atomic.Int64
+	cut      atomic.Int64
 }
 
 // Addr is the listening address.
@@ -146,47 +151,18 @@ func (e *Endpoint) Addr() string { return e.ln.Addr().String() }
 
 // Stats returns the counters.
 func (e *Endpoint) Stats() Stats {
-	return Stats{Active: e.active.Load(), Accepted: e.accepted.Load(), Refused: e.refused.Load()}
+	return Stats{Active: e.active.Load(), Accepted: e.accepted.Load(), Refused: e.refused.Load(), Cut: e.cut.Load()}
 }
 
 // Close stops accepting and ends every session.
 func (e *Endpoint) Close() {
 	e.mu.Lock()
 	e.closed = true
-	for c, end := range e.sessions {
-		end()
-		c.Close()
+	for s := range e.sessions {
+		s.stop()
 	}
 	e.mu.Unlock()
 	e.ln.Close()
-}
-
-func (e *Endpoint) track(c net.Conn) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return false
-	}
-	e.sessions[c] = func() {}
-	return true
-}
-
-// onEnd sets how to end c's session when the endpoint closes (a relay on raw descriptors must shut them down).
-func (e *Endpoint) onEnd(c net.Conn, end func()) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if _, ok := e.sessions[c]; ok {
-		e.sessions[c] = end
-	}
-	if e.closed {
-		end()
-	}
-}
-
-func (e *Endpoint) untrack(c net.Conn) {
-	e.mu.Lock()
-	delete(e.sessions, c)
-	e.mu.Unlock()
 }
 
 func (e *Endpoint) serve() {
@@ -206,11 +182,12 @@ func (e *Endpoint) serve() {
 
 // handle runs one client connection from startup to end.
 func (e *Endpoint) handle(client net.Conn) {
-	if !e.track(client) {
+	sess := e.track(client)
+	if sess == nil {
 		client.Close()
 		return
 	}
-	defer e.untrack(client)
+	defer e.untrack(sess)
 	defer client.Close()
 	_ = client.SetDeadline(time.Now().Add(e.cfg.StartupTimeout))
 	client, startup, err := e.readStartup(client)
@@ -221,13 +198,20 @@ func (e *Endpoint) handle(client net.Conn) {
 		}
 		return
 	}
-	e.track(client) // a TLS-wrapped conn replaces the raw one for Close
-	defer e.untrack(client)
+	sess.add(client) // a TLS-wrapped conn, closed with the session too
+	// The startup deadline bounds the startup phase the client sends. Routing may take longer (a failover holds
+	// new read-write sessions up to the listener's hold timeout, all within ResolveTimeout) and the client is not
+	// read meanwhile; whatever the outcome, its answer must still reach the client.
+	_ = client.SetDeadline(time.Time{})
 	params := startupParams(startup[8:])
+	if user := params["user"]; slices.Contains(e.cfg.ReservedUsers, user) {
+		e.cfg.Logger.Warn("gateway: refused a login as a reserved role", "remote", client.RemoteAddr().String(), "user", user)
+		e.refuse(client, "28000", fmt.Sprintf("fogo gateway: role %q is reserved for fogo and cannot log in through server endpoints or listeners", user))
+		return
+	}
 	mode := replicationMode(params)
 	if mode == replPhysical {
-		e.refused.Add(1)
-		writeError(client, "28000", "fogo gateway: physical replication is not available through server endpoints")
+		e.refuse(client, "28000", "fogo gateway: physical replication is not available through server endpoints or listeners")
 		return
 	}
 	database := params["database"]
@@ -236,15 +220,15 @@ func (e *Endpoint) handle(client net.Conn) {
 	}
 	backend, addr, first, err := e.connectBackend(database, startup)
 	if err != nil {
-		e.refused.Add(1)
 		var re *RouteError
 		if !errors.As(err, &re) {
 			re = &RouteError{Code: "08006", Message: "fogo gateway: " + err.Error()}
 		}
-		writeError(client, re.Code, re.Message)
+		e.refuse(client, re.Code, re.Message)
 		return
 	}
 	defer backend.Close()
+	sess.route(SessionInfo{Database: database, User: params["user"], Backend: addr}, backend)
 	_ = client.SetDeadline(time.Time{})
 	if _, err := client.Write(first); err != nil {
 		return
@@ -255,7 +239,14 @@ func (e *Endpoint) handle(client net.Conn) {
 		e.relayLogical(client, backend, addr)
 		return
 	}
-	e.relay(client, backend, addr)
+	e.relay(sess, client, backend, addr)
+}
+
+// refuse counts a refused session and sends its FATAL ErrorResponse, bounded by the startup timeout.
+func (e *Endpoint) refuse(client net.Conn, code, message string) {
+	e.refused.Add(1)
+	_ = client.SetWriteDeadline(time.Now().Add(e.cfg.StartupTimeout))
+	writeError(client, code, message)
 }
 
 // connectBackend resolves the database, dials the backend, sends the startup message and reads the backend's

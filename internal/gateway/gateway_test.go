@@ -266,3 +266,45 @@ func TestGatewayTLS(t *testing.T) {
 		conn.Close(ctx)
 	}
 }
+
+// blockingRoutes makes Resolve wait until release is closed, then answer with err (a held failover).
+type blockingRoutes struct {
+	release chan struct{}
+	err     error
+}
+
+func (r blockingRoutes) Resolve(ctx context.Context, _ string) (string, error) {
+	select {
+	case <-r.release:
+		return "", r.err
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// TestResolveLongerThanStartupTimeout: the startup deadline bounds reading the startup packet, not the wait for
+// a route (a failover hold lasts longer): a session whose route comes back after it still gets the
+// resolver's ErrorResponse, here a held session that timed out (57P03).
+func TestResolveLongerThanStartupTimeout(t *testing.T) {
+	const startup = 200 * time.Millisecond
+	m := gateway.NewManager(gateway.Config{StartupTimeout: startup})
+	t.Cleanup(m.CloseAll)
+	r := blockingRoutes{release: make(chan struct{}), err: &gateway.RouteError{Code: "57P03", Message: "a failover is still in progress; retry"}}
+	addr, err := m.Open("held", "127.0.0.1:0", r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(3 * startup) // the hold outlasts the startup deadline
+		close(r.release)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	host, port, _ := strings.Cut(addr, ":")
+	start := time.Now()
+	_, err = pgconn.Connect(ctx, fmt.Sprintf("host=%s port=%s user=app dbname=db sslmode=disable", host, port))
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P03" || !strings.Contains(pgErr.Message, "failover") {
+		t.Fatalf("held session after %s: %v, want a 57P03 ErrorResponse", time.Since(start).Round(time.Millisecond), err)
+	}
+}

@@ -12,7 +12,7 @@ import (
 // relay copies bytes both ways until either side ends. The backend's messages are framed until the first
 // ReadyForQuery to record its BackendKeyData for cancel requests. After that, a plain TCP session is handed to
 // the event loop (eventloop_linux.go); a TLS session keeps going through the netpoller.
-func (e *Endpoint) relay(client, backend net.Conn, addr string) {
+func (e *Endpoint) relay(sess *session, client, backend net.Conn, addr string) {
 	c2b := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(backend, client)
@@ -42,7 +42,7 @@ func (e *Endpoint) relay(client, backend net.Conn, addr string) {
 		_ = client.SetReadDeadline(time.Time{})
 		if l, err := sharedLoop(); err == nil {
 			if done, end, err := l.add(ct, bt); err == nil {
-				e.onEnd(client, end)
+				sess.onEnd(end)
 				<-done
 				client.Close()
 				backend.Close()

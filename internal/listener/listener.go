@@ -7,6 +7,10 @@
 // from the store, where a failover records the new primary (and its epoch) before it releases the group, so a
 // former primary is never routed to again, even if its instance comes back before it is rewound.
 //
+// Sessions already relayed to an instance that is no longer the group's primary are cut (their connections
+// closed) when a failover releases the group, and when a new read-write session finds that the route of its
+// database changed: a former primary that could not be stopped must not keep serving the sessions it had.
+//
 // The read-only listener routes to the geo-secondary when it runs as a standby; with the read-only policy
 // Enabled it falls back to the primary while no secondary is available, with Disabled it refuses.
 package listener
@@ -18,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +68,7 @@ type Listeners struct {
 	gates   map[string]*gate
 	waiting map[string]*atomic.Int64 // group key -> sessions waiting on the read-write listener
 	open    map[string]bool          // group key -> listeners open
+	routeOf map[string]string        // group key + "/" + database -> the read-write backend last routed to
 }
 
 // New returns listeners that open their endpoints in gw (shared with the server endpoints, so cancel requests
@@ -78,7 +84,7 @@ func New(cfg Config, gw *gateway.Manager, routes Routes) *Listeners {
 		cfg.Logger = slog.Default()
 	}
 	return &Listeners{cfg: cfg, gw: gw, routes: routes, gates: map[string]*gate{},
-		waiting: map[string]*atomic.Int64{}, open: map[string]bool{}}
+		waiting: map[string]*atomic.Int64{}, open: map[string]bool{}, routeOf: map[string]string{}}
 }
 
 func endpointName(kind, group string) string { return "listener-" + kind + ":" + group }
@@ -112,14 +118,59 @@ func (l *Listeners) Close(g *model.FailoverGroup) {
 	l.gw.Close(endpointName(ReadOnly, key))
 	l.mu.Lock()
 	delete(l.open, key)
+	for k := range l.routeOf {
+		if strings.HasPrefix(k, key+"/") {
+			delete(l.routeOf, k)
+		}
+	}
 	l.mu.Unlock()
 }
 
 // Hold makes new read-write sessions of the group wait (a failover starts).
 func (l *Listeners) Hold(group string) { l.gate(group).hold() }
 
-// Release lets them through to the primary recorded now (a failover ended, whatever its outcome).
-func (l *Listeners) Release(group string) { l.gate(group).release() }
+// Release lets them through to the primary recorded now (a failover ended, whatever its outcome), and cuts the
+// read-write sessions still relayed to an instance that is not the primary now.
+func (l *Listeners) Release(group string) {
+	l.gate(group).release()
+	l.CutStale(group)
+}
+
+// CutStale ends the group's read-write sessions relayed to an instance that is no longer the primary of their
+// database (or whose primary is fenced), and returns how many. A route that cannot be read now keeps its
+// sessions.
+func (l *Listeners) CutStale(group string) int {
+	ep, ok := l.gw.Get(endpointName(ReadWrite, group))
+	if !ok {
+		return 0
+	}
+	n := ep.Cut(func(s gateway.SessionInfo) bool {
+		port, err := l.routes.ResolveGroupDatabase(group, s.Database, false)
+		if err != nil {
+			return errors.Is(err, service.ErrFenced)
+		}
+		return s.Backend != backendAddr(port)
+	})
+	if n > 0 {
+		l.cfg.Logger.Warn("listener: cut sessions relayed to a former primary", "group", group, "sessions", n)
+	}
+	return n
+}
+
+// routed notes the backend a new read-write session of database goes to; when it changed, the sessions relayed
+// to the previous one are cut (a failover recorded a new primary).
+func (l *Listeners) routed(group, database, addr string) {
+	key := group + "/" + database
+	l.mu.Lock()
+	prev, known := l.routeOf[key]
+	l.routeOf[key] = addr
+	l.mu.Unlock()
+	if known && prev != addr {
+		go l.CutStale(group)
+	}
+}
+
+func backendAddr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 // Held reports whether the group is held.
 func (l *Listeners) Held(group string) bool { return l.gate(group).isHeld() }
@@ -241,7 +292,10 @@ func (r resolver) Resolve(ctx context.Context, database string) (string, error) 
 	port, err := r.l.routes.ResolveGroupDatabase(r.group, database, r.readOnly)
 	switch {
 	case err == nil:
-		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
+		if !r.readOnly {
+			r.l.routed(r.group, database, backendAddr(port))
+		}
+		return backendAddr(port), nil
 	case errors.Is(err, service.ErrUnknownDatabase):
 		return "", &gateway.RouteError{Code: "3D000", Message: fmt.Sprintf("database %q is not in failover group %q", database, r.group)}
 	case errors.Is(err, service.ErrNoReadableSecondary):
@@ -250,6 +304,9 @@ func (r resolver) Resolve(ctx context.Context, database string) (string, error) 
 	case errors.Is(err, service.ErrUnknownGroup):
 		return "", &gateway.RouteError{Code: "08006", Message: fmt.Sprintf("failover group %q no longer exists", r.group)}
 	case errors.Is(err, service.ErrFenced):
+		if !r.readOnly {
+			go r.l.CutStale(r.group) // the primary is fenced: nothing may stay relayed to it
+		}
 		return "", &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf("database %q has no primary right now", database)}
 	default:
 		r.l.cfg.Logger.Error("listener route", "group", r.group, "database", database, "err", err)

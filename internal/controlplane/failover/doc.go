@@ -8,10 +8,11 @@
 //
 // Planned failover (zero data loss; it completes or it rolls back):
 //
-//  1. Hold     the read-write listener holds new connections (hook; issue 3 makes it real).
-//  2. CatchUp  with the primary still writable: CHECKPOINT it (a short shutdown checkpoint later), then wait
+//  1. CatchUp  with the primary still writable: CHECKPOINT it (a short shutdown checkpoint later), then wait
 //     (bounded) until each geo-secondary has replayed what its primary had flushed when the wait began.
 //     On timeout: fail with PlannedFailoverTimedOutForDatabase — nothing was changed.
+//  2. Hold     the read-write listener holds new connections (hook) until Release, so they wait through
+//     demote and promote only.
 //  3. Demote   fast shutdown of the old primaries: their sessions end and their walsenders ship everything up to
 //     the shutdown checkpoint; wait (bounded) until each secondary has flushed past it, which proves every
 //     acknowledged commit is there. On timeout: start the old primaries again, fail as above.

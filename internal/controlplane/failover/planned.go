@@ -28,12 +28,6 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 	if err != nil {
 		return err
 	}
-	if err := x.run.Step("hold"); err != nil {
-		return err
-	}
-	x.o.hooks.Hold(x.plan.Group)
-	defer x.o.hooks.Release(x.plan.Group)
-
 	if !x.plan.Demoting {
 		if err := x.checkPreconditions(ctx, olds, news); err != nil {
 			return err
@@ -50,6 +44,12 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 			return err
 		}
 	}
+	// New read-write sessions wait from here on only: during the catch-up the primary still takes them.
+	if err := x.run.Step("hold"); err != nil {
+		return err
+	}
+	x.o.hooks.Hold(x.plan.Group)
+	defer x.o.hooks.Release(x.plan.Group)
 	if err := x.run.Step("demote"); err != nil {
 		return err
 	}
