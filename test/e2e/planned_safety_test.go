@@ -152,6 +152,76 @@ func TestPlannedFailoverGoesForwardWhenAPromotionFails(t *testing.T) {
 	f.waitRowOn(t, east, "b", "after-forward")
 }
 
+// TestPlannedFailoverRefusesAPrimaryThatDidNotShutDownCleanly: after the catch-up, the geo-secondary is cut
+// off (walsender ended, slot dropped so it cannot reconnect), the primary acknowledges one more commit and is
+// killed (kill -9) before fogo demotes it. "Not running" must not pass for "demoted": its last checkpoint is an
+// online one the secondary passed long ago. The failover rolls back (the old primary restarts as the primary,
+// PlannedFailoverTimedOutForDatabase) and the acknowledged commit is still there.
+func TestPlannedFailoverRefusesAPrimaryThatDidNotShutDownCleanly(t *testing.T) {
+	f := startFogo(t)
+	east, west := "unclean-east", "unclean-west"
+	f.groupWithLedger(east, west, "unclean-fg", "bank")
+	ids := insertRows(t, f, east, "bank", 20)
+	eastRec, westRec := f.instanceOf(t, east, "bank"), f.instanceOf(t, west, "bank")
+
+	var lastID int64
+	var hookErr error
+	onStep(f, model.OpPlanned, "demote", func(*model.Operation) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		conn, err := f.app.Cluster.Handle(eastRec).Connect(ctx, "bank")
+		if err != nil {
+			hookErr = err
+			return
+		}
+		defer conn.Close(context.Background())
+		for {
+			_, err = conn.Exec(ctx, "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", westRec.SlotName)
+			if err == nil {
+				_, err = conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", westRec.SlotName)
+			}
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			hookErr = fmt.Errorf("cut off the geo-secondary: %w", err)
+			return
+		}
+		if err := conn.QueryRow(ctx, "INSERT INTO ledger(note) VALUES ('unshipped') RETURNING id").Scan(&lastID); err != nil {
+			hookErr = err
+			return
+		}
+		hookErr = killPostmaster(f, eastRec)
+	})
+	r := f.do(http.MethodPost, fgPath(west, "unclean-fg")+"/failover", nil)
+	st := f.wait(r)
+	if hookErr != nil || lastID == 0 {
+		t.Fatalf("fault injection: %v", hookErr)
+	}
+	if st["status"] != "Failed" || opError(st) != "PlannedFailoverTimedOutForDatabase" {
+		t.Fatalf("planned failover after the old primary crashed: %v %v", st["status"], st["error"])
+	}
+	if loc := f.do(http.MethodGet, r.Header.Get("Location"), nil); loc.Status != 400 || loc.errCode() != "PlannedFailoverTimedOutForDatabase" {
+		t.Fatalf("final result of the rolled-back failover: %d %s", loc.Status, loc.Raw)
+	}
+	if role(t, f, east, "unclean-fg") != "Primary" {
+		t.Fatal("the roles changed")
+	}
+	f.onePrimaryAt(t, east, west, "bank", 30*time.Second)
+	checkAllPresent(t, f, east, "bank", append(ids, lastID))
+	rw := f.listenerOf(east, "unclean-fg", "readWriteEndpoint")
+	if p, standby := whereIs(t, rw, "bank"); p != eastRec.Port || standby {
+		t.Fatalf("rw listener routes to port %d (standby %v), want %d", p, standby, eastRec.Port)
+	}
+
+	// The group is usable again once the geo-secondary's slot exists: it catches up, the commit included.
+	f.execOnInstance(t, east, "bank", fmt.Sprintf("SELECT pg_create_physical_replication_slot('%s', true)", westRec.SlotName))
+	f.waitGroupState(east, "unclean-fg", "CATCH_UP")
+	f.waitRowOn(t, west, "bank", "unshipped")
+}
+
 // TestPlannedFailoverSucceedsWhenOnlyTheRejoinFails: the roles are recorded and the new primary promoted, but the
 // old primary cannot restart as a standby (its port is taken). The failover has happened, so the operation
 // succeeds (an ARM client retrying a Failed one would get a 400), the status shows the old primary not streaming

@@ -209,8 +209,14 @@ func closeSessions(m map[string]*instance.Session) {
 	}
 }
 
-// demote shuts the old primary down fast and waits, bounded, until the secondary has flushed its shutdown
+// demote shuts the old primary down fast and waits, bounded, until the secondary has replayed its shutdown
 // checkpoint: then every commit the old primary acknowledged is on the secondary.
+//
+// "Not running" is not "demoted" (Stop returns nil for an instance that is not running): an old primary that
+// crashed after the catch-up, or that an undo stopped with an immediate shutdown before fogo died, ended
+// without a shutdown checkpoint. Its last checkpoint is then an online one that the secondary passed long ago,
+// while commits after it may never have been shipped, and pg_rewind would destroy them at the rejoin. So the
+// cluster state must read "shut down": then the WAL ends with that checkpoint record.
 func (x *execution) demote(ctx context.Context, old *model.Instance, sn *instance.Session, bound time.Duration) error {
 	ho := x.o.cl.Handle(old)
 	sctx, cancel := context.WithTimeout(ctx, bound)
@@ -223,11 +229,21 @@ func (x *execution) demote(ctx context.Context, old *model.Instance, sn *instanc
 	if err != nil {
 		return fmt.Errorf("demote %s: read control data: %w", old.Database, err)
 	}
+	if cd.State != clusterShutDown {
+		return notShutDownCleanly(old.Database, cd.State)
+	}
+	// The replay position is the end of the last record replayed, so a replay position past the start of the
+	// shutdown checkpoint means the whole record was received and replayed (a receive position can end inside
+	// a record).
 	return pollUntil(ctx, time.Now().Add(bound), time.Millisecond, timedOut(old.Database), func() bool {
-		got, err := sn.ReceiveLSN(ctx)
+		got, err := sn.ReplayLSN(ctx)
 		return err == nil && got > cd.CheckpointLSN
 	})
 }
+
+// clusterShutDown is pg_controldata's "Database cluster state" of a primary stopped by a clean (smart or fast)
+// shutdown; a crash or an immediate shutdown leaves "in production".
+const clusterShutDown = "shut down"
 
 // undoDemote starts the old primaries again as primaries after a demote that could not be confirmed; the
 // roles stay as they were.
