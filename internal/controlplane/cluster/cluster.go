@@ -260,12 +260,16 @@ func (m *Manager) Rejoin(ctx context.Context, rec, upstream *model.Instance) err
 }
 
 // EnsureRunning starts an instance that should run and does not (crash, host reboot, fogo restart).
-// A former primary waiting for its rejoin is never started as a primary: that is the fence.
+// A former primary waiting for its rejoin is never started as a primary: that is the fence. A recorded primary
+// that is still a standby is promoted: a failover recorded the roles but could not finish the promotion.
 func (m *Manager) EnsureRunning(ctx context.Context, rec *model.Instance) error {
 	if rec.NeedsRejoin || (rec.Role == model.RoleStandby && !rec.Seeded) {
 		return nil
 	}
 	h := m.Handle(rec)
+	if rec.Role == model.RolePrimary && h.IsStandby() {
+		return m.finishPromotion(ctx, rec)
+	}
 	if _, running := h.Running(); running {
 		return nil
 	}
@@ -284,6 +288,23 @@ func (m *Manager) EnsureRunning(ctx context.Context, rec *model.Instance) error 
 	}
 	m.log.Info("starting instance", "instance", rec.ID, "database", rec.Database, "role", rec.Role)
 	return h.Start(ctx)
+}
+
+// finishPromotion starts a recorded primary that still holds standby.signal as the standby it is (so that its
+// promotion opens a new timeline, as any promotion does) and promotes it, then writes its primary configuration.
+func (m *Manager) finishPromotion(ctx context.Context, rec *model.Instance) error {
+	h := m.Handle(rec)
+	m.log.Warn("finishing the promotion of a recorded primary", "instance", rec.ID, "database", rec.Database)
+	if err := h.Start(ctx); err != nil {
+		return fmt.Errorf("finish the promotion of %s: start: %w", rec.ID, err)
+	}
+	if err := h.Promote(ctx); err != nil {
+		return fmt.Errorf("finish the promotion of %s: %w", rec.ID, err)
+	}
+	if err := h.Configure(m.settings(rec, nil)); err != nil {
+		return fmt.Errorf("finish the promotion of %s: configure: %w", rec.ID, err)
+	}
+	return nil
 }
 
 // AdminRightsVersion is the version of the rights fogo gives a server's admin login; 1: REPLICATION (logical

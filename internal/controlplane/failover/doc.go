@@ -6,7 +6,7 @@
 // around. Before a step acts it records its intent in the plan (Demoting, Promoting), and every step judges
 // "already done?" from facts (is the instance running, is it still in recovery).
 //
-// Planned failover (zero data loss; it completes or it rolls back):
+// Planned failover (zero data loss; it rolls back until the old primaries are demoted, then only goes forward):
 //
 //  1. CatchUp  with the primary still writable: CHECKPOINT it (a short shutdown checkpoint later), then wait
 //     (bounded) until each geo-secondary has replayed what its primary had flushed when the wait began.
@@ -14,15 +14,24 @@
 //  2. Hold     the read-write listener holds new connections (hook) until Release, so they wait through
 //     demote and promote only.
 //  3. Demote   fast shutdown of the old primaries: their sessions end and their walsenders ship everything up to
-//     the shutdown checkpoint; wait (bounded) until each secondary has flushed past it, which proves every
-//     acknowledged commit is there. On timeout: start the old primaries again, fail as above.
-//  4. Promote  the geo-secondaries leave recovery (watched on an open session, not pg_ctl's 100 ms polling).
-//  5. Record   the store swaps roles and bumps the epoch (the new primary's epoch wins from here on).
-//  6. Release  the listeners route to the new primary (hook).
-//  7. Rejoin   each old primary restarts as a standby of the new one (pg_rewind only if it diverged).
+//     the shutdown checkpoint. The cluster state must read "shut down" (a crashed primary has no shutdown
+//     checkpoint, and "not running" proves nothing) and each secondary must have replayed that checkpoint
+//     record, which proves every acknowledged commit is there. Otherwise, or on timeout: start the old
+//     primaries again as primaries, fail as above.
+//  4. Record   the store swaps roles and bumps the epoch, a compare-and-swap on the epoch the operation was
+//     planned at (OperationInterrupted, nothing recorded, when another decision came first). From here on
+//     the store names the new primaries and the old ones are fenced (NeedsRejoin), so a failure or a crash
+//     can never leave two writable primaries: the operation, or the reconciler, only goes forward.
+//  5. Promote  the geo-secondaries leave recovery (watched on an open session, not pg_ctl's 100 ms polling). A
+//     promotion that fails ends the operation with DatabaseUnavailable; the reconciler finishes it.
+//  6. Release  the listeners route to the new primary.
+//  7. Rejoin   each old primary restarts as a standby of the new one (pg_rewind only if it diverged). A rejoin
+//     that fails does not fail the operation: the reconciler retries it with backoff, and the group reads
+//     SUSPENDED until the old primary streams again.
 //
 // Forced failover (allow data loss): Fence (stop the old primary if it can be reached; either way it is marked
 // NeedsRejoin so nothing starts it as a primary again), Promote, Record, Release, then a best-effort Rejoin; the
 // reconciler retries the rejoin until it succeeds. tryPlannedBeforeForcedFailover runs a planned failover with a
-// bounded catch-up and falls back to a forced one when that is rolled back.
+// bounded catch-up and falls back to a forced one when that is rolled back. Every operation first checks that the
+// group is still at the epoch it was planned at, so a stale one acts on nothing.
 package failover

@@ -132,6 +132,10 @@ func (o *Orchestrator) run(ctx context.Context, run *operations.Run) error {
 	unlock := o.cl.Lock(p.Group)
 	defer unlock()
 	x := &execution{o: o, run: run, plan: &p}
+	// A stale operation (planned at an epoch the group has left) must not touch an instance.
+	if err := x.checkEpoch(); err != nil {
+		return err
+	}
 	switch p.Mode {
 	case model.OpForced:
 		return x.forced(ctx)
@@ -179,13 +183,51 @@ func (x *execution) instances() (olds, news []*model.Instance, err error) {
 	return olds, news, nil
 }
 
-// record makes the new roles the truth in the store: group primary/secondary swap, epoch, instance roles.
-// Idempotent: it sets absolute values taken from the plan.
+// checkEpoch reads the group's epoch before the operation acts: the epoch it was planned at lets it run, its own
+// recorded epoch means it is resumed after recording its roles (Plan.Recorded is set from that fact), and any
+// other epoch is a newer decision it must not act against.
+func (x *execution) checkEpoch() error {
+	return x.o.st.View(func(tx *store.Tx) error {
+		var g model.FailoverGroup
+		if err := tx.MustGet(store.Groups, x.plan.Group, &g); err != nil {
+			return fmt.Errorf("read failover group %s: %w", x.plan.Group, err)
+		}
+		recorded, err := epochDecision(&g, x.plan, x.run.Op.ID)
+		if recorded {
+			x.plan.Recorded = true
+		}
+		return err
+	})
+}
+
+// epochDecision compares the group's epoch with the plan's: (false, nil) when the group is still at the epoch
+// the plan was made at, (true, nil) when this operation has already recorded its roles, and
+// OperationInterrupted when anything else decided the roles in the meantime.
+func epochDecision(g *model.FailoverGroup, p *Plan, opID string) (recorded bool, err error) {
+	switch {
+	case g.Epoch == p.Epoch-1:
+		return false, nil
+	case g.Epoch == p.Epoch && g.LastFailoverOp == opID:
+		return true, nil
+	}
+	return false, errcatalog.Newf("OperationInterrupted", "Failover group '%s' changed while this failover was "+
+		"pending or running: its epoch is %d (last failover operation %q), and this operation was planned at epoch "+
+		"%d. A newer decision stands; this operation recorded nothing. Read the group's roles and retry if a "+
+		"failover is still wanted.", g.Name, g.Epoch, g.LastFailoverOp, p.Epoch-1)
+}
+
+// record makes the new roles the truth in the store: group primary/secondary swap, epoch, instance roles. It is
+// a compare-and-swap on the group's epoch (see epochDecision), in one transaction: either every role is
+// recorded or, when another decision came first, nothing is. Recording again what this operation recorded is
+// a no-op (it never re-fences an old primary the reconciler has rejoined since).
 func (x *execution) record(kind string) error {
 	p := x.plan
 	return x.o.st.Update(func(tx *store.Tx) error {
 		var g model.FailoverGroup
 		if err := tx.MustGet(store.Groups, p.Group, &g); err != nil {
+			return err
+		}
+		if recorded, err := epochDecision(&g, p, x.run.Op.ID); err != nil || recorded {
 			return err
 		}
 		g.Primary, g.Secondary, g.Epoch = p.To, p.From, p.Epoch
@@ -209,7 +251,9 @@ func (x *execution) record(kind string) error {
 				return err
 			}
 			np.Role, np.Upstream, np.Epoch, np.NeedsRejoin = model.RolePrimary, "", p.Epoch, false
-			op.Role, op.Upstream, op.NeedsRejoin = model.RoleStandby, np.ID, true
+			// The old primary holds a whole copy: it is rewound, never reseeded (Seeded), and until it streams
+			// again the group's replicationState reads SUSPENDED, not PENDING.
+			op.Role, op.Upstream, op.NeedsRejoin, op.Seeded = model.RoleStandby, np.ID, true, true
 			if err := tx.Put(store.Instances, np.ID, &np); err != nil {
 				return err
 			}
@@ -242,4 +286,19 @@ func timedOut(db string) error {
 	return errcatalog.Newf("PlannedFailoverTimedOutForDatabase",
 		"Planned failover timed out for database '%s': its geo-secondary did not catch up in time. The failover "+
 			"was rolled back; no data was lost and the roles are unchanged. Retry, or use forceFailoverAllowDataLoss.", db)
+}
+
+func notShutDownCleanly(db, state string) error {
+	return errcatalog.Newf("PlannedFailoverTimedOutForDatabase",
+		"Planned failover could not confirm that database '%s' loses nothing: its primary stopped without a clean "+
+			"shutdown (cluster state %q: it crashed or was stopped immediately), so commits it acknowledged may not "+
+			"have reached the geo-secondary. The failover was rolled back: the old primary is started again as the "+
+			"primary and the roles are unchanged. Retry, or use forceFailoverAllowDataLoss.", db, state)
+}
+
+func promotionUnfinished(err error) error {
+	return errcatalog.Newf("DatabaseUnavailable",
+		"The planned failover recorded the new roles (the partner server is the primary now and the old primaries "+
+			"are fenced), but a geo-secondary could not be promoted yet: %v. fogo keeps promoting it in the "+
+			"background; the database is unavailable until then.", err)
 }

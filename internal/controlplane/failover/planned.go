@@ -20,15 +20,18 @@ func jsonParams(op *model.Operation, v any) error { return json.Unmarshal(op.Par
 // writable, until each geo-secondary has replayed what its primary had flushed when the step began (and asks
 // the primary for a checkpoint so its shutdown checkpoint is short). The demote step then shuts the old
 // primary down fast, which ends its sessions and makes its walsender ship everything up to the shutdown
-// checkpoint; the failover proceeds only once the geo-secondary has flushed past that checkpoint, so no
-// acknowledged commit can be lost. If it does not arrive in time the old primary is started again as the
-// primary and the failover fails with PlannedFailoverTimedOutForDatabase, roles unchanged.
+// checkpoint; the failover proceeds only once the geo-secondary has replayed that checkpoint, so no
+// acknowledged commit can be lost. If it does not arrive in time (or the old primary did not shut down
+// cleanly) the old primary is started again as the primary and the failover fails with
+// PlannedFailoverTimedOutForDatabase, roles unchanged.
+//
+// Once demoted, the failover only goes forward: the new roles are recorded before anything is promoted.
 func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 	olds, news, err := x.instances()
 	if err != nil {
 		return err
 	}
-	if !x.plan.Demoting {
+	if !x.plan.Demoting && !x.plan.Recorded {
 		if err := x.checkPreconditions(ctx, olds, news); err != nil {
 			return err
 		}
@@ -54,31 +57,60 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 		return err
 	}
 	sessions, err := x.openSessions(ctx, news)
-	if err != nil {
+	if err != nil && !x.plan.Recorded {
 		return err
 	}
 	defer closeSessions(sessions)
-	if !x.plan.Promoting {
+	if !x.plan.Recorded && !x.plan.Promoting {
 		if err := eachPair(olds, news, func(o, n *model.Instance) error { return x.demote(ctx, o, sessions[n.ID], catchUp) }); err != nil {
 			return x.undoDemote(ctx, olds, err)
 		}
 	}
-	if err := x.promoteAll(ctx, news, sessions); err != nil {
+	// The point of no return: every acknowledged commit is on the geo-secondaries. The new roles are recorded
+	// (a compare-and-swap on the epoch) before anything is promoted, so whatever happens from here on (a
+	// promotion that fails, fogo killed, the operation given up after too many restarts) the store names one
+	// primary per database, the old primaries are fenced (NeedsRejoin: never started as primaries again), and
+	// the reconciler finishes what this operation could not. Promoting first and recording after left a window
+	// where a failed operation kept the old roles next to a promoted secondary: two writable primaries.
+	if err := x.recordRoles("Planned"); err != nil {
 		return err
 	}
-	return x.recordReleaseRejoin(ctx, "Planned", true)
+	if err := x.promoteAll(ctx, news, sessions); err != nil {
+		_ = x.releaseRejoin(ctx, false) // the databases that were promoted get their old primary back as a standby
+		return promotionUnfinished(err)
+	}
+	return x.releaseRejoin(ctx, false)
 }
 
-// recordReleaseRejoin ends every failover mode: record the new roles and epoch, let the listeners route to the
-// new primaries, and rejoin the old primaries as standbys (which must succeed for a planned failover; a forced
-// one leaves a failed rejoin to the reconciler).
-func (x *execution) recordReleaseRejoin(ctx context.Context, kind string, mustRejoin bool) error {
+// recordRoles is the record step: it records the new roles and epoch (idempotent) and notes it in the plan.
+func (x *execution) recordRoles(kind string) error {
 	if err := x.run.Step("record"); err != nil {
 		return err
 	}
 	if err := x.record(kind); err != nil {
 		return fmt.Errorf("record new roles: %w", err)
 	}
+	if x.plan.Recorded {
+		return nil
+	}
+	x.plan.Recorded = true
+	return x.save()
+}
+
+// recordReleaseRejoin ends the forced failover (which promotes before it records: its old primaries are fenced
+// first): record the new roles and epoch, let the listeners route to the new primaries, rejoin the old ones.
+func (x *execution) recordReleaseRejoin(ctx context.Context, kind string, mustRejoin bool) error {
+	if err := x.recordRoles(kind); err != nil {
+		return err
+	}
+	return x.releaseRejoin(ctx, mustRejoin)
+}
+
+// releaseRejoin lets the listeners route to the new primaries and rejoins the old primaries as standbys. Once the
+// roles are recorded the failover has happened, so a rejoin that fails does not fail it (with mustRejoin false):
+// the reconciler retries the rejoin with backoff, and the group's replicationState reads SUSPENDED until the old
+// primary streams again.
+func (x *execution) releaseRejoin(ctx context.Context, mustRejoin bool) error {
 	if err := x.run.Step("release"); err != nil {
 		return err
 	}
@@ -177,8 +209,14 @@ func closeSessions(m map[string]*instance.Session) {
 	}
 }
 
-// demote shuts the old primary down fast and waits, bounded, until the secondary has flushed its shutdown
+// demote shuts the old primary down fast and waits, bounded, until the secondary has replayed its shutdown
 // checkpoint: then every commit the old primary acknowledged is on the secondary.
+//
+// "Not running" is not "demoted" (Stop returns nil for an instance that is not running): an old primary that
+// crashed after the catch-up, or that an undo stopped with an immediate shutdown before fogo died, ended
+// without a shutdown checkpoint. Its last checkpoint is then an online one that the secondary passed long ago,
+// while commits after it may never have been shipped, and pg_rewind would destroy them at the rejoin. So the
+// cluster state must read "shut down": then the WAL ends with that checkpoint record.
 func (x *execution) demote(ctx context.Context, old *model.Instance, sn *instance.Session, bound time.Duration) error {
 	ho := x.o.cl.Handle(old)
 	sctx, cancel := context.WithTimeout(ctx, bound)
@@ -191,11 +229,21 @@ func (x *execution) demote(ctx context.Context, old *model.Instance, sn *instanc
 	if err != nil {
 		return fmt.Errorf("demote %s: read control data: %w", old.Database, err)
 	}
+	if cd.State != clusterShutDown {
+		return notShutDownCleanly(old.Database, cd.State)
+	}
+	// The replay position is the end of the last record replayed, so a replay position past the start of the
+	// shutdown checkpoint means the whole record was received and replayed (a receive position can end inside
+	// a record).
 	return pollUntil(ctx, time.Now().Add(bound), time.Millisecond, timedOut(old.Database), func() bool {
-		got, err := sn.ReceiveLSN(ctx)
+		got, err := sn.ReplayLSN(ctx)
 		return err == nil && got > cd.CheckpointLSN
 	})
 }
+
+// clusterShutDown is pg_controldata's "Database cluster state" of a primary stopped by a clean (smart or fast)
+// shutdown; a crash or an immediate shutdown leaves "in production".
+const clusterShutDown = "shut down"
 
 // undoDemote starts the old primaries again as primaries after a demote that could not be confirmed; the
 // roles stay as they were.
@@ -249,8 +297,9 @@ func (x *execution) promoteAll(ctx context.Context, news []*model.Instance, sess
 	})
 }
 
-// rejoinAll restarts every old primary as a standby of its new primary. With mustSucceed false (forced), a
-// failure is left to the reconciler, which retries until the old primary is back.
+// rejoinAll restarts every old primary as a standby of its new primary. With mustSucceed false (every failover
+// since the roles are recorded first), a failure is left to the reconciler, which retries until the old primary
+// is back.
 func (x *execution) rejoinAll(ctx context.Context, mustSucceed bool) error {
 	olds, news, err := x.instances()
 	if err != nil {
