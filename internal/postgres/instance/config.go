@@ -43,6 +43,11 @@ var baseSettings = map[string]string{
 	"min_wal_size":                 "80MB",
 }
 
+// confValue quotes a value for postgresql.conf, whose strings take backslash escapes (GUC_scanstr) as well as ''.
+func confValue(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(v) + "'"
+}
+
 const includeLine = "include_if_exists = 'fogo.conf'\n"
 
 // Configure writes fogo.conf, pg_hba.conf, the passfile and standby.signal as settings say. It takes effect at
@@ -65,7 +70,7 @@ func (i *Instance) Configure(s Settings) error {
 	conf["listen_addresses"] = listen
 	conf["port"] = fmt.Sprint(s.Port)
 	if s.Standby {
-		conf["primary_conninfo"] = s.PrimaryConnInfo + " passfile=" + i.passFile()
+		conf["primary_conninfo"] = s.PrimaryConnInfo + " passfile=" + ConnValue(i.passFile())
 		conf["primary_slot_name"] = s.PrimarySlotName
 	}
 	for k, v := range s.Extra {
@@ -79,7 +84,7 @@ func (i *Instance) Configure(s Settings) error {
 	var b strings.Builder
 	b.WriteString("# Written by fogo before every start; edits are lost.\n")
 	for _, k := range keys {
-		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(conf[k], "'", "''"))
+		fmt.Fprintf(&b, "%s = %s\n", k, confValue(conf[k]))
 	}
 	if err := i.Bin.WriteFileOwned(filepath.Join(i.Dir, "fogo.conf"), []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("configure %s: write fogo.conf: %w", i.Dir, err)

@@ -318,11 +318,14 @@ func (i *Instance) Connect(ctx context.Context, database string) (*pgx.Conn, err
 
 // ConnString is a libpq keyword/value connection string to database on this instance as the superuser.
 func (i *Instance) ConnString(database string) string {
-	q := func(v string) string {
-		return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
-	}
 	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10 application_name=fogo_link",
-		q(i.host()), i.Port, q(i.SuperUser), q(i.SuperPassword), q(database))
+		ConnValue(i.host()), i.Port, ConnValue(i.SuperUser), ConnValue(i.SuperPassword), ConnValue(database))
+}
+
+// ConnValue quotes a value for a libpq keyword/value connection string: in single quotes, with ' and \ escaped by
+// a backslash. A bare value ends at the first space, so a path with a space (a passfile) must go through this.
+func ConnValue(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
 func (i *Instance) host() string {
@@ -341,7 +344,7 @@ type ConnInfo struct {
 
 // String is the libpq keyword form (no password).
 func (c ConnInfo) String() string {
-	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", c.Host, c.Port, c.User)
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", ConnValue(c.Host), c.Port, ConnValue(c.User))
 }
 
 // SourceConnInfo is the connection used by pg_basebackup and pg_rewind against this instance.
@@ -352,5 +355,6 @@ func (i *Instance) SourceConnInfo() ConnInfo {
 // ReplicationConnInfo is the primary_conninfo a standby of this instance uses; the password comes from the
 // standby's passfile (outside its data directory), and application_name identifies the standby.
 func (i *Instance) ReplicationConnInfo(applicationName string) string {
-	return fmt.Sprintf("host=%s port=%d user=%s application_name=%s", i.host(), i.Port, i.SuperUser, applicationName)
+	return fmt.Sprintf("host=%s port=%d user=%s application_name=%s", ConnValue(i.host()), i.Port, ConnValue(i.SuperUser),
+		ConnValue(applicationName))
 }
