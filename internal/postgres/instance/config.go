@@ -43,7 +43,7 @@ var baseSettings = map[string]string{
 	"min_wal_size":                 "80MB",
 }
 
-// confValue quotes a value for postgresql.conf, whose strings take backslash escapes (GUC_scanstr) as well as ”.
+// confValue quotes a value for postgresql.conf, whose strings take backslash escapes (GUC_scanstr) besides the doubled quote.
 func confValue(v string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(v) + "'"
 }
