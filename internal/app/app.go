@@ -154,7 +154,7 @@ func (a *App) prepareDataDir(context.Context) error {
 	}
 	a.bin = bin
 	// The postgres OS user must reach the instance directories below; it gets search (x) permission only.
-	if err := bin.AllowTraverse(filepath.Join(abs, "instances")); err != nil {
+	if err := bin.AllowTraverse(abs, filepath.Join(abs, "instances")); err != nil {
 		return fmt.Errorf("make %s reachable for the postgres user: %w", abs, err)
 	}
 	return nil

@@ -256,7 +256,7 @@ func (i *Instance) Promote(ctx context.Context) error {
 
 // LogTail returns the end of the instance's log file.
 func (i *Instance) LogTail(n int) string {
-	b, err := os.ReadFile(i.logFile())
+	b, err := pgbin.ReadFile(i.logFile())
 	if err != nil {
 		return "(no log)"
 	}

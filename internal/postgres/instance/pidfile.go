@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/fogo-db/fogo/internal/postgres/pgbin"
 )
 
 // The postmaster's lock file, postmaster.pid, outlives a crash (kill -9, power loss), and its PID can then belong
@@ -25,7 +27,7 @@ type lockFile struct {
 }
 
 func (i *Instance) readLockFile() (lockFile, bool) {
-	raw, err := os.ReadFile(filepath.Join(i.Dir, "postmaster.pid"))
+	raw, err := pgbin.ReadFile(filepath.Join(i.Dir, "postmaster.pid"))
 	if err != nil {
 		return lockFile{}, false
 	}
