@@ -2,7 +2,8 @@
 //
 // PostgreSQL refuses to run as root, so when fogo itself runs as root every command is started as the
 // unprivileged "postgres" OS user, and every directory an instance owns is chowned to that user. When fogo runs as
-// an ordinary user, commands run as that user and nothing is chowned.
+// an ordinary user, commands run as that user and nothing is chowned. Root never follows a link that user could
+// have planted in those directories (files.go).
 package pgbin
 
 import (
@@ -10,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"os/user"
@@ -123,20 +123,6 @@ func (b *Bin) Run(ctx context.Context, env []string, program string, args ...str
 
 // IsRoot reports whether commands switch to the postgres OS user.
 func (b *Bin) IsRoot() bool { return b.cred != nil }
-
-// Chown gives path (recursively) to the postgres OS user when fogo is root; otherwise it does nothing.
-func (b *Bin) Chown(path string) error {
-	if b.cred == nil {
-		return nil
-	}
-	uid, gid := int(b.cred.Uid), int(b.cred.Gid)
-	return filepath.WalkDir(path, func(p string, _ fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, uid, gid)
-	})
-}
 
 func tail(s string, n int) string {
 	s = strings.TrimSpace(s)
