@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,30 @@ type Options struct {
 	LinkTargetDirs []string
 	// SecretsKeyFile is the key file that seals the secrets in the store (default DATA-DIR/secrets.key).
 	SecretsKeyFile string
+	// MaxSlotWALKeepSize bounds the WAL a replication slot may hold on every instance (max_slot_wal_keep_size, a
+	// PostgreSQL size such as "10GB"; "-1" is unbounded). Default DefaultMaxSlotWALKeepSize.
+	MaxSlotWALKeepSize string
+	// InstanceSettings are more PostgreSQL settings for every instance (tests: a tiny wal_keep_size).
+	InstanceSettings map[string]string
+}
+
+// DefaultMaxSlotWALKeepSize is the default bound on the WAL one slot may hold: a geo-secondary or a link that
+// stops consuming can fill at most this much of the disk every instance shares before its slot is invalidated
+// (the geo-secondary is then seeded again by itself).
+const DefaultMaxSlotWALKeepSize = "10GB"
+
+var pgSizeRe = regexp.MustCompile(`^(-1|[0-9]+(kB|MB|GB|TB)?)$`)
+
+// instanceSettings are the settings fogo adds to every instance's configuration.
+func (o *Options) instanceSettings() (map[string]string, error) {
+	if !pgSizeRe.MatchString(o.MaxSlotWALKeepSize) {
+		return nil, fmt.Errorf("max-slot-wal-keep-size %q: want a size such as 10GB, 512MB (kB, MB, GB, TB) or -1 for unbounded", o.MaxSlotWALKeepSize)
+	}
+	s := map[string]string{"max_slot_wal_keep_size": o.MaxSlotWALKeepSize}
+	for k, v := range o.InstanceSettings {
+		s[k] = v
+	}
+	return s, nil
 }
 
 // App is a running fogo.
@@ -130,6 +155,9 @@ func withDefaults(o Options) Options {
 	if o.AdvertiseHost == "" {
 		o.AdvertiseHost = "127.0.0.1"
 	}
+	if o.MaxSlotWALKeepSize == "" {
+		o.MaxSlotWALKeepSize = DefaultMaxSlotWALKeepSize
+	}
 	if o.ReconcileInterval == 0 {
 		o.ReconcileInterval = time.Second
 	}
@@ -154,7 +182,7 @@ func (a *App) prepareDataDir(context.Context) error {
 	}
 	a.bin = bin
 	// The postgres OS user must reach the instance directories below; it gets search (x) permission only.
-	if err := bin.AllowTraverse(filepath.Join(abs, "instances")); err != nil {
+	if err := bin.AllowTraverse(abs, filepath.Join(abs, "instances")); err != nil {
 		return fmt.Errorf("make %s reachable for the postgres user: %w", abs, err)
 	}
 	return nil
@@ -205,9 +233,13 @@ func (a *App) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	extra, err := a.opts.instanceSettings()
+	if err != nil {
+		return err
+	}
 	a.Cluster = cluster.New(cluster.Config{
 		DataDir: a.opts.DataDir, PortLow: a.opts.PortLow, PortHigh: a.opts.PortHigh, Bin: a.bin,
-		SuperPassword: superPassword, Logger: a.log,
+		SuperPassword: superPassword, Logger: a.log, ExtraInstanceConfs: extra,
 	}, a.Store)
 	runCtx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel

@@ -416,7 +416,7 @@ func scratch(pgBin, dir string) (bin *pgbin.Bin, out string, cleanup func(), err
 		tmp := dir
 		cleanup = func() { os.RemoveAll(tmp) }
 	}
-	if err := bin.AllowTraverse(dir); err != nil {
+	if err := bin.AllowTraverse(dir, dir); err != nil {
 		cleanup()
 		return nil, "", func() {}, err
 	}

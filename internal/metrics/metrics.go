@@ -1,5 +1,6 @@
 // Package metrics exposes fogo's state in the Prometheus text format: the role of every instance, replication lag
-// per group database (bytes and seconds, read from the primary's pg_stat_replication at scrape time), failovers by
+// per group database (bytes and seconds, read from the primary's pg_stat_replication at scrape time), the WAL each
+// replication slot holds on the primary (and whether it was invalidated), failovers by
 // kind and initiator, listener connections (active, waiting, accepted, refused) and operation durations.
 package metrics
 
@@ -83,6 +84,12 @@ var (
 		"pg_stat_replication.replay_lag of the geo-secondary (0 when idle and caught up).", []string{"group", "database"}, nil)
 	streamingDesc = prometheus.NewDesc("fogo_replication_streaming",
 		"1 when the geo-secondary streams from the primary.", []string{"group", "database"}, nil)
+	slotRetainedDesc = prometheus.NewDesc("fogo_replication_slot_retained_bytes",
+		"WAL a replication slot holds on the group database's primary (its restart point to the current position; bounded by --max-slot-wal-keep-size).",
+		[]string{"group", "database", "slot"}, nil)
+	slotLostDesc = prometheus.NewDesc("fogo_replication_slot_lost",
+		"1 when the slot was invalidated (wal_status lost): its consumer cannot follow any more (a geo-secondary is seeded again).",
+		[]string{"group", "database", "slot"}, nil)
 	epochDesc     = prometheus.NewDesc("fogo_group_epoch", "The group's failover epoch.", []string{"group"}, nil)
 	lisActiveDesc = prometheus.NewDesc("fogo_listener_connections_active",
 		"Sessions relayed by a listener now.", []string{"group", "listener"}, nil)
@@ -101,7 +108,7 @@ type collector struct {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{roleDesc, upDesc, lagBytesDesc, lagSecondsDesc, streamingDesc, epochDesc,
+	for _, d := range []*prometheus.Desc{roleDesc, upDesc, lagBytesDesc, lagSecondsDesc, streamingDesc, slotRetainedDesc, slotLostDesc, epochDesc,
 		lisActiveDesc, lisWaitingDesc, lisAcceptedDesc, lisRefusedDesc} {
 		ch <- d
 	}
@@ -167,4 +174,14 @@ func (c *collector) collectDatabase(ch chan<- prometheus.Metric, g *model.Failov
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(streamingDesc, prometheus.GaugeValue, streaming, g.Name, d.Name)
+	if slots, err := c.src.Handle(&primary).SlotsStatus(ctx); err == nil {
+		for _, s := range slots {
+			lost := 0.0
+			if s.Lost() {
+				lost = 1
+			}
+			ch <- prometheus.MustNewConstMetric(slotRetainedDesc, prometheus.GaugeValue, float64(s.RetainedBytes), g.Name, d.Name, s.Name)
+			ch <- prometheus.MustNewConstMetric(slotLostDesc, prometheus.GaugeValue, lost, g.Name, d.Name, s.Name)
+		}
+	}
 }

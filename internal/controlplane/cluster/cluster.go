@@ -49,6 +49,9 @@ func New(cfg Config, st *store.Store) *Manager {
 	return &Manager{cfg: cfg, store: st, log: cfg.Logger, locks: map[string]*sync.Mutex{}}
 }
 
+// Logger is the manager's logger.
+func (m *Manager) Logger() *slog.Logger { return m.log }
+
 // Bin returns the PostgreSQL binaries in use.
 func (m *Manager) Bin() *pgbin.Bin { return m.cfg.Bin }
 
@@ -195,6 +198,9 @@ func (m *Manager) Seed(ctx context.Context, rec, upstream *model.Instance) error
 		return fmt.Errorf("seed %s: create directory: %w", rec.ID, err)
 	}
 	if !rec.Seeded {
+		if _, err := up.DropSlotIfLost(ctx, rec.SlotName); err != nil { // a reseed after max_slot_wal_keep_size
+			return fmt.Errorf("seed %s: drop invalidated slot on %s: %w", rec.ID, upstream.ID, err)
+		}
 		if _, running := h.Running(); running {
 			if err := h.Stop(ctx, instance.ShutdownImmediate); err != nil {
 				return fmt.Errorf("seed %s: stop partial instance: %w", rec.ID, err)
@@ -210,7 +216,7 @@ func (m *Manager) Seed(ctx context.Context, rec, upstream *model.Instance) error
 		if err := h.RemoveSlotDirsOffline("fogo_"); err != nil {
 			return fmt.Errorf("seed %s: drop copied slots: %w", rec.ID, err)
 		}
-		rec.Seeded = true
+		rec.Seeded, rec.Reseed = true, false
 		if err := m.SaveInstance(rec); err != nil {
 			return err
 		}

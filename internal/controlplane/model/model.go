@@ -68,6 +68,9 @@ type Instance struct {
 	NeedsRejoin bool `json:"needsRejoin,omitempty"`
 	// Seeded is false until the base backup of a standby finished.
 	Seeded bool `json:"seeded"`
+	// Reseed marks a standby whose slot on its upstream was invalidated (max_slot_wal_keep_size): the WAL it needs
+	// is gone, so the observer drops the slot and seeds it again from a new base backup (Seeded is false until then).
+	Reseed bool `json:"reseed,omitempty"`
 	// Epoch is the group epoch at which this instance last became primary (0 for never).
 	Epoch int64 `json:"epoch,omitempty"`
 	// AdminRights is the version of the rights fogo gives the server's admin login that this instance was last

@@ -247,6 +247,9 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 		}
 		return o.cl.Rejoin(ctx, cur, up)
 	}
+	if err := o.reseedIfLost(ctx, cur); err != nil {
+		return err
+	}
 	if err := o.cl.EnsureRunning(ctx, cur); err != nil {
 		return err
 	}
@@ -280,6 +283,8 @@ func (o *Observer) stateOf(ctx context.Context, sec *model.Instance, busy bool) 
 	switch {
 	case sec == nil:
 		return model.StatePending
+	case sec.Reseed: // its slot was lost; seeding again (reseedIfLost)
+		return model.StateSeeding
 	case !sec.Seeded && busy:
 		return model.StateSeeding
 	case !sec.Seeded:

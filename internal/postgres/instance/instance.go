@@ -1,13 +1,10 @@
 package instance
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -84,47 +81,35 @@ func (i *Instance) writePassFile() error {
 	return nil
 }
 
-// Running reports the postmaster's pid if it is alive (from postmaster.pid; works after kill -9).
+// Running reports the postmaster's pid if it is alive (from postmaster.pid; works after kill -9). A lock file left
+// by a crash whose PID now belongs to another process (pid reuse) is not "running" (see identify).
 func (i *Instance) Running() (int, bool) {
-	f, err := os.Open(filepath.Join(i.Dir, "postmaster.pid"))
-	if err != nil {
+	lf, ok := i.readLockFile()
+	if !ok || i.identify(lf) != ownerOurs {
 		return 0, false
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	if !sc.Scan() {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(sc.Text()))
-	if err != nil || pid <= 0 {
-		return 0, false
-	}
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return 0, false
-	}
-	// Guard against pid reuse: the process must be a postgres whose data directory is ours.
-	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err == nil && !strings.Contains(string(cmd), "postgres") {
-		return 0, false
-	}
-	return pid, true
+	return lf.pid, true
 }
 
-// waitLockReleased waits, up to timeout, until no process holds postmaster.pid: a postmaster killed with -9
+// waitLockReleased waits, up to timeout, until no process of ours holds postmaster.pid: a postmaster killed with -9
 // stays a zombie until it is reaped, and PostgreSQL (pg_ctl start, pg_rewind's single-user recovery) refuses a
-// data directory whose lock file names a process that still exists.
+// data directory whose lock file names a process that still exists. A lock file whose PID another process has
+// taken since is removed, for the same reason.
 func (i *Instance) waitLockReleased(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		pid := i.lockPID()
-		if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		lf, ok := i.readLockFile()
+		if !ok {
 			return nil
 		}
-		if !processIsPostgresOrZombie(pid) {
-			return nil // the PID was reused by another program
+		switch i.identify(lf) {
+		case ownerNone:
+			return nil
+		case ownerForeign:
+			return i.removeStaleLockFile()
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("data directory %s is still locked by process %d", i.Dir, pid)
+			return fmt.Errorf("data directory %s is still locked by process %d", i.Dir, lf.pid)
 		}
 		select {
 		case <-ctx.Done():
@@ -132,32 +117,6 @@ func (i *Instance) waitLockReleased(ctx context.Context, timeout time.Duration) 
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-func (i *Instance) lockPID() int {
-	raw, err := os.ReadFile(filepath.Join(i.Dir, "postmaster.pid"))
-	if err != nil {
-		return 0
-	}
-	first, _, _ := strings.Cut(string(raw), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	if err != nil {
-		return 0
-	}
-	return pid
-}
-
-// processIsPostgresOrZombie reads /proc: a zombie has lost its command line but still holds its PID.
-func processIsPostgresOrZombie(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	if j := strings.LastIndexByte(string(stat), ')'); j >= 0 && j+2 < len(stat) && stat[j+2] == 'Z' {
-		return true
-	}
-	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return err == nil && strings.Contains(string(cmd), "postgres")
 }
 
 // IsStandby reports whether the data directory is configured as a standby (standby.signal; works stopped).
@@ -282,6 +241,10 @@ func (i *Instance) Promote(ctx context.Context) error {
 			return nil
 		}
 	}
+	// pg_ctl signals whatever PID postmaster.pid names: only do that to our own postmaster.
+	if _, running := i.Running(); !running {
+		return fmt.Errorf("promote %s: not running", i.Dir)
+	}
 	if _, err := i.Bin.Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-w", "-t", "120", "promote"); err != nil {
 		if !i.IsStandby() {
 			return nil
@@ -293,7 +256,7 @@ func (i *Instance) Promote(ctx context.Context) error {
 
 // LogTail returns the end of the instance's log file.
 func (i *Instance) LogTail(n int) string {
-	b, err := os.ReadFile(i.logFile())
+	b, err := pgbin.ReadFile(i.logFile())
 	if err != nil {
 		return "(no log)"
 	}
@@ -318,11 +281,14 @@ func (i *Instance) Connect(ctx context.Context, database string) (*pgx.Conn, err
 
 // ConnString is a libpq keyword/value connection string to database on this instance as the superuser.
 func (i *Instance) ConnString(database string) string {
-	q := func(v string) string {
-		return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
-	}
 	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10 application_name=fogo_link",
-		q(i.host()), i.Port, q(i.SuperUser), q(i.SuperPassword), q(database))
+		ConnValue(i.host()), i.Port, ConnValue(i.SuperUser), ConnValue(i.SuperPassword), ConnValue(database))
+}
+
+// ConnValue quotes a value for a libpq keyword/value connection string: in single quotes, with ' and \ escaped by
+// a backslash. A bare value ends at the first space, so a path with a space (a passfile) must go through this.
+func ConnValue(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
 func (i *Instance) host() string {
@@ -341,7 +307,7 @@ type ConnInfo struct {
 
 // String is the libpq keyword form (no password).
 func (c ConnInfo) String() string {
-	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", c.Host, c.Port, c.User)
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", ConnValue(c.Host), c.Port, ConnValue(c.User))
 }
 
 // SourceConnInfo is the connection used by pg_basebackup and pg_rewind against this instance.
@@ -352,5 +318,6 @@ func (i *Instance) SourceConnInfo() ConnInfo {
 // ReplicationConnInfo is the primary_conninfo a standby of this instance uses; the password comes from the
 // standby's passfile (outside its data directory), and application_name identifies the standby.
 func (i *Instance) ReplicationConnInfo(applicationName string) string {
-	return fmt.Sprintf("host=%s port=%d user=%s application_name=%s", i.host(), i.Port, i.SuperUser, applicationName)
+	return fmt.Sprintf("host=%s port=%d user=%s application_name=%s", ConnValue(i.host()), i.Port, ConnValue(i.SuperUser),
+		ConnValue(applicationName))
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
+
+	"github.com/fogo-db/fogo/internal/postgres/pgbin"
 )
 
 // BaseBackup fills the (empty or partial) data directory with a copy of source, streaming WAL through the
@@ -62,7 +64,7 @@ func (i *Instance) Rewind(ctx context.Context, source ConnInfo) (RewindResult, e
 	}
 	control := filepath.Join(i.Dir, "global", "pg_control")
 	backup := filepath.Join(i.home(), "pg_control.before-rewind")
-	saved, err := os.ReadFile(control)
+	saved, err := pgbin.ReadFile(control)
 	if err != nil {
 		return res, fmt.Errorf("rewind: read pg_control: %w", err)
 	}

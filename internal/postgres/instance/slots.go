@@ -131,3 +131,67 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// SlotStatus is one replication slot's hold on WAL, from pg_replication_slots.
+type SlotStatus struct {
+	Name string
+	Type string // physical | logical
+	// WALStatus is reserved, extended, unreserved (beyond max_slot_wal_keep_size: kept only until the next
+	// checkpoint) or lost (invalidated: the WAL its consumer needs is gone, and only a new copy can follow again).
+	WALStatus string
+	// RetainedBytes is the WAL kept for the slot: from its restart point to the current position (0 when lost).
+	RetainedBytes int64
+	// SafeWALBytes is how much more WAL can be written before the slot becomes lost; -1 when unbounded.
+	SafeWALBytes int64
+}
+
+// Lost reports whether the slot was invalidated.
+func (s SlotStatus) Lost() bool { return s.WALStatus == "lost" }
+
+// SlotsStatus reads every replication slot's WAL retention (on a primary; on a standby, against its replay point).
+func (i *Instance) SlotsStatus(ctx context.Context) ([]SlotStatus, error) {
+	var out []SlotStatus
+	err := i.query(ctx, func(c *pgx.Conn) error {
+		rows, err := c.Query(ctx, `SELECT slot_name, slot_type, coalesce(wal_status, ''),
+			coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,
+				restart_lsn), 0)::bigint,
+			coalesce(safe_wal_size, -1)::bigint
+			FROM pg_replication_slots ORDER BY slot_name`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var s SlotStatus
+			if err := rows.Scan(&s.Name, &s.Type, &s.WALStatus, &s.RetainedBytes, &s.SafeWALBytes); err != nil {
+				return err
+			}
+			out = append(out, s)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+// SlotLost reports whether the slot name exists and was invalidated (wal_status lost).
+func (i *Instance) SlotLost(ctx context.Context, name string) (bool, error) {
+	var lost bool
+	err := i.query(ctx, func(c *pgx.Conn) error {
+		err := c.QueryRow(ctx, "SELECT wal_status = 'lost' FROM pg_replication_slots WHERE slot_name = $1", name).Scan(&lost)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		return err
+	})
+	return lost, err
+}
+
+// DropSlotIfLost drops the slot name if it was invalidated: a lost slot holds no WAL and can never serve its
+// standby again; a new copy needs a new slot. It reports whether it dropped one.
+func (i *Instance) DropSlotIfLost(ctx context.Context, name string) (bool, error) {
+	lost, err := i.SlotLost(ctx, name)
+	if err != nil || !lost {
+		return false, err
+	}
+	return true, i.DropSlot(ctx, name)
+}

@@ -2,6 +2,7 @@ package instance_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -144,4 +145,67 @@ func equalIDs(got []string, want ...int) bool {
 		}
 	}
 	return true
+}
+
+func slotStatus(t *testing.T, p *instance.Instance, name string) instance.SlotStatus {
+	t.Helper()
+	all, err := p.SlotsStatus(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range all {
+		if s.Name == name {
+			return s
+		}
+	}
+	t.Fatalf("no slot %s in %+v", name, all)
+	return instance.SlotStatus{}
+}
+
+// TestBoundedSlotBecomesLost: with max_slot_wal_keep_size, a stopped standby's slot stops holding WAL once the
+// primary wrote more than the bound: SlotsStatus shows its retained WAL growing, then wal_status lost after a
+// checkpoint, and DropSlotIfLost drops it (and only then).
+func TestBoundedSlotBecomesLost(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPrimary(t)
+	// 1MB is less than a segment: nothing beyond the current segment is kept for a slot (wal_keep_size would
+	// keep more, for every standby).
+	if err := p.Configure(instance.Settings{Port: p.Port, Extra: map[string]string{"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0"}}); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, p, "SELECT pg_reload_conf()")
+	exec(t, p, "CREATE TABLE t(id int primary key)")
+	s := pgtest.NewStandby(t, p, "fogo_s1")
+	exec(t, p, "INSERT INTO t VALUES (1)")
+	waitCount(t, s, 1)
+	if st := slotStatus(t, p, "fogo_s1"); st.Lost() || st.Type != "physical" || st.SafeWALBytes < 0 {
+		t.Fatalf("streaming standby's slot: %+v", st)
+	}
+	if dropped, err := p.DropSlotIfLost(ctx, "fogo_s1"); err != nil || dropped {
+		t.Fatalf("DropSlotIfLost of a healthy slot: %v %v", dropped, err)
+	}
+	if err := s.Stop(ctx, instance.ShutdownFast); err != nil {
+		t.Fatal(err)
+	}
+	for k := 2; k <= 4; k++ { // three segments of WAL
+		exec(t, p, fmt.Sprintf("INSERT INTO t VALUES (%d)", k))
+		exec(t, p, "SELECT pg_switch_wal()")
+	}
+	if st := slotStatus(t, p, "fogo_s1"); st.RetainedBytes < 2*16<<20 || st.WALStatus != "unreserved" {
+		t.Fatalf("stopped standby's slot after three segments: %+v", st)
+	}
+	exec(t, p, "CHECKPOINT")
+	st := slotStatus(t, p, "fogo_s1")
+	if !st.Lost() || st.RetainedBytes != 0 {
+		t.Fatalf("after a checkpoint: %+v, want lost", st)
+	}
+	if lost, err := p.SlotLost(ctx, "fogo_s1"); err != nil || !lost {
+		t.Fatalf("SlotLost: %v %v", lost, err)
+	}
+	if dropped, err := p.DropSlotIfLost(ctx, "fogo_s1"); err != nil || !dropped {
+		t.Fatalf("DropSlotIfLost: %v %v", dropped, err)
+	}
+	if lost, err := p.SlotLost(ctx, "fogo_s1"); err != nil || lost {
+		t.Fatalf("SlotLost after the drop: %v %v", lost, err)
+	}
 }

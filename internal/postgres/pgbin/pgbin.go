@@ -2,7 +2,8 @@
 //
 // PostgreSQL refuses to run as root, so when fogo itself runs as root every command is started as the
 // unprivileged "postgres" OS user, and every directory an instance owns is chowned to that user. When fogo runs as
-// an ordinary user, commands run as that user and nothing is chowned.
+// an ordinary user, commands run as that user and nothing is chowned. Root never follows a link that user could
+// have planted in those directories (files.go).
 package pgbin
 
 import (
@@ -10,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"os/user"
@@ -123,85 +123,6 @@ func (b *Bin) Run(ctx context.Context, env []string, program string, args ...str
 
 // IsRoot reports whether commands switch to the postgres OS user.
 func (b *Bin) IsRoot() bool { return b.cred != nil }
-
-// Chown gives path (recursively) to the postgres OS user when fogo is root; otherwise it does nothing.
-func (b *Bin) Chown(path string) error {
-	if b.cred == nil {
-		return nil
-	}
-	uid, gid := int(b.cred.Uid), int(b.cred.Gid)
-	return filepath.WalkDir(path, func(p string, _ fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, uid, gid)
-	})
-}
-
-// MkdirOwned creates dir (mode 0700, like PostgreSQL wants its data directory) owned by the postgres OS user.
-func (b *Bin) MkdirOwned(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return err
-	}
-	return b.Chown(dir)
-}
-
-// WriteFileOwned writes a file owned by the postgres OS user with the given mode, atomically (tmp, fsync, rename).
-func (b *Bin) WriteFileOwned(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	if err := b.Chown(tmp); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-// AllowTraverse makes dir and its parents searchable (o+x) so the postgres OS user can reach data directories
-// below it. It only adds the execute bit; it never grants read or write. Without root it does nothing.
-func (b *Bin) AllowTraverse(dir string) error {
-	if b.cred == nil {
-		return nil
-	}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return err
-	}
-	for p := abs; ; p = filepath.Dir(p) {
-		st, err := os.Stat(p)
-		if err != nil {
-			return err
-		}
-		if st.Mode().Perm()&0o001 == 0 {
-			if err := os.Chmod(p, st.Mode().Perm()|0o001); err != nil {
-				return err
-			}
-		}
-		if p == filepath.Dir(p) {
-			return nil
-		}
-	}
-}
 
 func tail(s string, n int) string {
 	s = strings.TrimSpace(s)

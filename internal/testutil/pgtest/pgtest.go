@@ -28,11 +28,12 @@ func Bin(t testing.TB) *pgbin.Bin {
 	return b
 }
 
-// TempDir is t.TempDir() made reachable (search permission only) for the postgres OS user.
+// TempDir is t.TempDir() made reachable (search permission only) for the postgres OS user: it and the test's own
+// directory above it (both made by the testing package) get o+x; nothing above them changes.
 func TempDir(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
-	if err := Bin(t).AllowTraverse(dir); err != nil {
+	if err := Bin(t).AllowTraverse(filepath.Dir(dir), dir); err != nil {
 		t.Fatal(err)
 	}
 	return dir
