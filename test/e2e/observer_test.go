@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/app"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+)
+
+// The observer and the Automatic policy (issue 10, findings 5 and 10): the policy does not fail over toward a
+// geo-secondary that cannot become primary, and one stuck instance holds up neither the other groups nor the
+// policy.
+
+// putAutomaticGroup creates group fg over db with the Automatic policy and a grace period of `grace` minutes.
+func (f *fogo) putAutomaticGroup(east, west, fg string, grace int, dbs ...string) {
+	f.t.Helper()
+	var ids []any
+	for _, d := range dbs {
+		ids = append(ids, dbPath(east, d))
+	}
+	f.mustSucceed(f.do(http.MethodPut, fgPath(east, fg), map[string]any{"properties": map[string]any{
+		"readWriteEndpoint": map[string]any{"failoverPolicy": "Automatic", "failoverWithDataLossGracePeriodMinutes": grace},
+		"readOnlyEndpoint":  map[string]any{"failoverPolicy": "Disabled"},
+		"partnerServers":    []any{map[string]any{"id": serverPath(west)}},
+		"databases":         ids,
+	}}), 201)
+	f.waitGroupState(east, fg, "CATCH_UP")
+}
+
+// TestAutomaticPolicyWaitsForAHealthySecondary (finding 5): with the primary down past the grace period and the
+// geo-secondary unusable, the Automatic policy does not fence the primary for a failover that cannot succeed;
+// when the primary's host comes back, the primary serves again.
+func TestAutomaticPolicyWaitsForAHealthySecondary(t *testing.T) {
+	f := startFogo(t, func(o *app.Options) { o.GraceUnit = time.Second; o.MinGraceMinutes = 1 })
+	f.createServer("ahs-east", "eastus")
+	f.createServer("ahs-west", "westus")
+	f.createDB("ahs-east", "ahs", "eastus")
+	mustExec(t, f, "ahs-east", "ahs", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
+	f.putAutomaticGroup("ahs-east", "ahs-west", "ahs-fg", 1, "ahs")
+	rw := f.listenerOf("ahs-east", "ahs-fg", "readWriteEndpoint")
+	eastPort := f.instancePort(t, "ahs-east", "ahs")
+
+	f.makeUnusable(t, "ahs-west", "ahs")
+	f.killInstance(t, "ahs-east", "ahs")
+	blocker := occupy(t, eastPort)
+	// Eight grace periods (the restarts of the primary that fail meanwhile take time too): the policy would have
+	// acted by now; it must not have fenced the primary.
+	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if rec := f.instanceOf(t, "ahs-east", "ahs"); rec.NeedsRejoin {
+			t.Fatalf("the Automatic policy fenced the only usable copy: %+v", rec)
+		}
+		if last := f.groupProps("ahs-east", "ahs-fg")["lastFailover"]; last != nil {
+			t.Fatalf("the Automatic policy failed over to an unusable secondary: %v", last)
+		}
+	}
+	blocker.Close()
+	waitWritableAt(t, rw, "ahs", eastPort, 30*time.Second)
+	if role(t, f, "ahs-east", "ahs-fg") != "Primary" {
+		t.Fatal("roles changed")
+	}
+}
+
+// TestStuckInstanceDoesNotDelayOtherGroups (finding 10): one group's instance hangs in its start (a test hook
+// blocks it); another group's primary dies meanwhile and the Automatic policy still fails it over on time.
+func TestStuckInstanceDoesNotDelayOtherGroups(t *testing.T) {
+	f := startFogo(t, func(o *app.Options) { o.GraceUnit = time.Second; o.MinGraceMinutes = 1 })
+	f.createServer("sig-east", "eastus")
+	f.createServer("sig-west", "westus")
+	for _, db := range []string{"stuck", "free"} {
+		f.createDB("sig-east", db, "eastus")
+		mustExec(t, f, "sig-east", db, "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
+	}
+	f.mustSucceed(f.createGroup("sig-east", "sig-west", "sig-stuck", "stuck"), 201)
+	f.waitGroupState("sig-east", "sig-stuck", "CATCH_UP")
+	f.putAutomaticGroup("sig-east", "sig-west", "sig-free", 1, "free")
+
+	stuck := f.instanceOf(t, "sig-east", "stuck")
+	entered, unblock := make(chan struct{}, 1), make(chan struct{})
+	f.app.Cluster.SetStartHook(func(ctx context.Context, rec *model.Instance) error {
+		if rec.ID != stuck.ID {
+			return nil
+		}
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-unblock:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	t.Cleanup(func() {
+		select {
+		case <-unblock:
+		default:
+			close(unblock)
+		}
+	})
+	f.killInstance(t, "sig-east", "stuck")
+	select {
+	case <-entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reconciler never tried to start the stuck instance")
+	}
+
+	freePort := f.instancePort(t, "sig-east", "free")
+	f.killInstance(t, "sig-east", "free")
+	occupy(t, freePort)
+	deadline := time.Now().Add(20 * time.Second)
+	for role(t, f, "sig-west", "sig-free") != "Primary" {
+		if time.Now().After(deadline) {
+			t.Fatal("the Automatic policy did not fail the other group over while one instance was stuck")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	waitWritableAt(t, f.listenerOf("sig-west", "sig-free", "readWriteEndpoint"), "free", f.instancePort(t, "sig-west", "free"), 30*time.Second)
+
+	// The stuck start completes: its group serves again.
+	close(unblock)
+	waitWritableAt(t, f.listenerOf("sig-east", "sig-stuck", "readWriteEndpoint"), "stuck", stuck.Port, 30*time.Second)
+}
