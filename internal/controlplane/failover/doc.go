@@ -20,8 +20,13 @@
 //  6. Release  the listeners route to the new primary (hook).
 //  7. Rejoin   each old primary restarts as a standby of the new one (pg_rewind only if it diverged).
 //
-// Forced failover (allow data loss): Fence (stop the old primary if it can be reached; either way it is marked
-// NeedsRejoin so nothing starts it as a primary again), Promote, Record, Release, then a best-effort Rejoin; the
-// reconciler retries the rejoin until it succeeds. tryPlannedBeforeForcedFailover runs a planned failover with a
-// bounded catch-up and falls back to a forced one when that is rolled back.
+// Forced failover (allow data loss): Hold; Check that every geo-secondary can enter the primary role (a seeded
+// copy, started if it does not run, answering as a standby) — one that cannot is refused with
+// GeoReplicationCannotBecomePrimaryDuringUndo before anything is fenced; Fence (mark the old primary NeedsRejoin so
+// nothing routes to it or starts it as a primary, then stop it: fast, immediate, then SIGKILL of the postmaster and
+// its processes, each bounded; a kill or a failure to stop is an operation warning); Promote — a failure before any
+// geo-secondary left recovery (judged from standby.signal once it is stopped) is undone: the old primary is
+// un-fenced and started again, the roles are unchanged; Record, Release, then a best-effort Rejoin; the reconciler
+// retries the rejoin until it succeeds. tryPlannedBeforeForcedFailover runs a planned failover with a bounded
+// catch-up and falls back to a forced one when that is rolled back or refused because a primary is not running.
 package failover
