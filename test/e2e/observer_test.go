@@ -171,3 +171,25 @@ func TestStuckInstanceDoesNotDelayOtherGroups(t *testing.T) {
 	close(unblock)
 	waitWritableAt(t, f.listenerOf("sig-east", "sig-stuck", "readWriteEndpoint"), "stuck", stuck.Port, 30*time.Second)
 }
+
+// TestStaleFenceIsLifted (finding 5): a forced failover that ended without new roles and without undoing its fence
+// (it failed after too many restarts, or ran under an older fogo) leaves the group's primary fenced and stopped
+// while the geo-secondary is still a standby. The reconciler lifts that fence: the primary serves again.
+func TestStaleFenceIsLifted(t *testing.T) {
+	f := startFogo(t)
+	f.groupWithLedger("slf-east", "slf-west", "slf-fg", "slf")
+	rw := f.listenerOf("slf-east", "slf-fg", "readWriteEndpoint")
+	rec := f.instanceOf(t, "slf-east", "slf")
+	rec.NeedsRejoin = true
+	if err := f.app.Cluster.SaveInstance(rec); err != nil {
+		t.Fatal(err)
+	}
+	f.killInstance(t, "slf-east", "slf")
+	waitWritableAt(t, rw, "slf", rec.Port, 30*time.Second)
+	if rec := f.instanceOf(t, "slf-east", "slf"); rec.NeedsRejoin || rec.Role != model.RolePrimary {
+		t.Fatalf("primary after the stale fence: %+v", rec)
+	}
+	if _, standby, err := tryWhere(f.listenerOf("slf-east", "slf-fg", "readOnlyEndpoint"), "slf"); err != nil || !standby {
+		t.Fatalf("the geo-secondary is not a standby any more: standby %v err %v", standby, err)
+	}
+}

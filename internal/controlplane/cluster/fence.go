@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -117,3 +118,6 @@ func childrenOf(pid int) []int {
 	}
 	return out
 }
+
+// Logger is the manager's logger (for the reconciler's notes about fences).
+func (m *Manager) Logger() *slog.Logger { return m.log }

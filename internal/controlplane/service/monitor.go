@@ -369,6 +369,15 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 	if err != nil {
 		return nil
 	}
+	if cur.NeedsRejoin && cur.Upstream == "" {
+		lifted, err := o.liftStaleFence(ctx, cur)
+		if err != nil {
+			return err
+		}
+		if lifted {
+			cur.NeedsRejoin = false
+		}
+	}
 	if cur.NeedsRejoin {
 		// Fence first: a former primary that is running (it came back, or fogo could not stop it during the
 		// failover) must not serve anything before it is rewound, whether or not it can rejoin yet. The stop is
@@ -390,6 +399,58 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 		return err
 	}
 	return o.cl.EnsureAdminRights(ctx, cur)
+}
+
+// liftStaleFence un-fences a group primary that a forced failover fenced but that never lost its role: the
+// operation ended (failed after too many restarts, or under an older fogo) without recording new roles and without
+// undoing its fence, which left the group without a primary for good. Only when no operation runs on the group and
+// every geo-secondary is still a standby (standby.signal; in recovery if it runs): then it cannot make two primaries.
+func (o *Observer) liftStaleFence(ctx context.Context, cur *model.Instance) (bool, error) {
+	var g *model.FailoverGroup
+	var gd *model.GroupDatabase
+	err := o.st.View(func(tx *store.Tx) error {
+		groups, err := store.List[model.FailoverGroup](tx, store.Groups, "")
+		for i := range groups {
+			for j := range groups[i].Databases {
+				if groups[i].Databases[j].Primary == cur.ID {
+					g, gd = &groups[i], &groups[i].Databases[j]
+				}
+			}
+		}
+		return err
+	})
+	if err != nil || g == nil {
+		return false, err
+	}
+	if g.Operation != "" {
+		if op, err := o.ops.Get(g.Operation); err != nil || !op.Done() {
+			return false, nil
+		}
+	}
+	sec, err := o.cl.GetInstance(gd.Secondary)
+	if err != nil {
+		return false, fmt.Errorf("lift the fence of %s: %w", cur.ID, err)
+	}
+	h := o.cl.Handle(sec)
+	if !h.IsStandby() {
+		return false, fmt.Errorf("primary %s is fenced and its geo-secondary %s left recovery, but no failover "+
+			"recorded the new roles: run a forced failover to finish it", cur.ID, sec.ID)
+	}
+	if _, running := h.Running(); running {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		inRecovery, err := h.IsInRecovery(pctx)
+		cancel()
+		if err != nil || !inRecovery {
+			return false, fmt.Errorf("lift the fence of %s: geo-secondary %s in recovery: %v %v", cur.ID, sec.ID, inRecovery, err)
+		}
+	}
+	cur.NeedsRejoin = false
+	if err := o.cl.SaveInstance(cur); err != nil {
+		return false, fmt.Errorf("lift the fence of %s: %w", cur.ID, err)
+	}
+	o.cl.Logger().Warn("a forced failover ended without new roles and left the primary fenced; fence lifted",
+		"instance", cur.ID, "database", cur.Database, "group", g.Name)
+	return true, nil
 }
 
 func (o *Observer) stateOf(ctx context.Context, sec *model.Instance, busy bool) string {
