@@ -49,6 +49,9 @@ func (a *API) operationStatus(w http.ResponseWriter, r *http.Request, op *model.
 		ID: r.URL.Path, Name: op.ID, Status: op.Status, StartTime: op.Created.Format(time.RFC3339Nano),
 		Properties: map[string]any{"kind": op.Kind, "step": op.Step, "resource": op.Resource},
 	}
+	if len(op.Warnings) > 0 {
+		body.Properties["warnings"] = op.Warnings // extension: e.g. an old primary that had to be killed
+	}
 	if !op.Finished.IsZero() {
 		body.EndTime = op.Finished.Format(time.RFC3339Nano)
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
@@ -42,6 +43,20 @@ type Manager struct {
 
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex
+
+	startHook atomic.Pointer[StartHook]
+}
+
+// StartHook is called before EnsureRunning starts an instance (tests only: a start that hangs or fails).
+type StartHook func(ctx context.Context, rec *model.Instance) error
+
+// SetStartHook installs (or, with nil, removes) the start hook.
+func (m *Manager) SetStartHook(h StartHook) {
+	if h == nil {
+		m.startHook.Store(nil)
+		return
+	}
+	m.startHook.Store(&h)
 }
 
 // New returns a manager over st.
@@ -291,6 +306,11 @@ func (m *Manager) EnsureRunning(ctx context.Context, rec *model.Instance) error 
 	}
 	if err := h.Configure(m.settings(rec, up)); err != nil {
 		return fmt.Errorf("start %s: configure: %w", rec.ID, err)
+	}
+	if hook := m.startHook.Load(); hook != nil {
+		if err := (*hook)(ctx, rec); err != nil {
+			return fmt.Errorf("start %s: %w", rec.ID, err)
+		}
 	}
 	m.log.Info("starting instance", "instance", rec.ID, "database", rec.Database, "role", rec.Role)
 	return h.Start(ctx)

@@ -29,9 +29,15 @@
 //     that fails does not fail the operation: the reconciler retries it with backoff, and the group reads
 //     SUSPENDED until the old primary streams again.
 //
-// Forced failover (allow data loss): Fence (stop the old primary if it can be reached; either way it is marked
-// NeedsRejoin so nothing starts it as a primary again), Promote, Record, Release, then a best-effort Rejoin; the
-// reconciler retries the rejoin until it succeeds. tryPlannedBeforeForcedFailover runs a planned failover with a
-// bounded catch-up and falls back to a forced one when that is rolled back. Every operation first checks that the
-// group is still at the epoch it was planned at, so a stale one acts on nothing.
+// Forced failover (allow data loss): Hold; Check that every geo-secondary can enter the primary role (a seeded
+// copy, started if it does not run, answering as a standby) — one that cannot is refused with
+// GeoReplicationCannotBecomePrimaryDuringUndo before anything is fenced; Fence (mark the old primary NeedsRejoin so
+// nothing routes to it or starts it as a primary, then stop it: fast, immediate, then SIGKILL of the postmaster and
+// its processes, each bounded; a kill or a failure to stop is an operation warning); Promote — a failure before any
+// geo-secondary left recovery (judged from standby.signal once it is stopped) is undone: the old primary is
+// un-fenced and started again, the roles are unchanged; Record, Release, then a best-effort Rejoin; the reconciler
+// retries the rejoin until it succeeds. tryPlannedBeforeForcedFailover runs a planned failover with a bounded
+// catch-up and falls back to a forced one when that is rolled back or refused because a primary is not running.
+// Every operation first checks that the group is still at the epoch it was planned at, so a stale one acts on
+// nothing.
 package failover

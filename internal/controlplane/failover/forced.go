@@ -2,13 +2,38 @@ package failover
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/api/errcatalog"
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
+)
+
+// Bounds of the forced failover's waits on a geo-secondary.
+const (
+	// secondaryStartTimeout bounds starting a geo-secondary that does not run (crash recovery included).
+	secondaryStartTimeout = 60 * time.Second
+	// probeTimeout bounds one question to a running instance.
+	probeTimeout = 5 * time.Second
 )
 
 // forced promotes the geo-secondaries at once; the old primaries are fenced and rejoin later.
+//
+//  1. Hold     the read-write listener holds new sessions.
+//  2. Check    every geo-secondary can enter the primary role: a seeded copy, running (started here if need
+//     be) and in recovery. One that cannot is refused before anything is fenced.
+//  3. Fence    the old primaries are marked NeedsRejoin (never routed to, never started as primaries), then
+//     stopped: fast, immediate, then killed. One that still runs is reported in the operation's warnings; it
+//     stays fenced and the reconciler keeps stopping it.
+//  4. Promote  the geo-secondaries leave recovery. If one fails before any has left it, the failover is
+//     undone: the old primaries are un-fenced and started again, the roles are unchanged.
+//  5. Record, Release, Rejoin (best effort; the reconciler retries).
 func (x *execution) forced(ctx context.Context) error {
 	olds, news, err := x.instances()
 	if err != nil {
@@ -20,21 +45,94 @@ func (x *execution) forced(ctx context.Context) error {
 	x.o.hooks.Hold(x.plan.Group)
 	defer x.o.hooks.Release(x.plan.Group)
 
+	if !x.plan.Promoting {
+		if err := x.run.Step("check"); err != nil {
+			return err
+		}
+		if err := eachInstance(news, func(n *model.Instance) error { return x.readyToPromote(ctx, n) }); err != nil {
+			return x.undoForced(ctx, olds, news, err)
+		}
+	}
 	if err := x.run.Step("fence"); err != nil {
 		return err
 	}
 	if err := x.fenceForced(ctx, olds); err != nil {
 		return err
 	}
-	if err := x.promoteAll(ctx, news, nil); err != nil {
-		return err
+	if err := x.promoteForced(ctx, news); err != nil {
+		return x.undoForced(ctx, olds, news, err)
 	}
 	return x.recordReleaseRejoin(ctx, "Forced", false)
 }
 
-// fenceForced marks every old primary NeedsRejoin first (so nothing restarts it as a primary), then stops it if it
-// runs. A stop that fails is not fatal: the instance stays fenced in the store and the reconciler stops it when it
-// can reach it.
+// CannotBecomePrimary is the catalogue's refusal of a failover toward a geo-secondary that cannot enter the
+// primary role.
+func CannotBecomePrimary(db string, cause error) error {
+	return errcatalog.Newf("GeoReplicationCannotBecomePrimaryDuringUndo", "The geo-secondary of database '%s' "+
+		"cannot enter the primary role: %v.", db, cause)
+}
+
+// errNotPromotable is the cause wrapped by CannotBecomePrimary for a copy that is not a replica at all.
+var errNotPromotable = errors.New("not a seeded standby copy")
+
+// CheckCopy judges, from the record and the data directory alone (the instance may be stopped), whether rec is
+// a copy that can become primary: seeded, with a data directory, configured as a standby.
+func CheckCopy(rec *model.Instance, h *instance.Instance) error {
+	if !rec.Seeded {
+		return fmt.Errorf("%w: it was never seeded", errNotPromotable)
+	}
+	if _, err := os.Stat(filepath.Join(rec.Dir, "PG_VERSION")); err != nil {
+		return fmt.Errorf("%w: its data directory is missing", errNotPromotable)
+	}
+	if !h.IsStandby() {
+		return fmt.Errorf("%w: its data directory is not configured as a standby", errNotPromotable)
+	}
+	return nil
+}
+
+// CheckRunningCopy is CheckCopy plus the live facts: the copy runs and answers as a standby.
+func CheckRunningCopy(ctx context.Context, rec *model.Instance, h *instance.Instance) error {
+	if err := CheckCopy(rec, h); err != nil {
+		return err
+	}
+	if _, running := h.Running(); !running {
+		return errors.New("it does not run")
+	}
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	inRecovery, err := h.IsInRecovery(pctx)
+	if err != nil {
+		return fmt.Errorf("it does not answer: %w", err)
+	}
+	if !inRecovery {
+		return errors.New("it is not in recovery")
+	}
+	return nil
+}
+
+// readyToPromote is the Check step for one geo-secondary: a stopped copy is started (bounded) before it is judged.
+func (x *execution) readyToPromote(ctx context.Context, n *model.Instance) error {
+	h := x.o.cl.Handle(n)
+	if err := CheckCopy(n, h); err != nil {
+		return CannotBecomePrimary(n.Database, err)
+	}
+	if _, running := h.Running(); !running {
+		sctx, cancel := context.WithTimeout(ctx, secondaryStartTimeout)
+		err := h.Start(sctx)
+		cancel()
+		if err != nil {
+			return CannotBecomePrimary(n.Database, fmt.Errorf("it does not start: %w", err))
+		}
+	}
+	if err := CheckRunningCopy(ctx, n, h); err != nil {
+		return CannotBecomePrimary(n.Database, err)
+	}
+	return nil
+}
+
+// fenceForced marks every old primary NeedsRejoin first (so nothing routes to it or restarts it as a primary),
+// then stops it. A stop that needed SIGKILL, or that failed, is recorded in the operation's warnings; a failure
+// does not stop the failover (the old primary is unroutable, and the reconciler keeps stopping it).
 func (x *execution) fenceForced(ctx context.Context, olds []*model.Instance) error {
 	if !x.plan.Fenced {
 		for _, o := range olds {
@@ -48,14 +146,130 @@ func (x *execution) fenceForced(ctx context.Context, olds []*model.Instance) err
 			return err
 		}
 	}
+	var mu sync.Mutex
+	var warnings []string
+	warn := func(w string) { mu.Lock(); warnings = append(warnings, w); mu.Unlock() }
 	_ = eachInstance(olds, func(o *model.Instance) error {
-		h := x.o.cl.Handle(o)
-		if _, running := h.Running(); running {
-			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			defer cancel()
-			_ = h.TryShuttingDownFastImmediate(sctx, time.Second)
+		cur, err := x.o.cl.GetInstance(o.ID)
+		if err != nil || !cur.NeedsRejoin {
+			return nil // rejoined already (a resumed operation): it is a standby now
+		}
+		how, err := x.o.cl.StopFenced(ctx, cur)
+		switch {
+		case err != nil:
+			warn(fmt.Sprintf("the old primary of database '%s' could not be stopped (%v); it stays fenced and "+
+				"unroutable, and fogo keeps trying to stop it", o.Database, err))
+		case how == cluster.StoppedKilled:
+			warn(fmt.Sprintf("the old primary of database '%s' did not shut down; its postmaster and backends "+
+				"were killed", o.Database))
 		}
 		return nil
 	})
+	for _, w := range warnings {
+		x.o.log.Warn("forced failover: "+w, "group", x.plan.Group)
+		if err := x.run.Warn(w); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// promoteForced records the intent and promotes every geo-secondary (idempotent), starting it if it does not run.
+func (x *execution) promoteForced(ctx context.Context, news []*model.Instance) error {
+	if !x.plan.Promoting {
+		x.plan.Promoting = true
+		if err := x.save(); err != nil {
+			return err
+		}
+	}
+	if err := x.run.Step("promote"); err != nil {
+		return err
+	}
+	return eachInstance(news, func(n *model.Instance) error {
+		h := x.o.cl.Handle(n)
+		if _, running := h.Running(); !running {
+			sctx, cancel := context.WithTimeout(ctx, secondaryStartTimeout)
+			err := h.Start(sctx)
+			cancel()
+			if err != nil {
+				return CannotBecomePrimary(n.Database, fmt.Errorf("it does not start: %w", err))
+			}
+		}
+		if err := h.Promote(ctx); err != nil {
+			return CannotBecomePrimary(n.Database, fmt.Errorf("promotion failed: %w", err))
+		}
+		return nil
+	})
+}
+
+// undoForced puts the group back as it was after a forced failover failed before any geo-secondary left
+// recovery: the old primaries are un-fenced and started again, so the group keeps its only healthy copy. A
+// geo-secondary the promote step was sent to is stopped first, and the undo is done only when every one of them
+// still carries standby.signal (PostgreSQL removes it when a promotion takes effect): then none can come back as
+// a primary. Otherwise the failure is returned as is and the old primaries stay fenced.
+func (x *execution) undoForced(ctx context.Context, olds, news []*model.Instance, cause error) error {
+	if err := x.run.Step("undo"); err != nil {
+		return errors.Join(cause, err)
+	}
+	if x.plan.Promoting {
+		// Judge before stopping anything (a copy that did promote must keep running), then again once stopped.
+		for _, n := range news {
+			if !x.o.cl.Handle(n).IsStandby() {
+				return fmt.Errorf("%w (and the failover cannot be undone: the geo-secondary of %s left recovery)", cause, n.Database)
+			}
+		}
+		for _, n := range news {
+			if _, err := x.o.cl.StopFenced(ctx, n); err != nil {
+				return fmt.Errorf("%w (and the failover cannot be undone: stop the geo-secondary of %s: %v)", cause, n.Database, err)
+			}
+			if !x.o.cl.Handle(n).IsStandby() {
+				return fmt.Errorf("%w (and the failover cannot be undone: the geo-secondary of %s may have left recovery)", cause, n.Database)
+			}
+			// A promotion asked for but not taken up must not happen at the next start.
+			if err := os.Remove(filepath.Join(n.Dir, "promote")); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("%w (and the failover cannot be undone: %v)", cause, err)
+			}
+		}
+	}
+	if x.plan.Fenced {
+		for _, o := range olds {
+			cur, err := x.o.cl.GetInstance(o.ID)
+			if err != nil {
+				return fmt.Errorf("%w (and un-fencing the primary of %s failed: %v)", cause, o.Database, err)
+			}
+			cur.NeedsRejoin = false
+			if err := x.o.cl.SaveInstance(cur); err != nil {
+				return fmt.Errorf("%w (and un-fencing the primary of %s failed: %v)", cause, o.Database, err)
+			}
+		}
+	}
+	x.plan.Fenced, x.plan.Promoting = false, false
+	if err := x.save(); err != nil {
+		return fmt.Errorf("%w (and recording the undo failed: %v)", cause, err)
+	}
+	// Serve again now if the primary can run; if it cannot (its host is down), the reconciler starts it later.
+	for _, o := range olds {
+		cur, err := x.o.cl.GetInstance(o.ID)
+		if err != nil {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, secondaryStartTimeout)
+		if err := x.o.cl.EnsureRunning(sctx, cur); err != nil {
+			x.o.log.Warn("forced failover undone; the primary does not start yet (the reconciler retries)",
+				"database", o.Database, "err", err)
+		}
+		cancel()
+	}
+	const undone = "The forced failover was undone: the roles are unchanged and the old primary is not fenced."
+	if e, ok := errcatalog.As(cause); ok {
+		return errcatalog.Newf(e.Code, "%s %s", e.Message, undone)
+	}
+	return fmt.Errorf("%w (%s)", cause, undone)
+}
+
+// primaryDown reports a planned attempt refused because a primary is not running: nothing was changed, and
+// tryPlannedBeforeForcedFailover goes on with the forced failover (the disaster case it exists for).
+func primaryDown(err error) bool {
+	e, ok := errcatalog.As(err)
+	return ok && e.Code == "DatabaseUnavailable"
 }

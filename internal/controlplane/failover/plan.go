@@ -144,7 +144,7 @@ func (o *Orchestrator) run(ctx context.Context, run *operations.Run) error {
 			return x.forced(ctx)
 		}
 		err := x.planned(ctx, o.cfg.TryPlannedTimeout)
-		if err == nil || !x.rolledBack {
+		if err == nil || !(x.rolledBack || primaryDown(err)) {
 			return err
 		}
 		p.FellBackToForced = true

@@ -51,6 +51,8 @@ type Operation struct {
 	Finished   time.Time       `json:"finished,omitzero"`
 	// Log is a short human-readable trail of steps, shown in the operation status.
 	Log []string `json:"log,omitempty"`
+	// Warnings are what the caller should know although the operation went on (shown in the status).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Done reports whether the operation reached a terminal status.

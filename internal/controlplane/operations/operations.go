@@ -253,6 +253,13 @@ func (run *Run) SetParams(v any) error {
 	return run.r.store.Update(func(tx *store.Tx) error { return tx.Put(store.Operations, run.Op.ID, run.Op) })
 }
 
+// Warn records, durably, something the caller should know although the operation goes on (e.g. an old primary
+// that had to be killed); the operation status shows it.
+func (run *Run) Warn(msg string) error {
+	run.Op.Warnings = append(run.Op.Warnings, msg)
+	return run.r.store.Update(func(tx *store.Tx) error { return tx.Put(store.Operations, run.Op.ID, run.Op) })
+}
+
 // Step records that the named step starts (durably, before it acts).
 func (run *Run) Step(name string) error {
 	if run.r.PauseBeforeStep != nil {

@@ -4,11 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"strings"
 
 	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/failover"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/operations"
@@ -552,6 +552,15 @@ func (s *Service) failover(server armid.ServerID, name, kind, initiatedBy string
 		for _, d := range g.Databases {
 			if d.Secondary == "" {
 				return errcatalog.Newf("IncorrectReplicationLinkState", "Database '%s' has no geo-secondary yet.", d.Name)
+			}
+			// A copy that cannot become primary (never seeded, data directory lost) is refused before an
+			// operation could fence the primary for it.
+			var sec model.Instance
+			if err := tx.MustGet(store.Instances, d.Secondary, &sec); err != nil {
+				return err
+			}
+			if err := failover.CheckCopy(&sec, s.cl.Handle(&sec)); err != nil {
+				return failover.CannotBecomePrimary(d.Name, err)
 			}
 		}
 		plan := failover.NewPlan(g, server, kind)

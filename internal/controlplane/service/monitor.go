@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
+	"github.com/fogo-db/fogo/internal/controlplane/failover"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/operations"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
@@ -15,6 +16,11 @@ import (
 // Observer keeps the replication state of every group database, observed from PostgreSQL, and reconciles
 // instances: it starts instances that should run (after a crash or a fogo restart) and rejoins fenced former
 // primaries as standbys. It only takes locks with TryLock, so a running operation always has precedence.
+//
+// Groups are independent: each pass hands every group's (or standalone database's) reconciliation to a worker of
+// its own and does not wait for it, and probes the groups concurrently with bounded queries. A slow or stuck
+// instance (a start that hangs, a frozen postmaster) delays neither the other groups nor the Automatic policy,
+// whose clock is read on every pass. A reconciliation holds its lock for at most reconcileTimeout.
 type Observer struct {
 	st  *store.Store
 	cl  *cluster.Manager
@@ -23,12 +29,16 @@ type Observer struct {
 	mu     sync.RWMutex
 	states map[string]string // instance ID of a geo-secondary -> replication state
 
-	retry map[string]*retryState // instance ID -> backoff after a failed reconciliation (Tick's goroutine only)
+	wmu      sync.Mutex
+	retry    map[string]*retryState // instance ID -> backoff after a failed reconciliation
+	inflight map[string]bool        // lock keys whose worker still runs
+	workers  sync.WaitGroup
 
-	// The Automatic policy (Tick's goroutine only).
+	// The Automatic policy (the pass's goroutine only).
 	graceUnit    time.Duration
 	autoFailover func(g *model.FailoverGroup) error
 	downSince    map[string]time.Time // group key -> when its primary was first seen unavailable
+	held         map[string]string    // group key -> why its due failover waits for the geo-secondary
 }
 
 // retryState spaces out reconciliation attempts that keep failing, and keeps the log to one line per
@@ -42,20 +52,28 @@ type retryState struct {
 const (
 	minRetryDelay = time.Second
 	maxRetryDelay = 30 * time.Second
+	// reconcileTimeout bounds one instance's reconciliation (a start with crash recovery, a rejoin with pg_rewind),
+	// and so how long it holds its group's lock.
+	reconcileTimeout = 2 * time.Minute
+	// settleTimeout bounds how long Tick waits for the reconciliations it started.
+	settleTimeout = 30 * time.Second
+	// probeTimeout bounds one question to an instance.
+	probeTimeout = 2 * time.Second
 )
 
 // NewObserver returns an observer.
 func NewObserver(st *store.Store, cl *cluster.Manager, ops *operations.Runner) *Observer {
 	return &Observer{st: st, cl: cl, ops: ops, states: map[string]string{}, retry: map[string]*retryState{},
-		graceUnit: time.Minute, downSince: map[string]time.Time{}}
+		inflight: map[string]bool{}, graceUnit: time.Minute, downSince: map[string]time.Time{}, held: map[string]string{}}
 }
 
-// Run observes and reconciles every interval until ctx ends.
+// Run observes and reconciles every interval until ctx ends, then waits for its workers.
 func (o *Observer) Run(ctx context.Context, interval time.Duration, log func(msg string, args ...any)) {
+	defer o.workers.Wait()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		o.Tick(ctx, log)
+		o.pass(ctx, log)
 		select {
 		case <-ctx.Done():
 			return
@@ -64,8 +82,22 @@ func (o *Observer) Run(ctx context.Context, interval time.Duration, log func(msg
 	}
 }
 
-// Tick runs one observation and reconciliation pass.
+// Tick runs one observation and reconciliation pass and waits, at most settleTimeout, for the reconciliations it
+// started (at start, instances are re-adopted before interrupted operations resume).
 func (o *Observer) Tick(ctx context.Context, log func(msg string, args ...any)) {
+	started := o.pass(ctx, log)
+	done := make(chan struct{})
+	go func() { started.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(settleTimeout):
+	case <-ctx.Done():
+	}
+}
+
+// pass starts the reconciliation workers, probes every group and applies the Automatic policy. It returns the
+// workers it started, without waiting for them.
+func (o *Observer) pass(ctx context.Context, log func(msg string, args ...any)) *sync.WaitGroup {
 	var groups []model.FailoverGroup
 	var insts []model.Instance
 	var dbs []model.Database
@@ -100,45 +132,130 @@ func (o *Observer) Tick(ctx context.Context, log func(msg string, args ...any)) 
 			}
 		}
 	}
+	byKey := map[string][]*model.Instance{}
+	var keys []string
 	for i := range insts {
-		rec := &insts[i]
-		key, ok := lockOf[rec.ID]
+		key, ok := lockOf[insts[i].ID]
 		if !ok {
 			continue
 		}
-		rs := o.retry[rec.ID]
-		if rs != nil && time.Now().Before(rs.next) {
-			continue
+		if byKey[key] == nil {
+			keys = append(keys, key)
 		}
-		unlock, ok := o.cl.TryLock(key)
-		if !ok {
-			continue
-		}
-		err := o.reconcile(ctx, rec)
-		unlock()
-		o.noteResult(rec, err, log)
+		byKey[key] = append(byKey[key], &insts[i])
 	}
-	o.observe(ctx, groups, insts)
-	o.automatic(ctx, groups, busy, log)
+	started := &sync.WaitGroup{}
+	for _, key := range keys {
+		o.launch(ctx, key, byKey[key], started, log)
+	}
+	probes := o.probe(ctx, groups, insts, busy)
+	states := map[string]string{}
+	for _, p := range probes {
+		for id, st := range p.states {
+			states[id] = st
+		}
+	}
+	o.mu.Lock()
+	o.states = states
+	o.mu.Unlock()
+	o.automatic(groups, busy, probes, log)
+	return started
+}
+
+// launch reconciles the instances under one lock key in a worker of its own, unless the previous one still runs.
+func (o *Observer) launch(ctx context.Context, key string, recs []*model.Instance, started *sync.WaitGroup, log func(msg string, args ...any)) {
+	o.wmu.Lock()
+	if o.inflight[key] {
+		o.wmu.Unlock()
+		return
+	}
+	o.inflight[key] = true
+	o.wmu.Unlock()
+	o.workers.Add(1)
+	started.Add(1)
+	go func() {
+		defer o.workers.Done()
+		defer started.Done()
+		defer func() { o.wmu.Lock(); delete(o.inflight, key); o.wmu.Unlock() }()
+		for _, rec := range recs {
+			if ctx.Err() != nil || o.backingOff(rec.ID) {
+				continue
+			}
+			unlock, ok := o.cl.TryLock(key)
+			if !ok {
+				return
+			}
+			rctx, cancel := context.WithTimeout(ctx, reconcileTimeout)
+			err := o.reconcile(rctx, rec)
+			cancel()
+			unlock()
+			o.noteResult(rec, err, log)
+		}
+	}()
+}
+
+func (o *Observer) backingOff(id string) bool {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	rs := o.retry[id]
+	return rs != nil && time.Now().Before(rs.next)
+}
+
+// groupProbe is what one pass observed of a group.
+type groupProbe struct {
+	states   map[string]string // geo-secondary instance ID -> replication state
+	down     string            // a database whose primary does not answer as a primary ("" if none)
+	notReady string            // why a geo-secondary cannot become primary now ("" if all can); only when down
+}
+
+// probe observes every group concurrently; each question is bounded, so a pass takes seconds at most.
+func (o *Observer) probe(ctx context.Context, groups []model.FailoverGroup, insts []model.Instance, busy map[string]bool) []groupProbe {
+	byID := map[string]*model.Instance{}
+	for i := range insts {
+		byID[insts[i].ID] = &insts[i]
+	}
+	out := make([]groupProbe, len(groups))
+	var wg sync.WaitGroup
+	for i := range groups {
+		wg.Add(1)
+		go func(g *model.FailoverGroup, p *groupProbe) {
+			defer wg.Done()
+			p.states = map[string]string{}
+			for _, d := range g.Databases {
+				p.states[d.Secondary] = o.stateOf(ctx, byID[d.Secondary], busy[g.Key()])
+			}
+			if g.ReadWritePolicy != model.PolicyAutomatic || busy[g.Key()] {
+				return
+			}
+			if p.down = o.unavailablePrimary(ctx, g); p.down != "" {
+				p.notReady = o.secondaryNotReady(ctx, g, byID)
+			}
+		}(&groups[i], &out[i])
+	}
+	wg.Wait()
+	return out
 }
 
 // automatic applies the Automatic read-write failover policy: a group whose primary has been unavailable for
 // failoverWithDataLossGracePeriodMinutes (each minute lasting graceUnit) is failed over, forced, to its partner.
-// Availability is probed, not assumed: every primary instance of the group must answer a query as a primary.
-func (o *Observer) automatic(ctx context.Context, groups []model.FailoverGroup, busy map[string]bool, log func(msg string, args ...any)) {
+// Availability is probed, not assumed: every primary instance of the group must answer a query as a primary. The
+// failover waits while a geo-secondary cannot become primary (it would only fence the primary for nothing); the
+// clock keeps running, so it happens as soon as the geo-secondary is ready.
+func (o *Observer) automatic(groups []model.FailoverGroup, busy map[string]bool, probes []groupProbe, log func(msg string, args ...any)) {
 	for i := range groups {
-		g := &groups[i]
+		g, p := &groups[i], &probes[i]
 		key := g.Key()
-		if g.ReadWritePolicy != "Automatic" || g.GraceMinutes == nil || busy[key] || o.autoFailover == nil {
+		if g.ReadWritePolicy != model.PolicyAutomatic || g.GraceMinutes == nil || busy[key] || o.autoFailover == nil {
 			delete(o.downSince, key)
+			delete(o.held, key)
 			continue
 		}
-		down := o.unavailablePrimary(ctx, g)
-		if down == "" {
+		if p.down == "" {
 			if _, was := o.downSince[key]; was && log != nil {
 				log("primary available again; automatic failover cancelled", "group", g.Name)
 			}
 			delete(o.downSince, key)
+			delete(o.held, key)
 			continue
 		}
 		grace := time.Duration(*g.GraceMinutes) * o.graceUnit
@@ -147,13 +264,22 @@ func (o *Observer) automatic(ctx context.Context, groups []model.FailoverGroup, 
 			o.downSince[key] = time.Now()
 			if log != nil {
 				log("primary unavailable; automatic forced failover after the grace period", "group", g.Name,
-					"database", down, "grace", grace.String())
+					"database", p.down, "grace", grace.String())
 			}
 			continue
 		}
 		if time.Since(since) < grace {
 			continue
 		}
+		if p.notReady != "" {
+			if o.held[key] != p.notReady && log != nil {
+				log("automatic failover due but held: the geo-secondary cannot become primary", "group", g.Name,
+					"reason", p.notReady)
+			}
+			o.held[key] = p.notReady
+			continue
+		}
+		delete(o.held, key)
 		if err := o.autoFailover(g); err != nil {
 			if log != nil {
 				log("automatic failover could not start", "group", g.Name, "err", err)
@@ -162,6 +288,20 @@ func (o *Observer) automatic(ctx context.Context, groups []model.FailoverGroup, 
 		}
 		delete(o.downSince, key)
 	}
+}
+
+// secondaryNotReady says why a geo-secondary of g could not become primary now, or "".
+func (o *Observer) secondaryNotReady(ctx context.Context, g *model.FailoverGroup, byID map[string]*model.Instance) string {
+	for _, d := range g.Databases {
+		rec := byID[d.Secondary]
+		if rec == nil {
+			return fmt.Sprintf("database %s has no geo-secondary", d.Name)
+		}
+		if err := failover.CheckRunningCopy(ctx, rec, o.cl.Handle(rec)); err != nil {
+			return fmt.Sprintf("the geo-secondary of %s: %v", d.Name, err)
+		}
+	}
+	return ""
 }
 
 // unavailablePrimary returns the name of a database whose primary instance does not answer as a primary.
@@ -175,7 +315,7 @@ func (o *Observer) unavailablePrimary(ctx context.Context, g *model.FailoverGrou
 		if _, running := h.Running(); !running {
 			return d.Name
 		}
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 		inRecovery, err := h.IsInRecovery(pctx)
 		cancel()
 		if err != nil || inRecovery {
@@ -196,6 +336,8 @@ func (o *Observer) SetAutomatic(graceUnit time.Duration, failover func(g *model.
 // noteResult records the outcome of a reconciliation: a failure backs off exponentially and is logged
 // when it first occurs or changes; a success after failures is logged once.
 func (o *Observer) noteResult(rec *model.Instance, err error, log func(msg string, args ...any)) {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
 	rs := o.retry[rec.ID]
 	if err == nil {
 		if rs != nil && log != nil {
@@ -227,15 +369,21 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 	if err != nil {
 		return nil
 	}
+	if cur.NeedsRejoin && cur.Upstream == "" {
+		lifted, err := o.liftStaleFence(ctx, cur)
+		if err != nil {
+			return err
+		}
+		if lifted {
+			cur.NeedsRejoin = false
+		}
+	}
 	if cur.NeedsRejoin {
 		// Fence first: a former primary that is running (it came back, or fogo could not stop it during the
-		// failover) must not serve anything before it is rewound, whether or not it can rejoin yet.
-		if h := o.cl.Handle(cur); h != nil {
-			if _, running := h.Running(); running {
-				if err := h.TryShuttingDownFastImmediate(ctx, 2*time.Second); err != nil {
-					return fmt.Errorf("fence former primary %s: %w", cur.ID, err)
-				}
-			}
+		// failover) must not serve anything before it is rewound, whether or not it can rejoin yet. The stop is
+		// bounded and ends with SIGKILL: a frozen postmaster's backends would go on serving their sessions.
+		if _, err := o.cl.StopFenced(ctx, cur); err != nil {
+			return fmt.Errorf("fence former primary %s: %w", cur.ID, err)
 		}
 		up, err := o.cl.GetInstance(cur.Upstream)
 		if err != nil {
@@ -256,27 +404,56 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 	return o.cl.EnsureAdminRights(ctx, cur)
 }
 
-func (o *Observer) observe(ctx context.Context, groups []model.FailoverGroup, insts []model.Instance) {
-	byID := map[string]*model.Instance{}
-	for i := range insts {
-		byID[insts[i].ID] = &insts[i]
-	}
-	states := map[string]string{}
-	for _, g := range groups {
-		busy := false
-		if g.Operation != "" {
-			if op, err := o.ops.Get(g.Operation); err == nil && !op.Done() {
-				busy = true
+// liftStaleFence un-fences a group primary that a forced failover fenced but that never lost its role: the
+// operation ended (failed after too many restarts, or under an older fogo) without recording new roles and without
+// undoing its fence, which left the group without a primary for good. Only when no operation runs on the group and
+// every geo-secondary is still a standby (standby.signal; in recovery if it runs): then it cannot make two primaries.
+func (o *Observer) liftStaleFence(ctx context.Context, cur *model.Instance) (bool, error) {
+	var g *model.FailoverGroup
+	var gd *model.GroupDatabase
+	err := o.st.View(func(tx *store.Tx) error {
+		groups, err := store.List[model.FailoverGroup](tx, store.Groups, "")
+		for i := range groups {
+			for j := range groups[i].Databases {
+				if groups[i].Databases[j].Primary == cur.ID {
+					g, gd = &groups[i], &groups[i].Databases[j]
+				}
 			}
 		}
-		for _, d := range g.Databases {
-			sec := byID[d.Secondary]
-			states[d.Secondary] = o.stateOf(ctx, sec, busy)
+		return err
+	})
+	if err != nil || g == nil {
+		return false, err
+	}
+	if g.Operation != "" {
+		if op, err := o.ops.Get(g.Operation); err != nil || !op.Done() {
+			return false, nil
 		}
 	}
-	o.mu.Lock()
-	o.states = states
-	o.mu.Unlock()
+	sec, err := o.cl.GetInstance(gd.Secondary)
+	if err != nil {
+		return false, fmt.Errorf("lift the fence of %s: %w", cur.ID, err)
+	}
+	h := o.cl.Handle(sec)
+	if !h.IsStandby() {
+		return false, fmt.Errorf("primary %s is fenced and its geo-secondary %s left recovery, but no failover "+
+			"recorded the new roles: run a forced failover to finish it", cur.ID, sec.ID)
+	}
+	if _, running := h.Running(); running {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		inRecovery, err := h.IsInRecovery(pctx)
+		cancel()
+		if err != nil || !inRecovery {
+			return false, fmt.Errorf("lift the fence of %s: geo-secondary %s in recovery: %v %v", cur.ID, sec.ID, inRecovery, err)
+		}
+	}
+	cur.NeedsRejoin = false
+	if err := o.cl.SaveInstance(cur); err != nil {
+		return false, fmt.Errorf("lift the fence of %s: %w", cur.ID, err)
+	}
+	o.cl.Logger().Warn("a forced failover ended without new roles and left the primary fenced; fence lifted",
+		"instance", cur.ID, "database", cur.Database, "group", g.Name)
+	return true, nil
 }
 
 func (o *Observer) stateOf(ctx context.Context, sec *model.Instance, busy bool) string {
@@ -294,7 +471,7 @@ func (o *Observer) stateOf(ctx context.Context, sec *model.Instance, busy bool) 
 	if _, running := h.Running(); !running {
 		return model.StateSuspended
 	}
-	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	st, err := h.WalReceiverStatus(cctx)
 	if err != nil || st.Status != "streaming" {
