@@ -74,6 +74,7 @@ func serveCommand() *cobra.Command {
 	f.DurationVar(&o.GraceUnit, "grace-period-unit", time.Minute, "TESTING ONLY: the length of one minute of failoverWithDataLossGracePeriodMinutes")
 	f.StringArrayVar(&o.LinkTargetDirs, "link-target-dir", nil, "absolute directory DuckDB link targets may live in besides DATA-DIR/link-targets (repeatable)")
 	f.StringVar(&o.SecretsKeyFile, "secrets-key-file", "", "key file that seals the secrets in fogo's state, 0600 (default DATA-DIR/secrets.key, created on the first start); never written to the store")
+	f.StringVar(&o.InstancesDir, "instances-dir", "", "directory of the instances' data directories, which the postgres OS user must reach (default DATA-DIR/instances; as root with a DATA-DIR the postgres user cannot reach, /var/lib/fogo/instances-HASH)")
 	f.StringVar(&o.MaxSlotWALKeepSize, "max-slot-wal-keep-size", app.DefaultMaxSlotWALKeepSize, "most WAL one replication slot may hold on an instance (PostgreSQL size, -1 unbounded); beyond it the slot is invalidated and a geo-secondary is seeded again")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
@@ -66,6 +67,8 @@ type Options struct {
 	PauseFor time.Duration
 	// LinkTargetDirs are absolute directories DuckDB link targets may live in besides DATA-DIR/link-targets.
 	LinkTargetDirs []string
+	// InstancesDir holds the instances' data directories (default DATA-DIR/instances; see instancesDir).
+	InstancesDir string
 	// SecretsKeyFile is the key file that seals the secrets in the store (default DATA-DIR/secrets.key).
 	SecretsKeyFile string
 	// MaxSlotWALKeepSize bounds the WAL a replication slot may hold on every instance (max_slot_wal_keep_size, a
@@ -173,19 +176,60 @@ func (a *App) prepareDataDir(context.Context) error {
 		return err
 	}
 	a.opts.DataDir = abs
-	if err := os.MkdirAll(filepath.Join(abs, "instances"), 0o700); err != nil {
-		return err
-	}
 	bin, err := pgbin.Discover(a.opts.PGBin)
 	if err != nil {
 		return err
 	}
 	a.bin = bin
-	// The postgres OS user must reach the instance directories below; it gets search (x) permission only.
-	if err := bin.AllowTraverse(abs, filepath.Join(abs, "instances")); err != nil {
-		return fmt.Errorf("make %s reachable for the postgres user: %w", abs, err)
+	dir, err := instancesDir(bin, abs, a.opts.InstancesDir, a.log)
+	if err != nil {
+		return err
 	}
+	a.opts.InstancesDir = dir
 	return nil
+}
+
+// fallbackInstancesRoot holds the instance directories of a data directory the postgres OS user cannot reach.
+var fallbackInstancesRoot = "/var/lib/fogo"
+
+// instancesDir prepares the directory that holds the instances' data directories, which the postgres OS user must
+// reach (it gets search permission, o+x, on fogo's own directories only): the one given, else DATA-DIR/instances.
+// When fogo runs as root with a data directory below one the postgres user may not pass (say /root/fogo-data),
+// fogo does not open that directory up: the instances live in /var/lib/fogo/instances-<hash of the data
+// directory> instead, and the log says so. Everything else (state, token, key) stays in the data directory.
+func instancesDir(bin *pgbin.Bin, dataDir, given string, log *slog.Logger) (string, error) {
+	prepare := func(top, dir string) error {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		return bin.AllowTraverse(top, dir)
+	}
+	if given != "" {
+		abs, err := filepath.Abs(given)
+		if err != nil {
+			return "", err
+		}
+		if err := prepare(abs, abs); err != nil {
+			return "", fmt.Errorf("make --instances-dir %s reachable for the postgres user: %w", abs, err)
+		}
+		return abs, nil
+	}
+	dir := filepath.Join(dataDir, "instances")
+	err := prepare(dataDir, dir)
+	if err == nil || os.Geteuid() != 0 {
+		if err != nil {
+			return "", fmt.Errorf("make %s reachable for the postgres user: %w", dataDir, err)
+		}
+		return dir, nil
+	}
+	sum := sha256.Sum256([]byte(dataDir))
+	alt := filepath.Join(fallbackInstancesRoot, "instances-"+hex.EncodeToString(sum[:6]))
+	if err2 := prepare(fallbackInstancesRoot, alt); err2 != nil {
+		return "", fmt.Errorf("make %s reachable for the postgres user: %w (and %s: %v); pass --instances-dir", dataDir, err, alt, err2)
+	}
+	log.Warn("the postgres OS user cannot reach the data directory; instance data directories live elsewhere",
+		"data_dir", dataDir, "instances_dir", alt, "why", err.Error())
+	return alt, nil
 }
 
 // loadToken takes FOGO_API_TOKEN, or generates a token once into DIR/api-token (0600).
@@ -238,7 +282,7 @@ func (a *App) build(ctx context.Context) error {
 		return err
 	}
 	a.Cluster = cluster.New(cluster.Config{
-		DataDir: a.opts.DataDir, PortLow: a.opts.PortLow, PortHigh: a.opts.PortHigh, Bin: a.bin,
+		DataDir: a.opts.DataDir, InstancesDir: a.opts.InstancesDir, PortLow: a.opts.PortLow, PortHigh: a.opts.PortHigh, Bin: a.bin,
 		SuperPassword: superPassword, Logger: a.log, ExtraInstanceConfs: extra,
 	}, a.Store)
 	runCtx, cancel := context.WithCancel(context.Background())

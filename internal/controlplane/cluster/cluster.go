@@ -28,6 +28,8 @@ const SuperUser = "fogo"
 // Config is what the manager needs to know about the machine.
 type Config struct {
 	DataDir            string
+	// InstancesDir holds new instances' data directories (default DataDir/instances).
+	InstancesDir string
 	PortLow, PortHigh  int
 	Bin                *pgbin.Bin
 	SuperPassword      string
@@ -57,6 +59,14 @@ func (m *Manager) SetStartHook(h StartHook) {
 		return
 	}
 	m.startHook.Store(&h)
+}
+
+// instancesDir is where new instances' data directories go.
+func (m *Manager) instancesDir() string {
+	if m.cfg.InstancesDir != "" {
+		return m.cfg.InstancesDir
+	}
+	return filepath.Join(m.cfg.DataDir, "instances")
 }
 
 // New returns a manager over st.
@@ -117,7 +127,7 @@ func (m *Manager) NewInstanceRecord(tx *store.Tx, server armid.ServerID, databas
 	}
 	rec := &model.Instance{
 		ID: id, Server: server, Database: database, Role: role, Port: port,
-		Dir:      filepath.Join(m.cfg.DataDir, "instances", id, "pgdata"),
+		Dir:      filepath.Join(m.instancesDir(), id, "pgdata"),
 		SlotName: "fogo_" + id,
 	}
 	return rec, tx.Put(store.Instances, id, rec)
