@@ -27,9 +27,9 @@ const SuperUser = "fogo"
 
 // Config is what the manager needs to know about the machine.
 type Config struct {
-	DataDir            string
+	DataDir string
 	// InstancesDir holds new instances' data directories (default DataDir/instances).
-	InstancesDir string
+	InstancesDir       string
 	PortLow, PortHigh  int
 	Bin                *pgbin.Bin
 	SuperPassword      string
