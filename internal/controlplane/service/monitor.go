@@ -185,7 +185,11 @@ func (o *Observer) launch(ctx context.Context, key string, recs []*model.Instanc
 			if !ok {
 				return
 			}
-			rctx, cancel := context.WithTimeout(ctx, reconcileTimeout)
+			bound := reconcileTimeout
+			if rec.Reseed {
+				bound = reseedTimeout // a base backup of a whole database: its own, longer bound
+			}
+			rctx, cancel := context.WithTimeout(ctx, bound)
 			err := o.reconcile(rctx, rec)
 			cancel()
 			unlock()

@@ -57,10 +57,10 @@ func (o *Observer) reseedIfLost(ctx context.Context, cur *model.Instance) error 
 			return err
 		}
 		o.setState(cur.ID, model.StateSeeding)
+		// The verdict is saved: the next pass reseeds under reseedTimeout, not this pass's reconcileTimeout.
+		return nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, reseedTimeout)
-	defer cancel()
-	if err := o.cl.Seed(sctx, cur, up); err != nil {
+	if err := o.cl.Seed(ctx, cur, up); err != nil {
 		return fmt.Errorf("reseed %s: %w", cur.ID, err)
 	}
 	o.cl.Logger().Info("geo-secondary seeded again", "instance", cur.ID, "database", cur.Database)
