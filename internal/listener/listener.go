@@ -136,23 +136,30 @@ func (l *Listeners) Release(group string) {
 	l.CutStale(group)
 }
 
-// CutStale ends the group's read-write sessions relayed to an instance that is no longer the primary of their
-// database (or whose primary is fenced), and returns how many. A route that cannot be read now keeps its
-// sessions.
+// CutStale ends the group's sessions relayed to an instance that is no longer where their listener routes their
+// database: read-write sessions on a former primary (or one whose primary is fenced), read-only sessions on a
+// geo-secondary that was promoted (they could write now) or that is no longer readable. It returns how many. A
+// route that cannot be read now keeps its sessions.
 func (l *Listeners) CutStale(group string) int {
-	ep, ok := l.gw.Get(endpointName(ReadWrite, group))
-	if !ok {
-		return 0
-	}
-	n := ep.Cut(func(s gateway.SessionInfo) bool {
-		port, err := l.routes.ResolveGroupDatabase(group, s.Database, false)
-		if err != nil {
-			return errors.Is(err, service.ErrFenced)
+	n := 0
+	for _, kind := range []string{ReadWrite, ReadOnly} {
+		ep, ok := l.gw.Get(endpointName(kind, group))
+		if !ok {
+			continue
 		}
-		return s.Backend != backendAddr(port)
-	})
-	if n > 0 {
-		l.cfg.Logger.Warn("listener: cut sessions relayed to a former primary", "group", group, "sessions", n)
+		readOnly := kind == ReadOnly
+		cut := ep.Cut(func(s gateway.SessionInfo) bool {
+			port, err := l.routes.ResolveGroupDatabase(group, s.Database, readOnly)
+			if err != nil {
+				return errors.Is(err, service.ErrFenced) || (readOnly && errors.Is(err, service.ErrNoReadableSecondary))
+			}
+			return s.Backend != backendAddr(port)
+		})
+		if cut > 0 {
+			l.cfg.Logger.Warn("listener: cut sessions relayed to an instance that no longer has their role", "group", group,
+				"listener", kind, "sessions", cut)
+		}
+		n += cut
 	}
 	return n
 }

@@ -108,6 +108,19 @@ type fakeRoutes struct {
 	mu   sync.Mutex
 	port int
 	err  error
+	// ro, when set, is the read-only listener's route (port, err); else it routes as the read-write one.
+	ro *fakeRoute
+}
+
+type fakeRoute struct {
+	port int
+	err  error
+}
+
+func (r *fakeRoutes) setRO(port int, err error) {
+	r.mu.Lock()
+	r.ro = &fakeRoute{port, err}
+	r.mu.Unlock()
 }
 
 func (r *fakeRoutes) set(port int, err error) {
@@ -116,11 +129,14 @@ func (r *fakeRoutes) set(port int, err error) {
 	r.mu.Unlock()
 }
 
-func (r *fakeRoutes) ResolveGroupDatabase(_, database string, _ bool) (int, error) {
+func (r *fakeRoutes) ResolveGroupDatabase(_, database string, readOnly bool) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if database != "db" {
 		return 0, service.ErrUnknownDatabase
+	}
+	if readOnly && r.ro != nil {
+		return r.ro.port, r.ro.err
 	}
 	return r.port, r.err
 }
@@ -296,4 +312,47 @@ func TestReservedUserRefused(t *testing.T) {
 	if n != 0 {
 		t.Errorf("the backend saw %d refused sessions", n)
 	}
+}
+
+// TestReleaseCutsReadOnlySessionsOnPromotedSecondary: a read-only session relayed to the geo-secondary must not
+// stay on it once a failover promoted it (it could write): Release cuts it, and new read-only sessions go to the
+// new secondary; with no readable secondary (policy Disabled) the read-only sessions are cut too.
+func TestReleaseCutsReadOnlySessionsOnPromotedSecondary(t *testing.T) {
+	a, b := newFakeBackend(t, "A"), newFakeBackend(t, "B")
+	routes := &fakeRoutes{port: a.port()}
+	routes.setRO(b.port(), nil)
+	gw := gateway.NewManager(gateway.Config{})
+	t.Cleanup(gw.CloseAll)
+	l := listener.New(listener.Config{}, gw, routes)
+	g := &model.FailoverGroup{Name: "fg", RWPort: freePort(t), ROPort: freePort(t)}
+	if err := l.Open(g); err != nil {
+		t.Fatal(err)
+	}
+	group, ro := g.Key(), net.JoinHostPort("127.0.0.1", strconv.Itoa(g.ROPort))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	onB, err := connect(ctx, ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer onB.Close(ctx)
+	if got, err := landedOn(ctx, onB); err != nil || got != "B" {
+		t.Fatalf("read-only session on %q, %v", got, err)
+	}
+	l.Hold(group) // a failover: B becomes the primary, A its secondary
+	routes.set(b.port(), nil)
+	routes.setRO(a.port(), nil)
+	l.Release(group)
+	waitCut(t, onB, "read-only session on the promoted secondary")
+	onA, err := connect(ctx, ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer onA.Close(ctx)
+	if got, err := landedOn(ctx, onA); err != nil || got != "A" {
+		t.Fatalf("read-only session after the failover on %q, %v", got, err)
+	}
+	routes.setRO(0, service.ErrNoReadableSecondary)
+	l.Release(group)
+	waitCut(t, onA, "no readable secondary")
 }
