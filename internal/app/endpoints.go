@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"time"
 
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
@@ -32,6 +33,9 @@ func newGatewayEndpoints(o Options, log *slog.Logger) (*gatewayEndpoints, error)
 	// fogo's internal superuser never logs in through an endpoint or listener: PostgreSQL sees every gateway
 	// session come from 127.0.0.1, as fogo's own connections do, so pg_hba.conf cannot refuse it there.
 	cfg := gateway.Config{Logger: log, ReservedUsers: []string{cluster.SuperUser}}
+	// Routing a session includes the read-write listener's hold: it must never be cut short by the gateway's
+	// own bound, or a held session would get the wrong error after the wrong time.
+	cfg.ResolveTimeout = max(60*time.Second, o.ListenerHoldTimeout+30*time.Second)
 	if o.GatewayTLSCert != "" || o.GatewayTLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(o.GatewayTLSCert, o.GatewayTLSKey)
 		if err != nil {
