@@ -67,7 +67,10 @@ type Status struct {
 	Applied     int64     // source transactions applied since start
 	Err         string
 	LastHeard   time.Time // when the source last sent anything on the replication connection (a heartbeat)
-	Tables      []TableStatus
+	// LastBatch (batch mode) is when the last batch finished: everything the source had committed when it
+	// started was applied then, and the link went Idle until the next one.
+	LastBatch time.Time
+	Tables    []TableStatus
 }
 
 // Table statuses (the Synapse link table states).
@@ -183,6 +186,9 @@ func (l *Link) CarryOver(prev Status) {
 	defer l.mu.Unlock()
 	if l.status.LastCommit.IsZero() {
 		l.status.LastCommit, l.status.LastApplied = prev.LastCommit, prev.LastApplied
+	}
+	if l.status.LastBatch.IsZero() {
+		l.status.LastBatch = prev.LastBatch
 	}
 	for _, p := range prev.Tables {
 		if t := l.tables[p.Source]; t != nil {
@@ -311,7 +317,7 @@ func (l *Link) run(ctx context.Context) error {
 	l.setStatus(func(s *Status) { s.Phase, s.Checkpoint = "Streaming", cp })
 	err = l.stream(ctx, db, rc, tables, cp)
 	if errors.Is(err, errBatchDone) {
-		l.setStatus(func(s *Status) { s.Phase = "Idle" })
+		l.setStatus(func(s *Status) { s.Phase, s.LastBatch = "Idle", time.Now() })
 		return nil
 	}
 	var pgErr *pgconn.PgError
