@@ -67,7 +67,10 @@ type Status struct {
 	Applied     int64     // source transactions applied since start
 	Err         string
 	LastHeard   time.Time // when the source last sent anything on the replication connection (a heartbeat)
-	Tables      []TableStatus
+	// LastBatch (batch mode) is when the last batch finished: everything the source had committed when it
+	// started was applied then, and the link went Idle until the next one.
+	LastBatch time.Time
+	Tables    []TableStatus
 }
 
 // Table statuses (the Synapse link table states).
@@ -184,6 +187,9 @@ func (l *Link) CarryOver(prev Status) {
 	if l.status.LastCommit.IsZero() {
 		l.status.LastCommit, l.status.LastApplied = prev.LastCommit, prev.LastApplied
 	}
+	if l.status.LastBatch.IsZero() {
+		l.status.LastBatch = prev.LastBatch
+	}
 	for _, p := range prev.Tables {
 		if t := l.tables[p.Source]; t != nil {
 			if t.LastCommit.IsZero() {
@@ -244,7 +250,9 @@ func (l *Link) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("link %s: connect to source: %w", l.cfg.Name, err)
 	}
-	defer db.Close(context.Background())
+	// A run ends only once its source backends have: a statement it interrupted (CREATE PUBLICATION, say) must not
+	// commit under the next run, nor its walsender hold the slot the next run (or whoever stopped the link) uses.
+	defer logrepl.CloseAndWait(context.Background(), db.PgConn())
 	tables, err := l.describe(ctx, db)
 	if err != nil {
 		return err
@@ -298,7 +306,7 @@ func (l *Link) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
 	}
-	defer rc.Close(context.Background())
+	defer rc.Close(context.Background()) // waits until the walsender has released the slot
 	if cp == 0 {
 		if cp, err = l.snapshot(ctx, db, rc, healthy); err != nil {
 			return err
@@ -309,7 +317,7 @@ func (l *Link) run(ctx context.Context) error {
 	l.setStatus(func(s *Status) { s.Phase, s.Checkpoint = "Streaming", cp })
 	err = l.stream(ctx, db, rc, tables, cp)
 	if errors.Is(err, errBatchDone) {
-		l.setStatus(func(s *Status) { s.Phase = "Idle" })
+		l.setStatus(func(s *Status) { s.Phase, s.LastBatch = "Idle", time.Now() })
 		return nil
 	}
 	var pgErr *pgconn.PgError
@@ -317,22 +325,65 @@ func (l *Link) run(ctx context.Context) error {
 		// The slot cannot serve the checkpoint any more (e.g. a slot copy older than its server's WAL): drop it,
 		// so that the next run resynchronises every table from a fresh slot.
 		l.cfg.Logger.Error("link slot cannot be read; dropping it to resynchronise", "link", l.cfg.Name, "err", err)
-		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		dctx, cancel := context.WithTimeout(context.Background(), slotFreeTimeout+5*time.Second)
 		defer cancel()
-		time.Sleep(200 * time.Millisecond) // the walsender releases the slot as it exits
-		if derr := l.dropSlot(dctx, db); derr != nil {
+		if derr := l.dropSlot(dctx, db); derr != nil { // once the walsender released it
 			return fmt.Errorf("%w; dropping the slot failed too: %v", err, derr)
 		}
 	}
 	return err
 }
 
-// dropSlot drops the link's slot on the source unless a walsender uses it.
+// dropSlot drops the link's slot on the source, once no walsender uses it.
 func (l *Link) dropSlot(ctx context.Context, db *pgx.Conn) error {
-	if _, err := db.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", l.slot); err != nil {
+	if err := l.waitSlotFree(ctx, db, l.slot); err != nil {
+		return err
+	}
+	if _, err := db.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", l.slot); err != nil {
 		return fmt.Errorf("link %s: drop the slot: %w", l.cfg.Name, err)
 	}
 	return nil
+}
+
+// slotFreeTimeout bounds how long a run waits for another walsender to release a slot it needs: that of an
+// earlier run still exiting, or of a connection whose client went away without closing it (PostgreSQL ends that
+// one after wal_sender_timeout). The run fails after it, and is retried.
+const slotFreeTimeout = 30 * time.Second
+
+// waitSlotFree waits, bounded by slotFreeTimeout, until no walsender uses the slot (or it does not exist), saying
+// so in the status while it waits.
+func (l *Link) waitSlotFree(ctx context.Context, db *pgx.Conn, slot string) error {
+	deadline := time.Now().Add(slotFreeTimeout)
+	waiting := false
+	defer func() {
+		if waiting {
+			l.setStatus(func(s *Status) { s.Err = "" })
+		}
+	}()
+	for {
+		var pid *int32
+		err := db.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&pid)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && pid == nil) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("link %s: read slot %s: %w", l.cfg.Name, slot, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("link %s: replication slot %s is still in use by process %d after %s", l.cfg.Name, slot, *pid, slotFreeTimeout)
+		}
+		if !waiting {
+			waiting = true
+			msg := fmt.Sprintf("waiting for process %d to release replication slot %s", *pid, slot)
+			l.setStatus(func(s *Status) { s.Err = msg })
+			l.cfg.Logger.Info("link waits for its slot", "link", l.cfg.Name, "slot", slot, "pid", *pid)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // healthy returns the tables that have not failed.
@@ -416,7 +467,11 @@ func (l *Link) syncTables(ctx context.Context, db *pgx.Conn, tables map[string]*
 	if err != nil {
 		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
 	}
-	defer rc.Close(context.Background()) // drops the temporary slot
+	defer rc.Close(context.Background()) // drops the temporary slot: returns once it is gone
+	// An earlier run's temporary slot goes with its walsender.
+	if err := l.waitSlotFree(ctx, db, l.slot+"_sync"); err != nil {
+		return err
+	}
 	slot, err := rc.CreateSlot(ctx, l.slot+"_sync", true, true)
 	if err != nil {
 		return fmt.Errorf("link %s: table synchronisation slot: %w", l.cfg.Name, err)
@@ -590,14 +645,25 @@ func (l *Link) ensurePublication(ctx context.Context, db *pgx.Conn, tables map[s
 	if err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", l.slot).Scan(&exists); err != nil {
 		return fmt.Errorf("link %s: read publication: %w", l.cfg.Name, err)
 	}
-	sql := "CREATE PUBLICATION " + pgx.Identifier{l.slot}.Sanitize() + " FOR TABLE " + list
-	if exists {
-		sql = "ALTER PUBLICATION " + pgx.Identifier{l.slot}.Sanitize() + " SET TABLE " + list
-	}
-	if _, err := db.Exec(ctx, sql); err != nil {
+	// Another session may create or drop the publication between the check and the statement (an earlier run's
+	// statement still finishing, a second fogo): CREATE then finds it (42710, or 23505 when both created it at
+	// once) and ALTER misses it (42704); the other statement follows.
+	for attempt := 0; ; attempt++ {
+		sql := "CREATE PUBLICATION " + pgx.Identifier{l.slot}.Sanitize() + " FOR TABLE " + list
+		if exists {
+			sql = "ALTER PUBLICATION " + pgx.Identifier{l.slot}.Sanitize() + " SET TABLE " + list
+		}
+		_, err := db.Exec(ctx, sql)
+		if err == nil {
+			return nil
+		}
+		var pgErr *pgconn.PgError
+		if attempt < 3 && errors.As(err, &pgErr) && (pgErr.Code == "42710" || pgErr.Code == "23505" || pgErr.Code == "42704") {
+			exists = pgErr.Code != "42704"
+			continue
+		}
 		return fmt.Errorf("link %s: publication: %w", l.cfg.Name, err)
 	}
-	return nil
 }
 
 // snapshot starts over: a fresh slot with an exported snapshot, the target tables emptied or recreated, every row
@@ -695,6 +761,9 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		if until, err = lsn.Parse(v); err != nil {
 			return err
 		}
+	}
+	if err := l.waitSlotFree(ctx, db, l.slot); err != nil {
+		return err
 	}
 	if err := rc.StartReplication(ctx, l.slot, cp, []string{l.slot}, false); err != nil {
 		return fmt.Errorf("link %s: %w", l.cfg.Name, err)

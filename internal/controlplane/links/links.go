@@ -216,6 +216,8 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 			if err == nil && w.def.Interval > 0 {
 				// A batch is done: the next one starts an interval after this one started.
 				w.def.Drop, backoff = false, 200*time.Millisecond
+				m.log.Debug("link batch done", "link", w.def.Name, "took", time.Since(start).Round(time.Millisecond),
+					"idle", time.Until(start.Add(w.def.Interval)).Round(time.Millisecond))
 				select {
 				case <-ctx.Done():
 					return

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -34,8 +35,41 @@ func Connect(ctx context.Context, connString string) (*Conn, error) {
 	return &Conn{pc: pc}, nil
 }
 
-// Close ends the connection.
-func (c *Conn) Close(ctx context.Context) error { return c.pc.Close(ctx) }
+// Close ends the connection and waits, bounded by ctx (and by closeTimeout), until the walsender serving it has
+// exited: only then has it released its slot (and dropped a temporary one), so that another connection can use
+// (or create) it at once.
+func (c *Conn) Close(ctx context.Context) { CloseAndWait(ctx, c.pc) }
+
+// closeTimeout bounds how long CloseAndWait waits (pgconn bounds its background close in the same way).
+const closeTimeout = 15 * time.Second
+
+// CloseAndWait ends a connection and waits, bounded by ctx and by closeTimeout, until its server process has
+// exited. PostgreSQL keeps a backend's socket open until the process ends, so that a client can close
+// synchronously: send Terminate, then wait for the server's end of the connection. A connection that pgconn
+// already closed (a call interrupted by its context) is being closed in the same way in the background — the
+// query cancelled, Terminate sent, the connection drained to its end — and that is waited for. A backend that
+// still runs when the bound is reached is left to end by itself.
+func CloseAndWait(ctx context.Context, pc *pgconn.PgConn) {
+	ctx, cancel := context.WithTimeout(ctx, closeTimeout)
+	defer cancel()
+	if pc.IsClosed() {
+		select {
+		case <-pc.CleanupDone():
+		case <-ctx.Done():
+		}
+		return
+	}
+	conn := pc.Conn()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	dl, _ := ctx.Deadline()
+	_ = conn.SetDeadline(dl)
+	pc.Frontend().Send(&pgproto3.Terminate{})
+	if err := pc.Frontend().Flush(); err == nil {
+		_, _ = io.Copy(io.Discard, conn) // until the server process has exited (or the deadline)
+	}
+	stop()
+	_ = pc.Close(ctx) // marks it closed: closing it again returns at once
+}
 
 // PgConn exposes the underlying connection.
 func (c *Conn) PgConn() *pgconn.PgConn { return c.pc }

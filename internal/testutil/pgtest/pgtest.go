@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,13 +76,36 @@ func NewPrimary(t testing.TB) *instance.Instance {
 	if err := p.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Configure(instance.Settings{Port: p.Port}); err != nil {
+	settings := instance.Settings{Port: p.Port}
+	if err := p.Configure(settings); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Start(ctx); err != nil {
+	if err := startOnFreePort(ctx, p, settings); err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// startOnFreePort starts an instance; if its port was taken meanwhile (FreePort only saw it free: a test running
+// in parallel, or an outgoing connection's ephemeral port, may take it before the postmaster binds it), it moves
+// to another free port, a few times.
+func startOnFreePort(ctx context.Context, in *instance.Instance, s instance.Settings) error {
+	for attempt := 0; ; attempt++ {
+		err := in.Start(ctx)
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "Address already in use") {
+			return err
+		}
+		l, lerr := net.Listen("tcp", "127.0.0.1:0")
+		if lerr != nil {
+			return err
+		}
+		in.Port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		s.Port = in.Port
+		if err := in.Configure(s); err != nil {
+			return err
+		}
+	}
 }
 
 // NewStandby seeds a streaming standby of primary through physical slot `slot` and starts it.
@@ -97,11 +121,11 @@ func NewStandby(t testing.TB, primary *instance.Instance, slot string) *instance
 	if err := s.BaseBackup(ctx, primary.SourceConnInfo(), slot); err != nil {
 		t.Fatal(err)
 	}
-	err := s.Configure(instance.Settings{Port: s.Port, Standby: true, PrimaryConnInfo: primary.ReplicationConnInfo(slot), PrimarySlotName: slot})
-	if err != nil {
+	settings := instance.Settings{Port: s.Port, Standby: true, PrimaryConnInfo: primary.ReplicationConnInfo(slot), PrimarySlotName: slot}
+	if err := s.Configure(settings); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Start(ctx); err != nil {
+	if err := startOnFreePort(ctx, s, settings); err != nil {
 		t.Fatal(err)
 	}
 	return s
