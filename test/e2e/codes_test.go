@@ -11,7 +11,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 // errorCodesPage is the page whose table lists the error codes fogo answers (docs/error-codes.md).

@@ -3,11 +3,11 @@ package arm
 import (
 	"net/http"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/service"
 	"github.com/fogo-db/fogo/internal/controlplane/validate"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 func (a *API) listServers(w http.ResponseWriter, r *http.Request, p path) {

@@ -6,9 +6,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 // operation serves the two views of a long-running operation: the Azure-AsyncOperation status resource and

@@ -5,8 +5,8 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 // maxBody bounds request bodies.

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/service"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 // SupportedAPIVersions are the api-version values fogo accepts on Microsoft.Sql resources. armsql v1.2.0 sends

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/links"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 	"github.com/fogo-db/fogo/internal/link"
 	"github.com/fogo-db/fogo/internal/link/target"
 )

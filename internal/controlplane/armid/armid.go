@@ -10,7 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 // ServerID names a logical server.

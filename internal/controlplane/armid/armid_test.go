@@ -3,7 +3,7 @@ package armid
 import (
 	"testing"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 func TestParseAndFormat(t *testing.T) {

@@ -9,9 +9,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
 )
 

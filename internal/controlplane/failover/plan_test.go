@@ -3,8 +3,8 @@ package failover
 import (
 	"testing"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 // epochDecision is the compare of record's compare-and-swap: only the epoch the plan was made at lets an

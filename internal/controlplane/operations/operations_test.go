@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -6,12 +6,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/operations"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 // Config holds the service's settings.

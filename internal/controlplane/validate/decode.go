@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 // decode unmarshals body into v with errors that name the field.

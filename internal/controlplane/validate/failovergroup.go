@@ -3,8 +3,8 @@ package validate
 import (
 	"strings"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 // FailoverGroupSpec is the writable part of a failover group, validated.

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 const (

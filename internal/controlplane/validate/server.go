@@ -4,7 +4,7 @@ import (
 	"strings"
 	"unicode"
 
-	"github.com/fogo-db/fogo/internal/api/errcatalog"
+	"github.com/fogo-db/fogo/internal/errcatalog"
 )
 
 // ServerSpec is a validated server PUT.
