@@ -26,9 +26,11 @@ func sameShape(src *source, r logrepl.Relation) bool {
 	return true
 }
 
-// followShape follows ADD COLUMN and DROP COLUMN on the source into the target table. A column whose type
-// changed, or a dropped key column, cannot be followed: the link stops with that error.
-func (l *Link) followShape(ctx context.Context, db *pgx.Conn, src *source, r logrepl.Relation) error {
+// followShape follows ADD COLUMN and DROP COLUMN on the source: it returns the target change that reshapes the
+// target table, to be applied in order with the transaction's row changes (a schema change is part of its
+// source transaction; applied at once, a transaction that updated a column and then dropped it could never
+// commit in the target). A column whose type changed, or a dropped key column, cannot be followed: an error.
+func (l *Link) followShape(ctx context.Context, db *pgx.Conn, src *source, r logrepl.Relation) (target.Change, error) {
 	old := map[string]target.Column{}
 	for _, c := range src.target.Columns {
 		old[c.Name] = c
@@ -38,11 +40,11 @@ func (l *Link) followShape(ctx context.Context, db *pgx.Conn, src *source, r log
 	for _, rc := range r.Columns {
 		var typ string
 		if err := db.QueryRow(ctx, "SELECT format_type($1, $2)", rc.TypeOID, rc.TypMod).Scan(&typ); err != nil {
-			return fmt.Errorf("type of column %s: %w", rc.Name, err)
+			return target.Change{}, fmt.Errorf("type of column %s: %w", rc.Name, err)
 		}
 		c := target.Column{Name: rc.Name, SourceType: typ}
 		if prev, ok := old[rc.Name]; ok && prev.SourceType != typ {
-			return fmt.Errorf("the type of column %s changed from %s to %s; this cannot be followed: remove the table from the link and add it again to recreate and resynchronise it", rc.Name, prev.SourceType, typ)
+			return target.Change{}, fmt.Errorf("the type of column %s changed from %s to %s; this cannot be followed: remove the table from the link and add it again to recreate and resynchronise it", rc.Name, prev.SourceType, typ)
 		} else if !ok {
 			added = append(added, c)
 		}
@@ -53,14 +55,11 @@ func (l *Link) followShape(ctx context.Context, db *pgx.Conn, src *source, r log
 		if !seen[c.Name] {
 			for _, k := range src.target.Key {
 				if k == c.Name {
-					return fmt.Errorf("key column %s was dropped; this cannot be followed: remove the table from the link and add it again to recreate and resynchronise it", c.Name)
+					return target.Change{}, fmt.Errorf("key column %s was dropped; this cannot be followed: remove the table from the link and add it again to recreate and resynchronise it", c.Name)
 				}
 			}
 			dropped = append(dropped, c.Name)
 		}
-	}
-	if err := l.cfg.Target.AlterTable(ctx, src.target, added, dropped); err != nil {
-		return err
 	}
 	l.cfg.Logger.Info("link follows a schema change", "link", l.cfg.Name, "table", src.target.Name,
 		"added", len(added), "dropped", len(dropped))
@@ -71,5 +70,40 @@ func (l *Link) followShape(ctx context.Context, db *pgx.Conn, src *source, r log
 	for _, rc := range r.Columns {
 		src.types = append(src.types, colType{oid: rc.TypeOID, mod: rc.TypMod})
 	}
-	return nil
+	return target.Reshaped(src.target, added, dropped), nil
+}
+
+// project returns a row change decoded with an earlier shape of its table as a change of the table's shape to
+// (the transaction's schema changes are applied before its row changes): values of columns to lacks are
+// dropped; a column to has that the change lacks (added later in the transaction) is NULL in an inserted row and
+// left as it is by an update or a delete.
+func project(c target.Change, to *target.Table) target.Change {
+	if c.Table == to || c.Kind == target.Reshape || c.Table == nil {
+		return c
+	}
+	idx := make(map[string]int, len(c.Table.Columns))
+	for i, col := range c.Table.Columns {
+		idx[col.Name] = i
+	}
+	remap := func(row []target.Value, missing target.Value) []target.Value {
+		if len(row) == 0 {
+			return row // no old row: an update that kept its key
+		}
+		out := make([]target.Value, len(to.Columns))
+		for j, col := range to.Columns {
+			if i, ok := idx[col.Name]; ok && i < len(row) {
+				out[j] = row[i]
+			} else {
+				out[j] = missing
+			}
+		}
+		return out
+	}
+	newMissing := target.Value{Unchanged: true}
+	if c.Kind == target.Insert {
+		newMissing = target.Value{Null: true}
+	}
+	c.New, c.Old = remap(c.New, newMissing), remap(c.Old, target.Value{Unchanged: true})
+	c.Table = to
+	return c
 }

@@ -159,14 +159,17 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 				// Changes decoded from before the table left the publication: not linked any more.
 				src = &source{key: v.Namespace + "." + v.Name, failed: "not linked"}
 			} else if src.failed == "" && !sameShape(src, v) {
-				// Committed changes were decoded with the old shape: apply them before the target changes.
-				if err := flush(); err != nil {
-					return err
-				}
-				if err := l.followShape(ctx, db, src, v); err != nil {
+				// The schema change is part of the transaction: applied with it, in its target transaction.
+				c, err := l.followShape(ctx, db, src, v)
+				if err != nil {
+					if err := flush(); err != nil {
+						return err
+					}
 					if err := l.failTable(ctx, src, err); err != nil {
 						return err
 					}
+				} else {
+					txn, txnSrc = append(txn, c), append(txnSrc, src)
 				}
 			}
 			relations[v.ID] = src
@@ -181,10 +184,36 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 				txn, txnSrc = txn[:0], txnSrc[:0]
 				continue // applied before a restart
 			}
+			keep := func(src *source) bool {
+				return src.failed == "" && v.EndLSN > src.syncedAt // not a failed table, nor one whose snapshot holds the change
+			}
+			reshapes := false
+			for i, c := range txn {
+				if c.Kind == target.Reshape && keep(txnSrc[i]) {
+					reshapes = true
+				}
+			}
+			if reshapes {
+				// A transaction with schema changes starts a target transaction of its own, with its schema
+				// changes first (DuckDB commits no ALTER of a table after an UPDATE or DELETE of its rows in the
+				// same transaction) and its row changes in the table's new shape; the batch before it is applied
+				// first, with the shape it was decoded with.
+				if err := flush(); err != nil {
+					return err
+				}
+				for i, c := range txn {
+					if c.Kind == target.Reshape && keep(txnSrc[i]) {
+						batch = append(batch, c)
+					}
+				}
+			}
 			for i, c := range txn {
 				src := txnSrc[i]
-				if src.failed != "" || v.EndLSN <= src.syncedAt {
-					continue // a failed table, or one whose snapshot holds the change already
+				if !keep(src) || c.Kind == target.Reshape {
+					continue
+				}
+				if reshapes {
+					c = project(c, src.target)
 				}
 				batch = append(batch, c)
 				touched[src] = struct{}{}

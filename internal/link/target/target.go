@@ -42,7 +42,15 @@ const (
 	Delete
 	Truncate
 	clearTable // a snapshot's first step when the table is kept: nothing of an earlier run may remain
+	// Reshape adds and drops columns (Add, Drop) of Table, which has the new shape: a source schema change
+	// (ADD/DROP COLUMN), applied in the same target transaction as the changes around it.
+	Reshape
 )
+
+// Reshaped returns the change that adds and drops columns of t (t has the new shape).
+func Reshaped(t *Table, add []Column, drop []string) Change {
+	return Change{Kind: Reshape, Table: t, Add: add, Drop: drop}
+}
 
 // Clear returns the change that empties t (the first change of a snapshot into a kept table).
 func Clear(t *Table) Change { return Change{Kind: clearTable, Table: t} }
@@ -57,8 +65,10 @@ type Value struct {
 type Change struct {
 	Kind  int
 	Table *Table
-	New   []Value // Insert, Update
-	Old   []Value // Update (when the key changed or the table is REPLICA IDENTITY FULL), Delete: key columns set
+	New   []Value  // Insert, Update
+	Old   []Value  // Update (when the key changed or the table is REPLICA IDENTITY FULL), Delete: key columns set
+	Add   []Column // Reshape
+	Drop  []string // Reshape
 }
 
 // Store is a target store.
@@ -161,15 +171,19 @@ func (s *Store) EnsureTable(ctx context.Context, t *Table, drop bool) error {
 	return nil
 }
 
-// AlterTable adds and drops columns of a target table to follow the source's ADD/DROP COLUMN.
-func (s *Store) AlterTable(ctx context.Context, t *Table, add []Column, drop []string) error {
-	for _, c := range add {
-		if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+t.qualified()+" ADD COLUMN IF NOT EXISTS "+qi(c.Name)+" "+s.dialect.columnType(c.SourceType)); err != nil {
-			return fmt.Errorf("%s: add column %s to %s: %w", s.dialect.name(), c.Name, t.qualified(), err)
+// reshape adds and drops columns of a target table inside tx to follow the source's ADD/DROP COLUMN (both
+// idempotent: a replayed or repeated schema change is harmless). DuckDB refuses to commit a transaction that
+// altered a table after updating or deleting its rows, so the link places a transaction's schema changes before
+// its row changes (stream.go).
+func (s *Store) reshape(ctx context.Context, tx *sql.Tx, c *Change) error {
+	t := c.Table
+	for _, col := range c.Add {
+		if _, err := tx.ExecContext(ctx, "ALTER TABLE "+t.qualified()+" ADD COLUMN IF NOT EXISTS "+qi(col.Name)+" "+s.dialect.columnType(col.SourceType)); err != nil {
+			return fmt.Errorf("%s: add column %s to %s: %w", s.dialect.name(), col.Name, t.qualified(), err)
 		}
 	}
-	for _, name := range drop {
-		if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+t.qualified()+" DROP COLUMN IF EXISTS "+qi(name)); err != nil {
+	for _, name := range c.Drop {
+		if _, err := tx.ExecContext(ctx, "ALTER TABLE "+t.qualified()+" DROP COLUMN IF EXISTS "+qi(name)); err != nil {
 			return fmt.Errorf("%s: drop column %s of %s: %w", s.dialect.name(), name, t.qualified(), err)
 		}
 	}
@@ -408,6 +422,8 @@ func (s *Store) apply(ctx context.Context, tx *sql.Tx, c *Change) error {
 		query = "DELETE FROM " + t.qualified()
 	case clearTable:
 		query = "DELETE FROM " + t.qualified()
+	case Reshape:
+		return s.reshape(ctx, tx, c)
 	default:
 		return fmt.Errorf("unknown change kind %d", c.Kind)
 	}
