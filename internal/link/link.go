@@ -228,6 +228,7 @@ type source struct {
 	failed   string    // the table failed: its changes are skipped
 	missing  bool      // the source table does not exist
 	syncedAt lsn.LSN   // its changes at or below this position are in the target already
+	oid      uint32    // the source table's OID when it was described (pgoutput's relation id)
 }
 
 // colType is a column's type as pg_attribute and pgoutput's Relation message name it.

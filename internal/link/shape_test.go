@@ -2,6 +2,7 @@ package link_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/fogo-db/fogo/internal/link"
@@ -50,4 +51,37 @@ func TestLinkDDLInsideTransaction(t *testing.T) {
 			t.Fatalf("the dropped column is still in the target (%d, %v)", n, err)
 		}
 	}
+}
+
+// TestLinkRenamedTableFails: a linked table renamed on the source fails by itself, saying it was renamed and to
+// what, instead of reporting Replicating while its changes are dropped; the other table goes on.
+func TestLinkRenamedTableFails(t *testing.T) {
+	pg, src, store := sourceAndDuckDB(t,
+		"CREATE TABLE a(id int PRIMARY KEY, note text)",
+		"CREATE TABLE t(id int PRIMARY KEY, note text)",
+		"INSERT INTO t VALUES (1, 'one')",
+	)
+	cfg := link.Config{Name: "rn", Source: dsn(pg), Target: store,
+		Tables: []link.TableMapping{{SourceTable: "a"}, {SourceTable: "t"}}}
+	l := link.New(cfg)
+	stop := runLink(t, l)
+	converge(t, src, store, srcDigest+"t", dstDigest+"public.t")
+	exec(t, src, "ALTER TABLE t RENAME TO t2")
+	exec(t, src, "INSERT INTO t2 VALUES (2, 'two')")
+	exec(t, src, "INSERT INTO a VALUES (1, 'a')")
+	ts := waitTable(t, l, "public.t", link.TableFailed)
+	if !strings.Contains(ts.Err, "renamed to public.t2") {
+		t.Fatalf("the failure does not name the rename: %+v", ts)
+	}
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	if st := l.Status(); st.Phase != "Streaming" {
+		t.Fatalf("the link stopped: %+v", st)
+	}
+	stop()
+	// The next run does not find the table by its name: failed still, the other table streaming.
+	l = link.New(cfg)
+	defer runLink(t, l)()
+	waitTable(t, l, "public.t", link.TableFailed)
+	exec(t, src, "INSERT INTO a VALUES (2, 'b')")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
 }

@@ -57,7 +57,7 @@ func (l *Link) describe(ctx context.Context, db *pgx.Conn) (map[string]*source, 
 		m = m.WithDefaults()
 		t := &target.Table{Schema: m.TargetSchema, Name: m.TargetTable}
 		rows, err := db.Query(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-				coalesce(a.attnum = ANY(i.indkey::int2[]), false), c.relreplident, a.atttypid, a.atttypmod
+				coalesce(a.attnum = ANY(i.indkey::int2[]), false), c.relreplident, a.atttypid, a.atttypmod, c.oid
 			FROM pg_attribute a
 			JOIN pg_class c ON c.oid = a.attrelid
 			JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -68,12 +68,13 @@ func (l *Link) describe(ctx context.Context, db *pgx.Conn) (map[string]*source, 
 			return nil, fmt.Errorf("describe %s.%s: %w", m.SourceSchema, m.SourceTable, err)
 		}
 		var ident string
+		var oid uint32
 		var types []colType
 		for rows.Next() {
 			var c target.Column
 			var key bool
 			var ct colType
-			if err := rows.Scan(&c.Name, &c.SourceType, &key, &ident, &ct.oid, &ct.mod); err != nil {
+			if err := rows.Scan(&c.Name, &c.SourceType, &key, &ident, &ct.oid, &ct.mod, &oid); err != nil {
 				rows.Close()
 				return nil, err
 			}
@@ -86,7 +87,7 @@ func (l *Link) describe(ctx context.Context, db *pgx.Conn) (map[string]*source, 
 		if err := rows.Err(); err != nil {
 			return nil, err
 		}
-		src := &source{key: m.SourceSchema + "." + m.SourceTable, m: m, target: t, types: types}
+		src := &source{key: m.SourceSchema + "." + m.SourceTable, m: m, target: t, types: types, oid: oid}
 		switch {
 		case len(t.Columns) == 0:
 			src.failed, src.missing = fmt.Sprintf("source table %s does not exist", src.key), true

@@ -48,6 +48,12 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 	const maxBatch = 5000
 	var applied atomic.Uint64
 	relations := map[uint32]*source{}
+	byOID := map[uint32]*source{} // the linked tables by their OID: pgoutput names a renamed table by its new name
+	for _, t := range tables {
+		if t.oid != 0 {
+			byOID[t.oid] = t
+		}
+	}
 	var txn, batch []target.Change
 	var txnSrc []*source              // the table of each change of txn
 	touched := map[*source]struct{}{} // the tables the batch changes
@@ -155,7 +161,19 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		switch v := d.(type) {
 		case logrepl.Relation:
 			src := tables[v.Namespace+"."+v.Name]
-			if src == nil {
+			if prev := byOID[v.ID]; prev != nil && prev.key != v.Namespace+"."+v.Name {
+				// The linked table was renamed: the stream names it by its new name, the link (and the next run's
+				// description of it) by its old one. Its changes from here on are not applied: it fails, saying so.
+				src = prev
+				if src.failed == "" {
+					if err := flush(); err != nil {
+						return err
+					}
+					if err := l.failTable(ctx, src, renamedError(src.key, v.Namespace+"."+v.Name)); err != nil {
+						return err
+					}
+				}
+			} else if src == nil {
 				// Changes decoded from before the table left the publication: not linked any more.
 				src = &source{key: v.Namespace + "." + v.Name, failed: "not linked"}
 			} else if src.failed == "" && !sameShape(src, v) {
@@ -228,6 +246,11 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 			}
 		}
 	}
+}
+
+// renamedError is the failure of a linked table renamed on the source.
+func renamedError(from, to string) error {
+	return fmt.Errorf("source table %s was renamed to %s; a link follows a table by its name, so its changes are no longer applied: remove %s from the link and add %s to link it under its new name", from, to, from, to)
 }
 
 // failTable stops linking one table (a schema change it cannot follow): recorded in the target so that later
