@@ -94,9 +94,7 @@ func (l *Link) describe(ctx context.Context, db *pgx.Conn) (map[string]*source, 
 		case len(t.Key) == 0 && ident != "f":
 			src.failed = fmt.Sprintf("source table %s: %v", src.key, target.ErrNoKey)
 		case len(t.Key) == 0:
-			for _, c := range t.Columns {
-				t.Key = append(t.Key, c.Name)
-			}
+			t.Keyless = true // REPLICA IDENTITY FULL: rows match on every column, one at a time
 		}
 		if src.failed != "" {
 			l.cfg.Logger.Warn("link table cannot be linked", "link", l.cfg.Name, "table", src.key, "err", src.failed)

@@ -46,6 +46,7 @@ func OpenPostgres(connString string) (*Store, error) {
 type pgDialect struct{}
 
 func (pgDialect) name() string                      { return "postgres target" }
+func (pgDialect) rowID() string                     { return "ctid" }
 func (pgDialect) columnType(t string) string        { return t }
 func (pgDialect) param(_, text string) (any, error) { return text, nil }
 func (pgDialect) cast(placeholder, t string) string { return "CAST(" + placeholder + " AS " + t + ")" }
@@ -56,6 +57,8 @@ type duckDialect struct{}
 var numericRe = regexp.MustCompile(`^numeric\((\d+),(\d+)\)$`)
 
 func (duckDialect) name() string { return "duckdb target" }
+
+func (duckDialect) rowID() string { return "rowid" }
 
 func (duckDialect) columnType(t string) string {
 	switch {

@@ -111,7 +111,8 @@ var stagingSeq atomic.Int64
 // MergeTable makes t equal to a snapshot of its source table, merged by primary key in one target transaction:
 // every row of the snapshot (read with next until it returns nil) is upserted, every row whose key the snapshot
 // lacks is deleted, and the table's state becomes "synchronised at syncedAt". Readers see the table before or
-// after, never emptied; rows that did not change stay as they were.
+// after, never emptied; rows that did not change stay as they were. A keyless table is emptied and filled again,
+// in the same one transaction.
 func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, syncedAt lsn.LSN, next func() ([]Value, error)) (int, error) {
 	if err := s.ensureTableStates(ctx); err != nil {
 		return 0, err
@@ -132,7 +133,12 @@ func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, s
 	for i, k := range idx {
 		keys[i] = qi(t.Columns[k].Name)
 	}
-	if _, err := tx.ExecContext(ctx, "CREATE TEMP TABLE "+staging+" AS SELECT "+strings.Join(keys, ", ")+" FROM "+t.qualified()+" WHERE 1 = 0"); err != nil {
+	if t.Keyless {
+		// No key to merge by: the table's rows become the snapshot's, in this one transaction.
+		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t.qualified()); err != nil {
+			return 0, fmt.Errorf("%s: empty %s: %w", s.dialect.name(), t.qualified(), err)
+		}
+	} else if _, err := tx.ExecContext(ctx, "CREATE TEMP TABLE "+staging+" AS SELECT "+strings.Join(keys, ", ")+" FROM "+t.qualified()+" WHERE 1 = 0"); err != nil {
 		return 0, fmt.Errorf("%s: staging table for %s: %w", s.dialect.name(), t.qualified(), err)
 	}
 	n := 0
@@ -143,6 +149,10 @@ func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, s
 		}
 		if err := s.applyAll(ctx, conn, tx, batch); err != nil {
 			return err
+		}
+		if t.Keyless {
+			batch = batch[:0]
+			return nil
 		}
 		if err := s.stageKeys(ctx, tx, staging, t, idx, batch); err != nil {
 			return err
@@ -169,15 +179,17 @@ func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, s
 	if err := flush(); err != nil {
 		return n, err
 	}
-	match := make([]string, len(keys))
-	for i, k := range keys {
-		match[i] = "k." + k + " IS NOT DISTINCT FROM " + t.qualified() + "." + k
-	}
-	if _, err := tx.ExecContext(ctx, "DELETE FROM "+t.qualified()+" WHERE NOT EXISTS (SELECT 1 FROM "+staging+" k WHERE "+strings.Join(match, " AND ")+")"); err != nil {
-		return n, fmt.Errorf("%s: delete rows of %s the source no longer has: %w", s.dialect.name(), t.qualified(), err)
-	}
-	if _, err := tx.ExecContext(ctx, "DROP TABLE "+staging); err != nil {
-		return n, fmt.Errorf("%s: drop staging table: %w", s.dialect.name(), err)
+	if !t.Keyless {
+		match := make([]string, len(keys))
+		for i, k := range keys {
+			match[i] = "k." + k + " IS NOT DISTINCT FROM " + t.qualified() + "." + k
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t.qualified()+" WHERE NOT EXISTS (SELECT 1 FROM "+staging+" k WHERE "+strings.Join(match, " AND ")+")"); err != nil {
+			return n, fmt.Errorf("%s: delete rows of %s the source no longer has: %w", s.dialect.name(), t.qualified(), err)
+		}
+		if _, err := tx.ExecContext(ctx, "DROP TABLE "+staging); err != nil {
+			return n, fmt.Errorf("%s: drop staging table: %w", s.dialect.name(), err)
+		}
 	}
 	if err := s.setTableState(ctx, tx, link, source, TableState{SyncedAt: syncedAt}); err != nil {
 		return n, err

@@ -32,7 +32,11 @@ type Column struct {
 type Table struct {
 	Schema, Name string
 	Columns      []Column
-	Key          []string // primary key (or every column for REPLICA IDENTITY FULL tables without one)
+	Key          []string // primary key
+	// Keyless: a REPLICA IDENTITY FULL table without a primary key. Its target table has no key (duplicate rows
+	// and NULLs are data); inserts append, and an update or a delete changes exactly one row equal to the old row
+	// in every column (compared NULL-safely; DuckDB's rowid, PostgreSQL's ctid pick the one).
+	Keyless bool
 }
 
 // Kinds of change.
@@ -95,6 +99,8 @@ type dialect interface {
 	param(sourceType, text string) (any, error)
 	// cast wraps a placeholder so the store converts it to the column's type.
 	cast(placeholder, sourceType string) string
+	// rowID is the column that identifies a row of a table without a key (DuckDB's rowid, PostgreSQL's ctid).
+	rowID() string
 	// query runs a query of the query extension, contained (query.go).
 	query(ctx context.Context, s *Store, r QueryRequest) (*QueryResult, error)
 }
@@ -143,7 +149,7 @@ func (s *Store) Checkpoint(ctx context.Context, link string) (lsn.LSN, error) {
 
 // EnsureTable creates the table (dropping an existing one first when drop is set).
 func (s *Store) EnsureTable(ctx context.Context, t *Table, drop bool) error {
-	if len(t.Key) == 0 {
+	if len(t.Key) == 0 && !t.Keyless {
 		return fmt.Errorf("%s: %w", t.qualified(), ErrNoKey)
 	}
 	if t.Schema != "" {
@@ -164,7 +170,9 @@ func (s *Store) EnsureTable(ctx context.Context, t *Table, drop bool) error {
 	for i, k := range t.Key {
 		keys[i] = qi(k)
 	}
-	cols = append(cols, "PRIMARY KEY ("+strings.Join(keys, ", ")+")")
+	if !t.Keyless {
+		cols = append(cols, "PRIMARY KEY ("+strings.Join(keys, ", ")+")")
+	}
 	if _, err := s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+t.qualified()+" ("+strings.Join(cols, ", ")+")"); err != nil {
 		return fmt.Errorf("create %s: %w", t.qualified(), err)
 	}
@@ -297,6 +305,13 @@ func complete(row []Value) bool {
 // lastPerKey returns the rows of a run of inserts into one table, keeping only the last row of each key (upserting
 // them in order would leave that one), in the order of the run.
 func lastPerKey(run []Change) [][]Value {
+	if run[0].Table.Keyless { // every row is a row of its own
+		rows := make([][]Value, len(run))
+		for i, c := range run {
+			rows[i] = c.New
+		}
+		return rows
+	}
 	keyOf := keyFunc(run)
 	last := make(map[string]int, len(run))
 	for i, c := range run {
@@ -359,6 +374,9 @@ func keyIndexes(t *Table) []int {
 
 // upsertClause returns the ON CONFLICT clause that makes an insert into t an upsert.
 func upsertClause(t *Table) string {
+	if t.Keyless {
+		return "" // inserts append
+	}
 	keys := make([]string, len(t.Key))
 	for i, k := range t.Key {
 		keys[i] = qi(k)
@@ -468,6 +486,9 @@ func (s *Store) upsert(t *Table, row []Value) (string, []any, error) {
 			sets = append(sets, qi(c.Name)+" = excluded."+qi(c.Name))
 		}
 	}
+	if t.Keyless {
+		return "INSERT INTO " + t.qualified() + " (" + strings.Join(cols, ", ") + ") VALUES (" + strings.Join(vals, ", ") + ")", args, nil
+	}
 	keys := make([]string, len(t.Key))
 	for i, k := range t.Key {
 		keys[i] = qi(k)
@@ -484,7 +505,7 @@ func (s *Store) upsert(t *Table, row []Value) (string, []any, error) {
 func (s *Store) update(t *Table, old, row []Value) (string, []any, error) {
 	var sets []string
 	var args []any
-	keyChanged := len(old) > 0 && !sameKey(t, old, row)
+	keyChanged := t.Keyless || (len(old) > 0 && !sameKey(t, old, row))
 	for i, c := range t.Columns {
 		if i >= len(row) || row[i].Unchanged || (!keyChanged && isKey(t, c.Name)) {
 			continue
@@ -506,7 +527,7 @@ func (s *Store) update(t *Table, old, row []Value) (string, []any, error) {
 	if len(sets) == 0 {
 		return "", nil, nil
 	}
-	return "UPDATE " + t.qualified() + " SET " + strings.Join(sets, ", ") + " WHERE " + where, args, nil
+	return "UPDATE " + t.qualified() + " SET " + strings.Join(sets, ", ") + " WHERE " + s.oneRow(t, where), args, nil
 }
 
 func (s *Store) delete(t *Table, old []Value) (string, []any, error) {
@@ -515,10 +536,22 @@ func (s *Store) delete(t *Table, old []Value) (string, []any, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	return "DELETE FROM " + t.qualified() + " WHERE " + where, args, nil
+	return "DELETE FROM " + t.qualified() + " WHERE " + s.oneRow(t, where), args, nil
+}
+
+// oneRow narrows the condition where to one row of a keyless table (a key matches one row by itself).
+func (s *Store) oneRow(t *Table, where string) string {
+	if !t.Keyless {
+		return where
+	}
+	id := s.dialect.rowID()
+	return id + " = (SELECT " + id + " FROM " + t.qualified() + " WHERE " + where + " LIMIT 1)"
 }
 
 func (s *Store) where(t *Table, row []Value, args *[]any) (string, error) {
+	if t.Keyless {
+		return s.whereRow(t, row, args)
+	}
 	var conds []string
 	for i, c := range t.Columns {
 		if !isKey(t, c.Name) {
@@ -539,6 +572,29 @@ func (s *Store) where(t *Table, row []Value, args *[]any) (string, error) {
 	}
 	if len(conds) == 0 {
 		return "", ErrNoKey
+	}
+	return strings.Join(conds, " AND "), nil
+}
+
+// whereRow matches the rows of a keyless table equal to row in every column it carries (NULL-safely).
+func (s *Store) whereRow(t *Table, row []Value, args *[]any) (string, error) {
+	var conds []string
+	for i, c := range t.Columns {
+		if i >= len(row) || row[i].Unchanged {
+			continue
+		}
+		if row[i].Null {
+			conds = append(conds, qi(c.Name)+" IS NULL")
+			continue
+		}
+		v, err := s.arg(args, c, row[i])
+		if err != nil {
+			return "", err
+		}
+		conds = append(conds, qi(c.Name)+" IS NOT DISTINCT FROM "+v)
+	}
+	if len(conds) == 0 {
+		return "", fmt.Errorf("a change of a table without a key carries no old row (REPLICA IDENTITY FULL sends one)")
 	}
 	return strings.Join(conds, " AND "), nil
 }
