@@ -161,6 +161,10 @@ func (s *Store) EnsureTable(ctx context.Context, t *Table, drop bool) error {
 		if _, err := s.db.ExecContext(ctx, "DROP TABLE IF EXISTS "+t.qualified()); err != nil {
 			return fmt.Errorf("drop %s: %w", t.qualified(), err)
 		}
+	} else if t.Keyless {
+		if err := s.dropKey(ctx, t); err != nil {
+			return err
+		}
 	}
 	cols := make([]string, 0, len(t.Columns)+1)
 	for _, c := range t.Columns {
@@ -177,6 +181,38 @@ func (s *Store) EnsureTable(ctx context.Context, t *Table, drop bool) error {
 		return fmt.Errorf("create %s: %w", t.qualified(), err)
 	}
 	return nil
+}
+
+// dropKey makes an existing target table of a keyless source table keyless too: an earlier fogo gave such a table
+// a primary key over every column (so NULLs failed the link, and duplicates collapsed). Its rows are kept, in a
+// table of the same columns without the key, made in one transaction.
+func (s *Store) dropKey(ctx context.Context, t *Table) error {
+	schema := "coalesce(nullif($1, ''), current_schema())"
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM information_schema.table_constraints
+		WHERE table_schema = `+schema+` AND table_name = $2 AND constraint_type = 'PRIMARY KEY'`, t.Schema, t.Name).Scan(&n); err != nil {
+		return fmt.Errorf("%s: read the key of %s: %w", s.dialect.name(), t.qualified(), err)
+	}
+	if n == 0 {
+		return nil
+	}
+	tmp := &Table{Schema: t.Schema, Name: t.Name + "_fogo_keyless"}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
+	}
+	defer tx.Rollback()
+	for _, q := range []string{
+		"DROP TABLE IF EXISTS " + tmp.qualified(),
+		"CREATE TABLE " + tmp.qualified() + " AS SELECT * FROM " + t.qualified(),
+		"DROP TABLE " + t.qualified(),
+		"ALTER TABLE " + tmp.qualified() + " RENAME TO " + qi(t.Name),
+	} {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("%s: remove the primary key of %s (a table without a key on the source): %w", s.dialect.name(), t.qualified(), err)
+		}
+	}
+	return tx.Commit()
 }
 
 // reshape adds and drops columns of a target table inside tx to follow the source's ADD/DROP COLUMN (both
