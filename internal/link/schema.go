@@ -27,9 +27,11 @@ func sameShape(src *source, r logrepl.Relation) bool {
 }
 
 // followShape follows ADD COLUMN and DROP COLUMN on the source: it returns the target change that reshapes the
-// target table, to be applied in order with the transaction's row changes (a schema change is part of its
-// source transaction; applied at once, a transaction that updated a column and then dropped it could never
-// commit in the target). A column whose type changed, or a dropped key column, cannot be followed: an error.
+// target table, applied in the target transaction of its source transaction (applied at once, a transaction that
+// updated a column and then dropped it could never commit in the target); stream places it before the
+// transaction's row changes and projects those onto the new shape (project). src takes the new shape now: changes
+// decoded before keep the old one. A column whose type changed, or a dropped key column, cannot be followed: an
+// error.
 func (l *Link) followShape(ctx context.Context, db *pgx.Conn, src *source, r logrepl.Relation) (target.Change, error) {
 	old := map[string]target.Column{}
 	for _, c := range src.target.Columns {
