@@ -269,7 +269,10 @@ func (l *Link) run(ctx context.Context) error {
 		return err
 	}
 	if cp == 0 {
-		states = nil // starting over: earlier failures and positions do not count
+		states = nil // starting over: earlier failures and positions do not count, nor an unfinished resync
+		if err := l.cfg.Target.FinishResync(ctx, l.cfg.Name, 0); err != nil {
+			return err
+		}
 	}
 	for key, st := range states {
 		if t := tables[key]; t != nil {
@@ -324,9 +327,11 @@ func (l *Link) run(ctx context.Context) error {
 		return nil
 	}
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "58P01" && strings.Contains(pgErr.Message, "WAL segment") {
-		// The slot cannot serve the checkpoint any more (e.g. a slot copy older than its server's WAL): drop it,
-		// so that the next run resynchronises every table from a fresh slot.
+	if errors.As(err, &pgErr) && (pgErr.Code == "58P01" && strings.Contains(pgErr.Message, "WAL segment") ||
+		pgErr.Code == "55000" && strings.Contains(pgErr.Message, "cannot read from logical replication slot")) {
+		// The slot cannot serve the checkpoint any more (e.g. a slot copy older than its server's WAL, or a slot
+		// invalidated for retaining more than max_slot_wal_keep_size): drop it, so that the next run
+		// resynchronises every table from a fresh slot.
 		l.cfg.Logger.Error("link slot cannot be read; dropping it to resynchronise", "link", l.cfg.Name, "err", err)
 		dctx, cancel := context.WithTimeout(context.Background(), slotFreeTimeout+5*time.Second)
 		defer cancel()

@@ -2,6 +2,7 @@ package link_test
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -219,4 +220,57 @@ func TestLinkSourceTableDroppedAndRecreated(t *testing.T) {
 		t.Fatalf("status of the recreated table: %+v", ts)
 	}
 	converge(t, src, store, srcDigest+"c", dstDigest+"public.c")
+}
+
+// TestLinkInterruptedResyncFinishes: a resynchronisation interrupted after the new slot was created and one table
+// merged (a restart, a failover, a target error) is finished by the next run — the table not merged yet gets
+// every change made to it before and during the interruption, rather than streaming on from the new slot.
+func TestLinkInterruptedResyncFinishes(t *testing.T) {
+	pg, src, store := sourceAndDuckDB(t,
+		"CREATE TABLE a(id int PRIMARY KEY, note text)",
+		"CREATE TABLE b(id int PRIMARY KEY, note text)",
+		"INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 300) i",
+		"INSERT INTO b SELECT i, 'b' || i FROM generate_series(1, 300) i",
+	)
+	cfg := link.Config{Name: "ir", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}, {SourceTable: "b"}}}
+	stop := runLink(t, link.New(cfg))
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+	stop()
+
+	exec(t, src, "SELECT pg_drop_replication_slot('fogo_link_ir')")
+	exec(t, src, "UPDATE b SET note = note || ' before' WHERE id % 3 = 0")
+	exec(t, src, "INSERT INTO b SELECT i, 'b new ' || i FROM generate_series(301, 350) i")
+	exec(t, src, "DELETE FROM b WHERE id BETWEEN 10 AND 19")
+
+	// The resync stops after merging a (tables merge in order): b is not merged yet.
+	stopErr := errors.New("interrupted after merging a")
+	link.SetAfterMerge(func(table string) error {
+		if table == "public.a" {
+			return stopErr
+		}
+		return nil
+	})
+	t.Cleanup(func() { link.SetAfterMerge(nil) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := link.New(cfg).Run(ctx); !errors.Is(err, stopErr) {
+		t.Fatalf("the interrupted run ended with %v", err)
+	}
+	link.SetAfterMerge(nil)
+	exec(t, src, "UPDATE b SET note = note || ' during' WHERE id % 5 = 0")
+	exec(t, src, "INSERT INTO a VALUES (1001, 'during')")
+
+	l := link.New(cfg)
+	defer runLink(t, l)()
+	waitTable(t, l, "public.b", link.TableReplicating)
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	exec(t, src, "UPDATE b SET note = 'after' WHERE id = 1")
+	exec(t, src, "UPDATE a SET note = 'after' WHERE id = 1")
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	if pending, _, _, err := store.ResyncPending(ctx, "ir"); err != nil || pending {
+		t.Fatalf("the resynchronisation is still recorded as pending: %v %v", pending, err)
+	}
 }
