@@ -117,8 +117,7 @@ func New(cfg Config) *Link {
 	if cfg.SnapshotBatch <= 0 {
 		cfg.SnapshotBatch = 5000
 	}
-	slot := "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(cfg.Name), "_")
-	l := &Link{cfg: cfg, slot: slot, status: Status{Phase: "Starting"}, tables: map[string]*TableStatus{}}
+	l := &Link{cfg: cfg, slot: SlotFor(cfg.Name), status: Status{Phase: "Starting"}, tables: map[string]*TableStatus{}}
 	for _, m := range cfg.Tables {
 		m = m.WithDefaults()
 		key := m.SourceSchema + "." + m.SourceTable
@@ -142,6 +141,11 @@ func (m TableMapping) WithDefaults() TableMapping {
 		m.ID = m.SourceSchema + "." + m.SourceTable
 	}
 	return m
+}
+
+// SlotFor is the replication slot (and publication) on the source of the link named name.
+func SlotFor(name string) string {
+	return "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(name), "_")
 }
 
 // SlotName is the link's replication slot (and publication) on the source.
@@ -349,6 +353,27 @@ func (l *Link) dropSlot(ctx context.Context, db *pgx.Conn) error {
 	}
 	if _, err := db.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", l.slot); err != nil {
 		return fmt.Errorf("link %s: drop the slot: %w", l.cfg.Name, err)
+	}
+	return nil
+}
+
+// DropOwned drops what the link named name owns on a source (a deleted link's): its replication slot, once no
+// walsender uses it, and with publication set its publication (a standby's slot copy has none of its own). It is
+// idempotent and bounded by ctx (and slotFreeTimeout).
+func DropOwned(ctx context.Context, connString, name string, publication bool) error {
+	db, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		return fmt.Errorf("link %s: connect to source: %w", name, err)
+	}
+	defer db.Close(context.Background())
+	l := New(Config{Name: name})
+	if err := l.dropSlot(ctx, db); err != nil {
+		return err
+	}
+	if publication {
+		if _, err := db.Exec(ctx, "DROP PUBLICATION IF EXISTS "+pgx.Identifier{l.slot}.Sanitize()); err != nil {
+			return fmt.Errorf("link %s: drop the publication: %w", name, err)
+		}
 	}
 	return nil
 }

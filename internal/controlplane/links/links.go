@@ -404,3 +404,41 @@ func (m *Manager) copySlot(ctx context.Context, def Def, t *topology, slot strin
 	m.log.Info("link slot copied to the geo-secondary", "link", def.Name, "slot", slot, "standby", t.secondary.ID)
 	return nil
 }
+
+// DropOwned drops what a deleted link owns on its source: its slot and publication on the primary and, for a
+// group's link, the slot copy on the geo-secondary (under the group lock, so that no slot copy of the stopped
+// link's keeper is being written meanwhile). Bounded by ctx; idempotent.
+func (m *Manager) DropOwned(ctx context.Context, def Def) error {
+	if def.Group == "" {
+		return link.DropOwned(ctx, def.Source, def.Name, true)
+	}
+	t, err := m.topology(def)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if err := link.DropOwned(ctx, m.cl.Handle(&t.primary).ConnString(def.Database), def.Name, true); err != nil {
+		errs = append(errs, fmt.Errorf("on the primary: %w", err))
+	}
+	if t.secondary.ID != "" {
+		for {
+			unlock, ok := m.cl.TryLock(t.group.Key())
+			if ok {
+				hs := m.cl.Handle(&t.secondary)
+				if _, running := hs.Running(); running {
+					if err := link.DropOwned(ctx, hs.ConnString(def.Database), def.Name, false); err != nil {
+						errs = append(errs, fmt.Errorf("its copy on the geo-secondary: %w", err))
+					}
+				}
+				unlock()
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return errors.Join(append(errs, fmt.Errorf("its copy on the geo-secondary: %w", ctx.Err()))...)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
