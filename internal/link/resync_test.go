@@ -3,6 +3,7 @@ package link_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -273,4 +274,46 @@ func TestLinkInterruptedResyncFinishes(t *testing.T) {
 	if pending, _, _, err := store.ResyncPending(ctx, "ir"); err != nil || pending {
 		t.Fatalf("the resynchronisation is still recorded as pending: %v %v", pending, err)
 	}
+}
+
+// TestLinkInvalidatedSlotResyncs: a link's slot invalidated while the link was stopped (it retained more WAL than
+// max_slot_wal_keep_size; PostgreSQL then answers "cannot read from logical replication slot") is resynchronised
+// like a missing one, the table's status says why, and every row ends right.
+func TestLinkInvalidatedSlotResyncs(t *testing.T) {
+	ctx := context.Background()
+	pg, src, store := sourceAndDuckDB(t,
+		"CREATE TABLE a(id int PRIMARY KEY, note text)",
+		"INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 500) i",
+	)
+	// 1MB is less than a segment: nothing beyond the current segment is kept for a slot.
+	if err := pg.Configure(instance.Settings{Port: pg.Port, Extra: map[string]string{"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0"}}); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, src, "SELECT pg_reload_conf()")
+	cfg := link.Config{Name: "inv", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}}}
+	stop := runLink(t, link.New(cfg))
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	stop()
+
+	exec(t, src, "UPDATE a SET note = note || ' changed' WHERE id % 7 = 0")
+	exec(t, src, "DELETE FROM a WHERE id BETWEEN 50 AND 80")
+	for k := 0; k < 3; k++ { // three segments of WAL
+		exec(t, src, fmt.Sprintf("INSERT INTO a VALUES (%d, 'while stopped')", 1000+k))
+		exec(t, src, "SELECT pg_switch_wal()")
+	}
+	exec(t, src, "CHECKPOINT")
+	var status string
+	if err := src.QueryRow(ctx, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'fogo_link_inv'").Scan(&status); err != nil || status != "lost" {
+		t.Fatalf("the slot was not invalidated: %q %v", status, err)
+	}
+
+	l := link.New(cfg)
+	defer runLink(t, l)()
+	ts := waitTable(t, l, "public.a", link.TableReplicating)
+	if !strings.Contains(ts.Resync, "invalidated") {
+		t.Fatalf("the table's status does not say its slot was invalidated: %+v", ts)
+	}
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	exec(t, src, "UPDATE a SET note = 'after' WHERE id = 1")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
 }
