@@ -378,6 +378,36 @@ func DropOwned(ctx context.Context, connString, name string, publication bool) e
 	return nil
 }
 
+// SlotWAL is the WAL a link's slot holds on its source, from pg_replication_slots.
+type SlotWAL struct {
+	Exists bool
+	// WALStatus is reserved, extended, unreserved (beyond max_slot_wal_keep_size: the next checkpoint may
+	// invalidate the slot, and the link then resynchronises every table) or lost.
+	WALStatus     string
+	RetainedBytes int64 // from the slot's restart point to the source's current WAL position
+}
+
+// ReadSlotWAL reads the WAL the slot of the link named name holds on a source (a primary).
+func ReadSlotWAL(ctx context.Context, connString, name string) (SlotWAL, error) {
+	db, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		return SlotWAL{}, fmt.Errorf("link %s: connect to source: %w", name, err)
+	}
+	defer db.Close(context.Background())
+	var w SlotWAL
+	err = db.QueryRow(ctx, `SELECT coalesce(wal_status, ''),
+		coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint
+		FROM pg_replication_slots WHERE slot_name = $1`, SlotFor(name)).Scan(&w.WALStatus, &w.RetainedBytes)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return SlotWAL{}, nil
+	}
+	if err != nil {
+		return SlotWAL{}, fmt.Errorf("link %s: read its slot: %w", name, err)
+	}
+	w.Exists = true
+	return w, nil
+}
+
 // slotFreeTimeout bounds how long a run waits for another walsender to release a slot it needs: that of an
 // earlier run still exiting, or of a connection whose client went away without closing it (PostgreSQL ends that
 // one after wal_sender_timeout). The run fails after it, and is retried.

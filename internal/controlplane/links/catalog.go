@@ -334,6 +334,37 @@ func (c *Catalog) Delete(workspace, name string) error {
 	return c.m.st.Update(func(tx *store.Tx) error { return tx.Delete(store.LinkConnections, key(workspace, name)) })
 }
 
+// slotWALTimeout bounds reading a link's slot on its source.
+const slotWALTimeout = 2 * time.Second
+
+// SlotWAL reads the WAL the link connection's slot holds on its source, whether the link runs or not.
+func (c *Catalog) SlotWAL(lc *LinkConnection) (link.SlotWAL, error) {
+	def, err := c.def(lc)
+	if err != nil {
+		return link.SlotWAL{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), slotWALTimeout)
+	defer cancel()
+	return c.m.SlotWAL(ctx, def)
+}
+
+// SlotsWAL reads the WAL every link connection's slot holds on its source, by link ("workspace/name"); links whose
+// source cannot be read or that have no slot are left out.
+func (c *Catalog) SlotsWAL() map[string]link.SlotWAL {
+	var all []LinkConnection
+	_ = c.m.st.View(func(tx *store.Tx) (err error) {
+		all, err = store.List[LinkConnection](tx, store.LinkConnections, "")
+		return err
+	})
+	out := map[string]link.SlotWAL{}
+	for i := range all {
+		if w, err := c.SlotWAL(&all[i]); err == nil && w.Exists {
+			out[key(all[i].Workspace, all[i].Name)] = w
+		}
+	}
+	return out
+}
+
 // Resume starts every link connection that should run (at fogo's start).
 func (c *Catalog) Resume() {
 	var all []LinkConnection
