@@ -26,12 +26,18 @@ import (
 // checkpoint to stream from.
 func (l *Link) resume(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source, states map[string]target.TableState, cp lsn.LSN) (lsn.LSN, error) {
 	exists := true
-	var walStatus *string
-	err := db.QueryRow(ctx, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", l.slot).Scan(&walStatus)
+	var walStatus, confirmed *string
+	err := db.QueryRow(ctx, "SELECT wal_status, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", l.slot).Scan(&walStatus, &confirmed)
 	if errors.Is(err, pgx.ErrNoRows) {
 		exists = false
 	} else if err != nil {
 		return 0, fmt.Errorf("link %s: read slots: %w", l.cfg.Name, err)
+	}
+	var confirmedAt lsn.LSN // the slot's confirmed_flush_lsn
+	if confirmed != nil {
+		if confirmedAt, err = lsn.Parse(*confirmed); err != nil {
+			return 0, fmt.Errorf("link %s: slot's confirmed_flush_lsn: %w", l.cfg.Name, err)
+		}
 	}
 	pending, pendingAt, pendingReason, err := l.cfg.Target.ResyncPending(ctx, l.cfg.Name)
 	if err != nil {
@@ -54,8 +60,10 @@ func (l *Link) resume(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 	case walStatus != nil && *walStatus == "lost":
 		reason := fmt.Sprintf("the replication slot %s was invalidated: it retained more WAL than the source's max_slot_wal_keep_size", l.slot)
 		return l.resyncAll(ctx, db, rc, tables, reason)
-	case pending && pendingAt == 0:
-		// Interrupted before the new slot's consistent point was recorded: the slot may still be the old one.
+	case pending && (pendingAt == 0 || confirmedAt != pendingAt):
+		// Interrupted before the new slot's consistent point was recorded (the slot may still be the old one), or
+		// the slot is not the one the resync created (which confirms nothing until the resync ends): after a
+		// failover, the new primary's copy of the old slot. Start the resync over.
 		return l.resyncAll(ctx, db, rc, tables, pendingReason)
 	case pending:
 		// The new slot exists (its consistent point is pendingAt): tables merged from its snapshot stream from

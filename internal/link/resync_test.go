@@ -263,7 +263,7 @@ func TestLinkInterruptedResyncFinishes(t *testing.T) {
 	exec(t, src, "INSERT INTO a VALUES (1001, 'during')")
 
 	l := link.New(cfg)
-	defer runLink(t, l)()
+	stop = runLink(t, l)
 	waitTable(t, l, "public.b", link.TableReplicating)
 	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
 	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
@@ -274,6 +274,32 @@ func TestLinkInterruptedResyncFinishes(t *testing.T) {
 	if pending, _, _, err := store.ResyncPending(ctx, "ir"); err != nil || pending {
 		t.Fatalf("the resynchronisation is still recorded as pending: %v %v", pending, err)
 	}
+	stop()
+
+	// Interrupted again, and the slot is then not the one the resync created (what a failover to an instance with
+	// a copy of the old slot looks like): the resync starts over, and both tables get every change all the same.
+	exec(t, src, "SELECT pg_drop_replication_slot('fogo_link_ir')")
+	exec(t, src, "UPDATE b SET note = note || ' again' WHERE id % 4 = 0")
+	link.SetAfterMerge(func(table string) error {
+		if table == "public.a" {
+			return stopErr
+		}
+		return nil
+	})
+	if err := link.New(cfg).Run(ctx); !errors.Is(err, stopErr) {
+		t.Fatalf("the second interrupted run ended with %v", err)
+	}
+	link.SetAfterMerge(nil)
+	exec(t, src, "SELECT pg_drop_replication_slot('fogo_link_ir')")
+	exec(t, src, "UPDATE b SET note = note || ' between' WHERE id % 6 = 0")
+	exec(t, src, "UPDATE a SET note = note || ' between' WHERE id % 6 = 0") // a was merged before: its changes count
+	exec(t, src, "SELECT pg_create_logical_replication_slot('fogo_link_ir', 'pgoutput')")
+	exec(t, src, "UPDATE b SET note = note || ' later' WHERE id % 9 = 0")
+	l = link.New(cfg)
+	defer runLink(t, l)()
+	waitTable(t, l, "public.b", link.TableReplicating)
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
 }
 
 // TestLinkInvalidatedSlotResyncs: a link's slot invalidated while the link was stopped (it retained more WAL than
