@@ -453,6 +453,14 @@ func (m metricsSource) Handle(rec *model.Instance) *instance.Instance { return m
 
 func (m metricsSource) ListenerStats() []listener.Stats { return m.a.gw.lis.Stats() }
 
+func (m metricsSource) LinkSlots() []metrics.LinkSlot {
+	var out []metrics.LinkSlot
+	for name, w := range m.a.LinkCatalog.SlotsWAL() {
+		out = append(out, metrics.LinkSlot{Link: name, RetainedBytes: w.RetainedBytes, WALStatus: w.WALStatus})
+	}
+	return out
+}
+
 // initiatedBy reads who asked for a failover operation from its recorded plan.
 func initiatedBy(op *model.Operation) string {
 	var p struct {

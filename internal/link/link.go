@@ -117,8 +117,7 @@ func New(cfg Config) *Link {
 	if cfg.SnapshotBatch <= 0 {
 		cfg.SnapshotBatch = 5000
 	}
-	slot := "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(cfg.Name), "_")
-	l := &Link{cfg: cfg, slot: slot, status: Status{Phase: "Starting"}, tables: map[string]*TableStatus{}}
+	l := &Link{cfg: cfg, slot: SlotFor(cfg.Name), status: Status{Phase: "Starting"}, tables: map[string]*TableStatus{}}
 	for _, m := range cfg.Tables {
 		m = m.WithDefaults()
 		key := m.SourceSchema + "." + m.SourceTable
@@ -142,6 +141,11 @@ func (m TableMapping) WithDefaults() TableMapping {
 		m.ID = m.SourceSchema + "." + m.SourceTable
 	}
 	return m
+}
+
+// SlotFor is the replication slot (and publication) on the source of the link named name.
+func SlotFor(name string) string {
+	return "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(name), "_")
 }
 
 // SlotName is the link's replication slot (and publication) on the source.
@@ -270,7 +274,10 @@ func (l *Link) run(ctx context.Context) error {
 		return err
 	}
 	if cp == 0 {
-		states = nil // starting over: earlier failures and positions do not count
+		states = nil // starting over: earlier failures and positions do not count, nor an unfinished resync
+		if err := l.cfg.Target.FinishResync(ctx, l.cfg.Name, 0); err != nil {
+			return err
+		}
 	}
 	for key, st := range states {
 		if t := tables[key]; t != nil {
@@ -325,9 +332,11 @@ func (l *Link) run(ctx context.Context) error {
 		return nil
 	}
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "58P01" && strings.Contains(pgErr.Message, "WAL segment") {
-		// The slot cannot serve the checkpoint any more (e.g. a slot copy older than its server's WAL): drop it,
-		// so that the next run resynchronises every table from a fresh slot.
+	if errors.As(err, &pgErr) && (pgErr.Code == "58P01" && strings.Contains(pgErr.Message, "WAL segment") ||
+		pgErr.Code == "55000" && strings.Contains(pgErr.Message, "cannot read from logical replication slot")) {
+		// The slot cannot serve the checkpoint any more (e.g. a slot copy older than its server's WAL, or a slot
+		// invalidated for retaining more than max_slot_wal_keep_size): drop it, so that the next run
+		// resynchronises every table from a fresh slot.
 		l.cfg.Logger.Error("link slot cannot be read; dropping it to resynchronise", "link", l.cfg.Name, "err", err)
 		dctx, cancel := context.WithTimeout(context.Background(), slotFreeTimeout+5*time.Second)
 		defer cancel()
@@ -347,6 +356,57 @@ func (l *Link) dropSlot(ctx context.Context, db *pgx.Conn) error {
 		return fmt.Errorf("link %s: drop the slot: %w", l.cfg.Name, err)
 	}
 	return nil
+}
+
+// DropOwned drops what the link named name owns on a source (a deleted link's): its replication slot, once no
+// walsender uses it, and with publication set its publication (a standby's slot copy has none of its own). It is
+// idempotent and bounded by ctx (and slotFreeTimeout).
+func DropOwned(ctx context.Context, connString, name string, publication bool) error {
+	db, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		return fmt.Errorf("link %s: connect to source: %w", name, err)
+	}
+	defer db.Close(context.Background())
+	l := New(Config{Name: name})
+	if err := l.dropSlot(ctx, db); err != nil {
+		return err
+	}
+	if publication {
+		if _, err := db.Exec(ctx, "DROP PUBLICATION IF EXISTS "+pgx.Identifier{l.slot}.Sanitize()); err != nil {
+			return fmt.Errorf("link %s: drop the publication: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// SlotWAL is the WAL a link's slot holds on its source, from pg_replication_slots.
+type SlotWAL struct {
+	Exists bool
+	// WALStatus is reserved, extended, unreserved (beyond max_slot_wal_keep_size: the next checkpoint may
+	// invalidate the slot, and the link then resynchronises every table) or lost.
+	WALStatus     string
+	RetainedBytes int64 // from the slot's restart point to the source's current WAL position
+}
+
+// ReadSlotWAL reads the WAL the slot of the link named name holds on a source (a primary).
+func ReadSlotWAL(ctx context.Context, connString, name string) (SlotWAL, error) {
+	db, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		return SlotWAL{}, fmt.Errorf("link %s: connect to source: %w", name, err)
+	}
+	defer db.Close(context.Background())
+	var w SlotWAL
+	err = db.QueryRow(ctx, `SELECT coalesce(wal_status, ''),
+		coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint
+		FROM pg_replication_slots WHERE slot_name = $1`, SlotFor(name)).Scan(&w.WALStatus, &w.RetainedBytes)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return SlotWAL{}, nil
+	}
+	if err != nil {
+		return SlotWAL{}, fmt.Errorf("link %s: read its slot: %w", name, err)
+	}
+	w.Exists = true
+	return w, nil
 }
 
 // slotFreeTimeout bounds how long a run waits for another walsender to release a slot it needs: that of an

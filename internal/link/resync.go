@@ -18,13 +18,30 @@ import (
 )
 
 // resume prepares streaming from checkpoint cp. If the source has no slot for the link (a failover to an
-// instance that had no copy of it) or the slot cannot serve cp any more, every table is synchronised again from a
-// fresh slot's snapshot, merged by primary key; tables added since the last run (no recorded state) are
-// synchronised from a temporary slot's snapshot. It returns the checkpoint to stream from.
+// instance that had no copy of it), or its slot was invalidated (it retained more WAL than
+// max_slot_wal_keep_size), every table is synchronised again from a fresh slot's snapshot, merged by primary key;
+// a resynchronisation that an earlier run started and did not finish (recorded in the target before the slot
+// changed) is finished: every table not yet merged from the new slot's snapshot is merged now. Tables added
+// since the last run (no recorded state) are synchronised from a temporary slot's snapshot. It returns the
+// checkpoint to stream from.
 func (l *Link) resume(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source, states map[string]target.TableState, cp lsn.LSN) (lsn.LSN, error) {
-	var exists bool
-	if err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", l.slot).Scan(&exists); err != nil {
+	exists := true
+	var walStatus, confirmed *string
+	err := db.QueryRow(ctx, "SELECT wal_status, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", l.slot).Scan(&walStatus, &confirmed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		exists = false
+	} else if err != nil {
 		return 0, fmt.Errorf("link %s: read slots: %w", l.cfg.Name, err)
+	}
+	var confirmedAt lsn.LSN // the slot's confirmed_flush_lsn
+	if confirmed != nil {
+		if confirmedAt, err = lsn.Parse(*confirmed); err != nil {
+			return 0, fmt.Errorf("link %s: slot's confirmed_flush_lsn: %w", l.cfg.Name, err)
+		}
+	}
+	pending, pendingAt, pendingReason, err := l.cfg.Target.ResyncPending(ctx, l.cfg.Name)
+	if err != nil {
+		return 0, err
 	}
 	added := map[string]*source{}
 	for k, t := range tables {
@@ -36,9 +53,36 @@ func (l *Link) resume(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 			return 0, err
 		}
 	}
-	if !exists {
+	switch {
+	case !exists:
 		reason := fmt.Sprintf("the source had no replication slot %s (its copy was missing after a failover, or the slot was dropped)", l.slot)
 		return l.resyncAll(ctx, db, rc, tables, reason)
+	case walStatus != nil && *walStatus == "lost":
+		reason := fmt.Sprintf("the replication slot %s was invalidated: it retained more WAL than the source's max_slot_wal_keep_size", l.slot)
+		return l.resyncAll(ctx, db, rc, tables, reason)
+	case pending && (pendingAt == 0 || confirmedAt != pendingAt):
+		// Interrupted before the new slot's consistent point was recorded (the slot may still be the old one), or
+		// the slot is not the one the resync created (which confirms nothing until the resync ends): after a
+		// failover, the new primary's copy of the old slot. Start the resync over.
+		return l.resyncAll(ctx, db, rc, tables, pendingReason)
+	case pending:
+		// The new slot exists (its consistent point is pendingAt): tables merged from its snapshot stream from
+		// there; the others are merged now, from a temporary slot's snapshot, and skip their changes up to it.
+		for k, t := range tables {
+			if st, known := states[k]; known && st.SyncedAt < pendingAt {
+				added[k] = t
+			}
+		}
+		l.cfg.Logger.Warn("link finishes an interrupted resynchronisation", "link", l.cfg.Name, "tables", len(added), "reason", pendingReason)
+		if len(added) > 0 {
+			if err := l.syncTables(ctx, db, added, pendingReason); err != nil {
+				return 0, err
+			}
+		}
+		if err := l.cfg.Target.FinishResync(ctx, l.cfg.Name, pendingAt); err != nil {
+			return 0, err
+		}
+		return max(cp, pendingAt), nil
 	}
 	if len(added) > 0 {
 		if err := l.syncTables(ctx, db, added, "added to the link"); err != nil {
@@ -49,9 +93,15 @@ func (l *Link) resume(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 }
 
 // resyncAll starts over on a fresh slot without emptying the target: every table is merged with the slot's
-// exported snapshot by primary key, then the checkpoint moves to the slot's consistent point.
+// exported snapshot by primary key, then the checkpoint moves to the slot's consistent point. The target records
+// the resynchronisation as pending before the slot changes, and from when the new slot exists its consistent
+// point: a run interrupted in between (a restart, a failover, a target error) finishes it (resume) instead of
+// streaming the new slot from the old checkpoint, which would skip every change of the tables not merged yet.
 func (l *Link) resyncAll(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, tables map[string]*source, reason string) (lsn.LSN, error) {
 	l.cfg.Logger.Warn("link resynchronises every table", "link", l.cfg.Name, "reason", reason)
+	if err := l.cfg.Target.SetResyncPending(ctx, l.cfg.Name, 0, reason); err != nil {
+		return 0, err
+	}
 	if err := l.dropSlot(ctx, db); err != nil {
 		return 0, err
 	}
@@ -59,14 +109,20 @@ func (l *Link) resyncAll(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, ta
 	if err != nil {
 		return 0, fmt.Errorf("link %s: %w", l.cfg.Name, err)
 	}
+	if err := l.cfg.Target.SetResyncPending(ctx, l.cfg.Name, slot.ConsistentPoint, reason); err != nil {
+		return 0, err
+	}
 	if err := l.mergeSnapshot(ctx, db, slot, tables, reason); err != nil {
 		return 0, err
 	}
-	if err := l.cfg.Target.Apply(ctx, l.cfg.Name, nil, slot.ConsistentPoint); err != nil {
+	if err := l.cfg.Target.FinishResync(ctx, l.cfg.Name, slot.ConsistentPoint); err != nil {
 		return 0, err
 	}
 	return slot.ConsistentPoint, nil
 }
+
+// afterMerge, set by tests, runs after each table a snapshot was merged into (an error stops the merge there).
+var afterMerge func(table string) error
 
 // syncTables synchronises some tables from the snapshot of a temporary slot while the link's own slot stays
 // where it is: each table's contents become those of the snapshot, and the stream skips its changes up to the
@@ -126,6 +182,11 @@ func (l *Link) mergeSnapshot(ctx context.Context, db *pgx.Conn, slot logrepl.Slo
 		l.setTable(k, func(s *TableStatus) { s.SyncedAt, s.LastApplied = slot.ConsistentPoint, time.Now() })
 		l.cfg.Logger.Info("link table resynchronised", "link", l.cfg.Name, "table", k, "rows", n,
 			"at", slot.ConsistentPoint.String(), "reason", reason)
+		if afterMerge != nil {
+			if err := afterMerge(k); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

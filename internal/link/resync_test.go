@@ -2,6 +2,8 @@ package link_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -219,4 +221,125 @@ func TestLinkSourceTableDroppedAndRecreated(t *testing.T) {
 		t.Fatalf("status of the recreated table: %+v", ts)
 	}
 	converge(t, src, store, srcDigest+"c", dstDigest+"public.c")
+}
+
+// TestLinkInterruptedResyncFinishes: a resynchronisation interrupted after the new slot was created and one table
+// merged (a restart, a failover, a target error) is finished by the next run — the table not merged yet gets
+// every change made to it before and during the interruption, rather than streaming on from the new slot.
+func TestLinkInterruptedResyncFinishes(t *testing.T) {
+	pg, src, store := sourceAndDuckDB(t,
+		"CREATE TABLE a(id int PRIMARY KEY, note text)",
+		"CREATE TABLE b(id int PRIMARY KEY, note text)",
+		"INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 300) i",
+		"INSERT INTO b SELECT i, 'b' || i FROM generate_series(1, 300) i",
+	)
+	cfg := link.Config{Name: "ir", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}, {SourceTable: "b"}}}
+	stop := runLink(t, link.New(cfg))
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+	stop()
+
+	exec(t, src, "SELECT pg_drop_replication_slot('fogo_link_ir')")
+	exec(t, src, "UPDATE b SET note = note || ' before' WHERE id % 3 = 0")
+	exec(t, src, "INSERT INTO b SELECT i, 'b new ' || i FROM generate_series(301, 350) i")
+	exec(t, src, "DELETE FROM b WHERE id BETWEEN 10 AND 19")
+
+	// The resync stops after merging a (tables merge in order): b is not merged yet.
+	stopErr := errors.New("interrupted after merging a")
+	link.SetAfterMerge(func(table string) error {
+		if table == "public.a" {
+			return stopErr
+		}
+		return nil
+	})
+	t.Cleanup(func() { link.SetAfterMerge(nil) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := link.New(cfg).Run(ctx); !errors.Is(err, stopErr) {
+		t.Fatalf("the interrupted run ended with %v", err)
+	}
+	link.SetAfterMerge(nil)
+	exec(t, src, "UPDATE b SET note = note || ' during' WHERE id % 5 = 0")
+	exec(t, src, "INSERT INTO a VALUES (1001, 'during')")
+
+	l := link.New(cfg)
+	stop = runLink(t, l)
+	waitTable(t, l, "public.b", link.TableReplicating)
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	exec(t, src, "UPDATE b SET note = 'after' WHERE id = 1")
+	exec(t, src, "UPDATE a SET note = 'after' WHERE id = 1")
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	if pending, _, _, err := store.ResyncPending(ctx, "ir"); err != nil || pending {
+		t.Fatalf("the resynchronisation is still recorded as pending: %v %v", pending, err)
+	}
+	stop()
+
+	// Interrupted again, and the slot is then not the one the resync created (what a failover to an instance with
+	// a copy of the old slot looks like): the resync starts over, and both tables get every change all the same.
+	exec(t, src, "SELECT pg_drop_replication_slot('fogo_link_ir')")
+	exec(t, src, "UPDATE b SET note = note || ' again' WHERE id % 4 = 0")
+	link.SetAfterMerge(func(table string) error {
+		if table == "public.a" {
+			return stopErr
+		}
+		return nil
+	})
+	if err := link.New(cfg).Run(ctx); !errors.Is(err, stopErr) {
+		t.Fatalf("the second interrupted run ended with %v", err)
+	}
+	link.SetAfterMerge(nil)
+	exec(t, src, "SELECT pg_drop_replication_slot('fogo_link_ir')")
+	exec(t, src, "UPDATE b SET note = note || ' between' WHERE id % 6 = 0")
+	exec(t, src, "UPDATE a SET note = note || ' between' WHERE id % 6 = 0") // a was merged before: its changes count
+	exec(t, src, "SELECT pg_create_logical_replication_slot('fogo_link_ir', 'pgoutput')")
+	exec(t, src, "UPDATE b SET note = note || ' later' WHERE id % 9 = 0")
+	l = link.New(cfg)
+	defer runLink(t, l)()
+	waitTable(t, l, "public.b", link.TableReplicating)
+	converge(t, src, store, srcDigest+"b", dstDigest+"public.b")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+}
+
+// TestLinkInvalidatedSlotResyncs: a link's slot invalidated while the link was stopped (it retained more WAL than
+// max_slot_wal_keep_size; PostgreSQL then answers "cannot read from logical replication slot") is resynchronised
+// like a missing one, the table's status says why, and every row ends right.
+func TestLinkInvalidatedSlotResyncs(t *testing.T) {
+	ctx := context.Background()
+	pg, src, store := sourceAndDuckDB(t,
+		"CREATE TABLE a(id int PRIMARY KEY, note text)",
+		"INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 500) i",
+	)
+	// 1MB is less than a segment: nothing beyond the current segment is kept for a slot.
+	if err := pg.Configure(instance.Settings{Port: pg.Port, Extra: map[string]string{"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0"}}); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, src, "SELECT pg_reload_conf()")
+	cfg := link.Config{Name: "inv", Source: dsn(pg), Target: store, Tables: []link.TableMapping{{SourceTable: "a"}}}
+	stop := runLink(t, link.New(cfg))
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	stop()
+
+	exec(t, src, "UPDATE a SET note = note || ' changed' WHERE id % 7 = 0")
+	exec(t, src, "DELETE FROM a WHERE id BETWEEN 50 AND 80")
+	for k := 0; k < 3; k++ { // three segments of WAL
+		exec(t, src, fmt.Sprintf("INSERT INTO a VALUES (%d, 'while stopped')", 1000+k))
+		exec(t, src, "SELECT pg_switch_wal()")
+	}
+	exec(t, src, "CHECKPOINT")
+	var status string
+	if err := src.QueryRow(ctx, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'fogo_link_inv'").Scan(&status); err != nil || status != "lost" {
+		t.Fatalf("the slot was not invalidated: %q %v", status, err)
+	}
+
+	l := link.New(cfg)
+	defer runLink(t, l)()
+	ts := waitTable(t, l, "public.a", link.TableReplicating)
+	if !strings.Contains(ts.Resync, "invalidated") {
+		t.Fatalf("the table's status does not say its slot was invalidated: %+v", ts)
+	}
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
+	exec(t, src, "UPDATE a SET note = 'after' WHERE id = 1")
+	converge(t, src, store, srcDigest+"a", dstDigest+"public.a")
 }

@@ -26,6 +26,15 @@ type Source interface {
 	Handle(rec *model.Instance) *instance.Instance
 	// ListenerStats returns the listeners' counters.
 	ListenerStats() []listener.Stats
+	// LinkSlots returns the WAL each link connection's slot holds on its source.
+	LinkSlots() []LinkSlot
+}
+
+// LinkSlot is the WAL a link connection's replication slot holds on its source.
+type LinkSlot struct {
+	Link          string // workspace/name
+	RetainedBytes int64
+	WALStatus     string // reserved, extended, unreserved (may be invalidated at the next checkpoint) or lost
 }
 
 // Metrics owns fogo's registry.
@@ -90,6 +99,12 @@ var (
 	slotLostDesc = prometheus.NewDesc("fogo_replication_slot_lost",
 		"1 when the slot was invalidated (wal_status lost): its consumer cannot follow any more (a geo-secondary is seeded again).",
 		[]string{"group", "database", "slot"}, nil)
+	linkSlotRetainedDesc = prometheus.NewDesc("fogo_link_slot_retained_bytes",
+		"WAL a link connection's replication slot holds on its source (its restart point to the current position), whether the link runs or not.",
+		[]string{"link"}, nil)
+	linkSlotUnreservedDesc = prometheus.NewDesc("fogo_link_slot_unreserved",
+		"1 when a link connection's slot holds more WAL than max_slot_wal_keep_size (wal_status unreserved or lost): the next checkpoint may invalidate it, and the link then resynchronises every table.",
+		[]string{"link"}, nil)
 	epochDesc     = prometheus.NewDesc("fogo_group_epoch", "The group's failover epoch.", []string{"group"}, nil)
 	lisActiveDesc = prometheus.NewDesc("fogo_listener_connections_active",
 		"Sessions relayed by a listener now.", []string{"group", "listener"}, nil)
@@ -108,7 +123,7 @@ type collector struct {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{roleDesc, upDesc, lagBytesDesc, lagSecondsDesc, streamingDesc, slotRetainedDesc, slotLostDesc, epochDesc,
+	for _, d := range []*prometheus.Desc{roleDesc, upDesc, lagBytesDesc, lagSecondsDesc, streamingDesc, slotRetainedDesc, slotLostDesc, linkSlotRetainedDesc, linkSlotUnreservedDesc, epochDesc,
 		lisActiveDesc, lisWaitingDesc, lisAcceptedDesc, lisRefusedDesc} {
 		ch <- d
 	}
@@ -122,6 +137,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(lisWaitingDesc, prometheus.GaugeValue, float64(s.Waiting), s.Group, s.Kind)
 		ch <- prometheus.MustNewConstMetric(lisAcceptedDesc, prometheus.CounterValue, float64(s.Accepted), s.Group, s.Kind)
 		ch <- prometheus.MustNewConstMetric(lisRefusedDesc, prometheus.CounterValue, float64(s.Refused), s.Group, s.Kind)
+	}
+	for _, s := range c.src.LinkSlots() {
+		unreserved := 0.0
+		if s.WALStatus == "unreserved" || s.WALStatus == "lost" {
+			unreserved = 1
+		}
+		ch <- prometheus.MustNewConstMetric(linkSlotRetainedDesc, prometheus.GaugeValue, float64(s.RetainedBytes), s.Link)
+		ch <- prometheus.MustNewConstMetric(linkSlotUnreservedDesc, prometheus.GaugeValue, unreserved, s.Link)
 	}
 	groups, insts, err := c.src.Groups()
 	if err != nil {

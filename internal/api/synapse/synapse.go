@@ -378,6 +378,15 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 	if g := a.cat.SourceGroup(lc); g != "" {
 		out["sourceFailoverGroup"] = g // extension: the link follows this group's primary
 	}
+	// Extension: the WAL the link's slot holds on its source (whether the link runs or not); unreserved means
+	// beyond max_slot_wal_keep_size, and the next checkpoint may invalidate the slot.
+	if sw, err := a.cat.SlotWAL(lc); err == nil && sw.Exists {
+		out["retainedWalBytes"], out["walStatus"] = sw.RetainedBytes, sw.WALStatus
+		if sw.WALStatus == "unreserved" {
+			out["warning"] = map[string]any{"message": "The link's replication slot holds more WAL than the source's max_slot_wal_keep_size: " +
+				"the next checkpoint may invalidate it, and the link would then resynchronise every table."}
+		}
+	}
 	if st, ok := a.cat.Status(ws, name); ok {
 		switch {
 		case st.Phase == "Failed":

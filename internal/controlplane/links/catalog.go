@@ -308,10 +308,61 @@ func (c *Catalog) Stop(workspace, name string) error {
 	return err
 }
 
-// Delete stops and removes it.
+// dropOwnedTimeout bounds how long deleting a link tries to drop its slot, publication and slot copy.
+const dropOwnedTimeout = 30 * time.Second
+
+// Delete stops and removes it, and drops what it owns on its source (its replication slot and publication, and
+// its slot copy on the geo-secondary), which would otherwise retain WAL for ever. A source that cannot be reached
+// (or refuses) does not stop the delete: the log names what is left to drop by hand.
 func (c *Catalog) Delete(workspace, name string) error {
 	c.m.Stop(key(workspace, name))
+	if lc, err := c.Connection(workspace, name); err == nil {
+		slot := link.SlotFor(key(workspace, name))
+		def, err := c.def(lc)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), dropOwnedTimeout)
+			err = c.m.DropOwned(ctx, def)
+			cancel()
+		}
+		if err != nil {
+			c.m.log.Warn("link connection deleted, but what it owns on its source could not be dropped: drop its replication slot "+
+				"(and the copy on the geo-secondary) and its publication by hand", "link", name, "slot", slot, "publication", slot, "err", err)
+		} else {
+			c.m.log.Info("link connection deleted with its slot and publication", "link", name, "slot", slot)
+		}
+	}
 	return c.m.st.Update(func(tx *store.Tx) error { return tx.Delete(store.LinkConnections, key(workspace, name)) })
+}
+
+// slotWALTimeout bounds reading a link's slot on its source.
+const slotWALTimeout = 2 * time.Second
+
+// SlotWAL reads the WAL the link connection's slot holds on its source, whether the link runs or not.
+func (c *Catalog) SlotWAL(lc *LinkConnection) (link.SlotWAL, error) {
+	def, err := c.def(lc)
+	if err != nil {
+		return link.SlotWAL{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), slotWALTimeout)
+	defer cancel()
+	return c.m.SlotWAL(ctx, def)
+}
+
+// SlotsWAL reads the WAL every link connection's slot holds on its source, by link ("workspace/name"); links whose
+// source cannot be read or that have no slot are left out.
+func (c *Catalog) SlotsWAL() map[string]link.SlotWAL {
+	var all []LinkConnection
+	_ = c.m.st.View(func(tx *store.Tx) (err error) {
+		all, err = store.List[LinkConnection](tx, store.LinkConnections, "")
+		return err
+	})
+	out := map[string]link.SlotWAL{}
+	for i := range all {
+		if w, err := c.SlotWAL(&all[i]); err == nil && w.Exists {
+			out[key(all[i].Workspace, all[i].Name)] = w
+		}
+	}
+	return out
 }
 
 // Resume starts every link connection that should run (at fogo's start).
@@ -517,15 +568,15 @@ func (c *Catalog) groupOf(resourceID, database string) string {
 	return ""
 }
 
-// run starts the worker for a definition.
-func (c *Catalog) run(lc *LinkConnection) error {
+// def is the worker definition of a link connection (without its target).
+func (c *Catalog) def(lc *LinkConnection) (Def, error) {
 	src, err := c.LinkedService(lc.Workspace, lc.SourceService)
 	if err != nil {
-		return err
+		return Def{}, err
 	}
 	cfg, err := pgconn.ParseConfig(src.ConnectionString)
 	if err != nil {
-		return errcatalog.Newf("InvalidParameterValue", "The source linked service's connection string is invalid.")
+		return Def{}, errcatalog.Newf("InvalidParameterValue", "The source linked service's connection string is invalid.")
 	}
 	def := Def{Name: key(lc.Workspace, lc.Name), Database: cfg.Database, Drop: lc.DropExisting, Source: src.ConnectionString,
 		Interval: time.Duration(lc.IntervalMinutes) * time.Minute}
@@ -535,6 +586,15 @@ func (c *Catalog) run(lc *LinkConnection) error {
 	for _, t := range lc.Tables {
 		def.Tables = append(def.Tables, link.TableMapping{ID: t.ID, SourceSchema: t.SourceSchema, SourceTable: t.SourceTable,
 			TargetSchema: t.TargetSchema, TargetTable: t.TargetTable})
+	}
+	return def, nil
+}
+
+// run starts the worker for a definition.
+func (c *Catalog) run(lc *LinkConnection) error {
+	def, err := c.def(lc)
+	if err != nil {
+		return err
 	}
 	st, err := c.openTarget(lc)
 	if err != nil {

@@ -55,11 +55,13 @@ type Manager struct {
 
 	mu    sync.Mutex
 	links map[string]*worker
+	// walStatus is each link's slot's last seen wal_status (a warning is logged when it becomes unreserved).
+	walStatus map[string]string
 }
 
 // New returns a manager.
 func New(st *store.Store, cl *cluster.Manager, log *slog.Logger) *Manager {
-	return &Manager{st: st, cl: cl, log: log, links: map[string]*worker{}}
+	return &Manager{st: st, cl: cl, log: log, links: map[string]*worker{}, walStatus: map[string]string{}}
 }
 
 type worker struct {
@@ -87,6 +89,7 @@ func (m *Manager) Start(def Def) error {
 	if def.Group != "" && !def.Unprotected {
 		go m.keepSlotCopy(ctx, w)
 	}
+	go m.watchSlot(ctx, def)
 	return nil
 }
 
@@ -403,4 +406,89 @@ func (m *Manager) copySlot(ctx context.Context, def Def, t *topology, slot strin
 	}
 	m.log.Info("link slot copied to the geo-secondary", "link", def.Name, "slot", slot, "standby", t.secondary.ID)
 	return nil
+}
+
+// DropOwned drops what a deleted link owns on its source: its slot and publication on the primary and, for a
+// group's link, the slot copy on the geo-secondary (under the group lock, so that no slot copy of the stopped
+// link's keeper is being written meanwhile). Bounded by ctx; idempotent.
+func (m *Manager) DropOwned(ctx context.Context, def Def) error {
+	m.mu.Lock()
+	delete(m.walStatus, def.Name)
+	m.mu.Unlock()
+	if def.Group == "" {
+		return link.DropOwned(ctx, def.Source, def.Name, true)
+	}
+	t, err := m.topology(def)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if err := link.DropOwned(ctx, m.cl.Handle(&t.primary).ConnString(def.Database), def.Name, true); err != nil {
+		errs = append(errs, fmt.Errorf("on the primary: %w", err))
+	}
+	if t.secondary.ID != "" {
+		for {
+			unlock, ok := m.cl.TryLock(t.group.Key())
+			if ok {
+				hs := m.cl.Handle(&t.secondary)
+				if _, running := hs.Running(); running {
+					if err := link.DropOwned(ctx, hs.ConnString(def.Database), def.Name, false); err != nil {
+						errs = append(errs, fmt.Errorf("its copy on the geo-secondary: %w", err))
+					}
+				}
+				unlock()
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return errors.Join(append(errs, fmt.Errorf("its copy on the geo-secondary: %w", ctx.Err()))...)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// slotWatchInterval is how often a running link's slot is checked for the WAL it holds.
+const slotWatchInterval = 30 * time.Second
+
+// watchSlot checks the running link's slot every slotWatchInterval (SlotWAL logs when it is about to be lost).
+func (m *Manager) watchSlot(ctx context.Context, def Def) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(slotWatchInterval):
+		}
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, _ = m.SlotWAL(qctx, def)
+		cancel()
+	}
+}
+
+// SlotWAL reads the WAL the link's slot holds on its source (the group's primary, or the plain source), whether
+// the link runs or not, and logs a warning when the slot's wal_status becomes unreserved: it holds more than
+// max_slot_wal_keep_size, and the next checkpoint may invalidate it (the link then resynchronises every table).
+func (m *Manager) SlotWAL(ctx context.Context, def Def) (link.SlotWAL, error) {
+	src := def.Source
+	if def.Group != "" {
+		t, err := m.topology(def)
+		if err != nil {
+			return link.SlotWAL{}, err
+		}
+		src = m.cl.Handle(&t.primary).ConnString(def.Database)
+	}
+	w, err := link.ReadSlotWAL(ctx, src, def.Name)
+	if err != nil {
+		return w, err
+	}
+	m.mu.Lock()
+	prev := m.walStatus[def.Name]
+	m.walStatus[def.Name] = w.WALStatus
+	m.mu.Unlock()
+	if w.WALStatus == "unreserved" && prev != "unreserved" {
+		m.log.Warn("link slot holds more WAL than max_slot_wal_keep_size and may be invalidated at the next checkpoint "+
+			"(the link would then resynchronise every table)", "link", def.Name, "slot", link.SlotFor(def.Name), "retainedBytes", w.RetainedBytes)
+	}
+	return w, nil
 }

@@ -3,6 +3,7 @@ package target
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -49,6 +50,9 @@ func (s *Store) TableStates(ctx context.Context, link string) (map[string]TableS
 		var src, at, failed string
 		if err := rows.Scan(&src, &at, &failed); err != nil {
 			return nil, err
+		}
+		if src == resyncKey {
+			continue // not a table: see ResyncPending
 		}
 		l, err := lsn.Parse(at)
 		if err != nil {
@@ -104,6 +108,71 @@ func (s *Store) ForgetTables(ctx context.Context, link string, sources ...string
 		}
 	}
 	return nil
+}
+
+// resyncKey is the row of the table state table that records a resynchronisation in progress (no table's key:
+// those are "schema.table").
+const resyncKey = "*resync"
+
+// ResyncPending reports whether a resynchronisation of link's tables was started and not finished, why, and the
+// consistent point of the slot it started from (zero while that slot may not exist yet).
+func (s *Store) ResyncPending(ctx context.Context, link string) (pending bool, at lsn.LSN, reason string, err error) {
+	if err := s.ensureTableStates(ctx); err != nil {
+		return false, 0, "", err
+	}
+	var v string
+	err = s.db.QueryRowContext(ctx, `SELECT synced_lsn, failed FROM `+tablesTable+` WHERE link = $1 AND source = $2`, link, resyncKey).Scan(&v, &reason)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, 0, "", nil
+	}
+	if err != nil {
+		return false, 0, "", fmt.Errorf("%s: read the pending resynchronisation: %w", s.dialect.name(), err)
+	}
+	at, err = lsn.Parse(v)
+	return true, at, reason, err
+}
+
+// SetResyncPending records durably that link's tables are being resynchronised (reason) from a slot whose
+// consistent point is at (zero before the slot exists): until FinishResync, a restart finishes it.
+func (s *Store) SetResyncPending(ctx context.Context, link string, at lsn.LSN, reason string) error {
+	if err := s.ensureTableStates(ctx); err != nil {
+		return err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
+	}
+	defer tx.Rollback()
+	if err := s.setTableState(ctx, tx, link, resyncKey, TableState{SyncedAt: at, Failed: reason}); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// FinishResync ends link's pending resynchronisation: the checkpoint becomes cp (it never moves back) and the
+// record of the resynchronisation goes, in one transaction.
+func (s *Store) FinishResync(ctx context.Context, link string, cp lsn.LSN) error {
+	if err := s.ensureTableStates(ctx); err != nil {
+		return err
+	}
+	old, err := s.Checkpoint(ctx, link)
+	if err != nil {
+		return err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
+	}
+	defer tx.Rollback()
+	if cp > old {
+		if err := writeCheckpoint(ctx, tx, link, cp); err != nil {
+			return fmt.Errorf("%s: write checkpoint: %w", s.dialect.name(), err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+tablesTable+` WHERE link = $1 AND source = $2`, link, resyncKey); err != nil {
+		return fmt.Errorf("%s: end the resynchronisation: %w", s.dialect.name(), err)
+	}
+	return tx.Commit()
 }
 
 var stagingSeq atomic.Int64
