@@ -16,6 +16,8 @@ package link
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,7 +45,10 @@ type TableMapping struct {
 
 // Config is a link.
 type Config struct {
-	Name                string
+	Name string
+	// Slot is the link's replication slot and publication on the source; "" is LegacySlotName(Name), the name
+	// links created before SlotNameFor had (kept so that an existing link's slot never changes under it).
+	Slot                string
 	Source              string // libpq connection string of the source database
 	Tables              []TableMapping
 	Target              *target.Store
@@ -106,6 +111,23 @@ type Link struct {
 
 var nonIdent = regexp.MustCompile(`[^a-z0-9_]+`)
 
+// LegacySlotName is the slot (and publication) name links had before SlotNameFor: not injective ("x/y_z" and
+// "x_y/z", "a-b" and "a_b" map to the same slot).
+func LegacySlotName(name string) string {
+	return "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(name), "_")
+}
+
+// SlotNameFor is the slot (and publication) name of a link whose key is key: a readable, sanitized prefix of the
+// key plus a hash of the exact key, so that two different keys never share a slot, within PostgreSQL's 63 bytes.
+func SlotNameFor(key string) string {
+	prefix := strings.Trim(nonIdent.ReplaceAllString(strings.ToLower(key), "_"), "_")
+	if len(prefix) > 36 {
+		prefix = prefix[:36]
+	}
+	sum := sha256.Sum256([]byte(key))
+	return "fogo_link_" + prefix + "_" + hex.EncodeToString(sum[:8]) // at most 10+36+1+16 = 63 bytes
+}
+
 // New returns a link; Run runs it.
 func New(cfg Config) *Link {
 	if cfg.Logger == nil {
@@ -117,7 +139,10 @@ func New(cfg Config) *Link {
 	if cfg.SnapshotBatch <= 0 {
 		cfg.SnapshotBatch = 5000
 	}
-	slot := "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(cfg.Name), "_")
+	slot := cfg.Slot
+	if slot == "" {
+		slot = LegacySlotName(cfg.Name)
+	}
 	l := &Link{cfg: cfg, slot: slot, status: Status{Phase: "Starting"}, tables: map[string]*TableStatus{}}
 	for _, m := range cfg.Tables {
 		m = m.WithDefaults()

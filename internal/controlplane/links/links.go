@@ -30,6 +30,7 @@ import (
 // Def is a link connection on a failover group's database.
 type Def struct {
 	Name     string
+	Slot     string // the source slot and publication; "" is link.LegacySlotName(Name)
 	Group    string // failover group name; "" for a plain source
 	Database string
 	Source   string // with no Group: the source connection string
@@ -200,7 +201,7 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 		if err != nil {
 			w.setErr(err)
 		} else {
-			l := link.New(link.Config{Name: w.def.Name, Source: src, Tables: w.def.Tables, Target: w.def.Target,
+			l := link.New(link.Config{Name: w.def.Name, Slot: w.def.Slot, Source: src, Tables: w.def.Tables, Target: w.def.Target,
 				DropExistingOnStart: w.def.Drop, Logger: m.log, Gate: gate, Batch: w.def.Interval > 0})
 			w.mu.Lock()
 			if w.link != nil {
