@@ -274,7 +274,12 @@ func (l *Link) Run(ctx context.Context) error {
 }
 
 func (l *Link) run(ctx context.Context) error {
-	db, err := pgx.Connect(ctx, l.cfg.Source)
+	dbCfg, err := pgx.ParseConfig(l.cfg.Source)
+	if err != nil {
+		return fmt.Errorf("link %s: source connection string: %w", l.cfg.Name, err)
+	}
+	logrepl.PinSession(dbCfg.RuntimeParams) // the formats the snapshot's text values are parsed in
+	db, err := pgx.ConnectConfig(ctx, dbCfg)
 	if err != nil {
 		return fmt.Errorf("link %s: connect to source: %w", l.cfg.Name, err)
 	}
