@@ -143,3 +143,20 @@ func TestCollidingLinkNames(t *testing.T) {
 		}
 	}
 }
+
+// TestLegacySlotCollisionRefused: two links stored before slot names were made unique (no stored slot name), whose
+// names map to one slot on one source, are not run side by side: the second start is refused, naming the first.
+func TestLegacySlotCollisionRefused(t *testing.T) {
+	c := testCatalog(t)
+	src := "host=127.0.0.1 port=1 dbname=postgres sslmode=disable connect_timeout=1" // never reached
+	if err := c.m.Start(Def{Name: "x/y_z", Source: src}); err != nil {
+		t.Fatal(err)
+	}
+	err := c.m.Start(Def{Name: "x_y/z", Source: src})
+	if err == nil || !strings.Contains(err.Error(), "x/y_z") {
+		t.Fatalf("second link on slot fogo_link_x_y_z: %v", err)
+	}
+	if err := c.m.Start(Def{Name: "x_y/z", Source: src, Slot: link.SlotNameFor("x_y/z")}); err != nil {
+		t.Fatalf("a link with a slot of its own: %v", err)
+	}
+}

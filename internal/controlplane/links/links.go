@@ -84,6 +84,14 @@ func (m *Manager) Start(def Def) error {
 	if w, ok := m.links[def.Name]; ok && !w.notStarted {
 		return fmt.Errorf("link %s is already running", def.Name)
 	}
+	for name, w := range m.links {
+		if !w.notStarted && name != def.Name && sameSlot(w.def, def) {
+			// Two links created before slot names were made unique whose names map to one slot: running both
+			// would have them destroy each other's slot.
+			return fmt.Errorf("link %s uses the same replication slot %s on the same source as running link %s; stop that one, or delete this link and create it again (a new link gets a slot of its own)",
+				def.Name, slotOf(def), name)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &worker{def: def, cancel: cancel, done: make(chan struct{})}
 	m.links[def.Name] = w
@@ -92,6 +100,19 @@ func (m *Manager) Start(def Def) error {
 		go m.keepSlotCopy(ctx, w)
 	}
 	return nil
+}
+
+// slotOf is a link's slot (and publication) name on its source.
+func slotOf(d Def) string {
+	if d.Slot != "" {
+		return d.Slot
+	}
+	return link.LegacySlotName(d.Name)
+}
+
+// sameSlot: two links would use one slot on one source.
+func sameSlot(a, b Def) bool {
+	return slotOf(a) == slotOf(b) && a.Group == b.Group && a.Database == b.Database && a.Source == b.Source
 }
 
 // Failed records a link that should run but could not be started (e.g. its target cannot be opened): it reports
