@@ -61,3 +61,51 @@ func TestSlotCopyStandbyFailsToStart(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestStaleSlotCopyReplaced: a copy on the geo-secondary that cannot be advanced (here a physical slot of the
+// link's slot name that reserves no WAL) is reported in the link's status while the advance keeps failing, and
+// replaced by a fresh copy of the primary's logical slot after 5 failures in a row.
+func TestStaleSlotCopyReplaced(t *testing.T) {
+	f, rw, store := groupLink(t, "st", 100, nil)
+	convergeLink(t, f, rw, store)
+	waitSlotCopy(t, f, "st-west", "shop", "fogo_link_lk")
+	h := f.app.Cluster.Handle(f.instanceOf(t, "st-west", "shop"))
+	ctx := context.Background()
+	if err := h.DropSlot(ctx, "fogo_link_lk"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := h.Connect(ctx, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, "SELECT pg_create_physical_replication_slot('fogo_link_lk')"); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, f, "st-east", "shop", "INSERT INTO ledger(note) SELECT 'after' FROM generate_series(1, 10)")
+	convergeLink(t, f, rw, store) // the checkpoint moves: the keeper advances the copy
+	sawFailing := false
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		if st, _ := f.app.Links.Status("lk"); strings.Contains(st.Err, "in a row") {
+			sawFailing = true
+		}
+		c2, err := h.Connect(ctx, "postgres")
+		var typ string
+		if err == nil {
+			err = c2.QueryRow(ctx, "SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'fogo_link_lk'").Scan(&typ)
+			c2.Close(ctx)
+		}
+		if typ == "logical" {
+			break
+		}
+		if time.Now().After(deadline) {
+			st, _ := f.app.Links.Status("lk")
+			t.Fatalf("the stale copy was not replaced (slot type %q, %v); status %+v", typ, err, st)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !sawFailing {
+		t.Fatal("the status never said the copy's advance was failing")
+	}
+}
