@@ -41,10 +41,10 @@ func TestDropOwned(t *testing.T) {
 		t.Fatalf("no slot copy on the standby: %v %v", got, err)
 	}
 	for i := 0; i < 2; i++ { // the second time finds nothing to drop
-		if err := link.DropOwned(ctx, dsn(s), "x", false); err != nil {
+		if err := link.DropOwned(ctx, dsn(s), "x", "", false); err != nil {
 			t.Fatalf("drop the copy on the standby: %v", err)
 		}
-		if err := link.DropOwned(ctx, dsn(p), "x", true); err != nil {
+		if err := link.DropOwned(ctx, dsn(p), "x", "", true); err != nil {
 			t.Fatalf("drop on the primary: %v", err)
 		}
 	}

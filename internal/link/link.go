@@ -16,6 +16,8 @@ package link
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,7 +45,10 @@ type TableMapping struct {
 
 // Config is a link.
 type Config struct {
-	Name                string
+	Name string
+	// Slot is the link's replication slot and publication on the source; "" is LegacySlotName(Name), the name
+	// links created before SlotNameFor had (kept so that an existing link's slot never changes under it).
+	Slot                string
 	Source              string // libpq connection string of the source database
 	Tables              []TableMapping
 	Target              *target.Store
@@ -106,6 +111,23 @@ type Link struct {
 
 var nonIdent = regexp.MustCompile(`[^a-z0-9_]+`)
 
+// LegacySlotName is the slot (and publication) name links had before SlotNameFor: not injective ("x/y_z" and
+// "x_y/z", "a-b" and "a_b" map to the same slot).
+func LegacySlotName(name string) string {
+	return "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(name), "_")
+}
+
+// SlotNameFor is the slot (and publication) name of a link whose key is key: a readable, sanitized prefix of the
+// key plus a hash of the exact key, so that two different keys never share a slot, within PostgreSQL's 63 bytes.
+func SlotNameFor(key string) string {
+	prefix := strings.Trim(nonIdent.ReplaceAllString(strings.ToLower(key), "_"), "_")
+	if len(prefix) > 36 {
+		prefix = prefix[:36]
+	}
+	sum := sha256.Sum256([]byte(key))
+	return "fogo_link_" + prefix + "_" + hex.EncodeToString(sum[:8]) // at most 10+36+1+16 = 63 bytes
+}
+
 // New returns a link; Run runs it.
 func New(cfg Config) *Link {
 	if cfg.Logger == nil {
@@ -117,7 +139,11 @@ func New(cfg Config) *Link {
 	if cfg.SnapshotBatch <= 0 {
 		cfg.SnapshotBatch = 5000
 	}
-	l := &Link{cfg: cfg, slot: SlotFor(cfg.Name), status: Status{Phase: "Starting"}, tables: map[string]*TableStatus{}}
+	slot := cfg.Slot
+	if slot == "" {
+		slot = LegacySlotName(cfg.Name)
+	}
+	l := &Link{cfg: cfg, slot: slot, status: Status{Phase: "Starting"}, tables: map[string]*TableStatus{}}
 	for _, m := range cfg.Tables {
 		m = m.WithDefaults()
 		key := m.SourceSchema + "." + m.SourceTable
@@ -141,11 +167,6 @@ func (m TableMapping) WithDefaults() TableMapping {
 		m.ID = m.SourceSchema + "." + m.SourceTable
 	}
 	return m
-}
-
-// SlotFor is the replication slot (and publication) on the source of the link named name.
-func SlotFor(name string) string {
-	return "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(name), "_")
 }
 
 // SlotName is the link's replication slot (and publication) on the source.
@@ -254,7 +275,12 @@ func (l *Link) Run(ctx context.Context) error {
 }
 
 func (l *Link) run(ctx context.Context) error {
-	db, err := pgx.Connect(ctx, l.cfg.Source)
+	dbCfg, err := pgx.ParseConfig(l.cfg.Source)
+	if err != nil {
+		return fmt.Errorf("link %s: source connection string: %w", l.cfg.Name, err)
+	}
+	logrepl.PinSession(dbCfg.RuntimeParams) // the formats the snapshot's text values are parsed in
+	db, err := pgx.ConnectConfig(ctx, dbCfg)
 	if err != nil {
 		return fmt.Errorf("link %s: connect to source: %w", l.cfg.Name, err)
 	}
@@ -358,16 +384,16 @@ func (l *Link) dropSlot(ctx context.Context, db *pgx.Conn) error {
 	return nil
 }
 
-// DropOwned drops what the link named name owns on a source (a deleted link's): its replication slot, once no
-// walsender uses it, and with publication set its publication (a standby's slot copy has none of its own). It is
-// idempotent and bounded by ctx (and slotFreeTimeout).
-func DropOwned(ctx context.Context, connString, name string, publication bool) error {
+// DropOwned drops what the link named name owns on a source (a deleted link's): its replication slot (slot; ""
+// for LegacySlotName(name)), once no walsender uses it, and with publication set its publication (a standby's
+// slot copy has none of its own). It is idempotent and bounded by ctx (and slotFreeTimeout).
+func DropOwned(ctx context.Context, connString, name, slot string, publication bool) error {
 	db, err := pgx.Connect(ctx, connString)
 	if err != nil {
 		return fmt.Errorf("link %s: connect to source: %w", name, err)
 	}
 	defer db.Close(context.Background())
-	l := New(Config{Name: name})
+	l := New(Config{Name: name, Slot: slot})
 	if err := l.dropSlot(ctx, db); err != nil {
 		return err
 	}
@@ -388,8 +414,8 @@ type SlotWAL struct {
 	RetainedBytes int64 // from the slot's restart point to the source's current WAL position
 }
 
-// ReadSlotWAL reads the WAL the slot of the link named name holds on a source (a primary).
-func ReadSlotWAL(ctx context.Context, connString, name string) (SlotWAL, error) {
+// ReadSlotWAL reads the WAL the link's slot (named slot) holds on a source (a primary).
+func ReadSlotWAL(ctx context.Context, connString, name, slot string) (SlotWAL, error) {
 	db, err := pgx.Connect(ctx, connString)
 	if err != nil {
 		return SlotWAL{}, fmt.Errorf("link %s: connect to source: %w", name, err)
@@ -398,7 +424,7 @@ func ReadSlotWAL(ctx context.Context, connString, name string) (SlotWAL, error) 
 	var w SlotWAL
 	err = db.QueryRow(ctx, `SELECT coalesce(wal_status, ''),
 		coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint
-		FROM pg_replication_slots WHERE slot_name = $1`, SlotFor(name)).Scan(&w.WALStatus, &w.RetainedBytes)
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&w.WALStatus, &w.RetainedBytes)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return SlotWAL{}, nil
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -56,9 +57,15 @@ type LinkConnection struct {
 	IntervalMinutes  int32
 	Tables           []LinkTable
 	Running          bool
-	StartTime        time.Time `json:",omitzero"`
-	StopTime         time.Time `json:",omitzero"`
+	// Slot is the link's replication slot and publication on the source, fixed when the link is created
+	// (link.SlotNameFor); "" for a link created before, whose slot keeps its old name (link.LegacySlotName).
+	Slot      string    `json:",omitempty"`
+	StartTime time.Time `json:",omitzero"`
+	StopTime  time.Time `json:",omitzero"`
 }
+
+// validName is a link connection's name (ARM-style).
+var validName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
 func key(workspace, name string) string {
 	return strings.ToLower(workspace) + "/" + strings.ToLower(name)
@@ -140,6 +147,9 @@ func (c *Catalog) DeleteLinkedService(workspace, name string) error {
 
 // PutConnection validates and stores a link connection definition (its tables and running state are kept).
 func (c *Catalog) PutConnection(lc LinkConnection) (*LinkConnection, error) {
+	if !validName.MatchString(lc.Name) {
+		return nil, errcatalog.Newf("InvalidParameterValue", "The link connection name '%s' is invalid: use 1 to 128 letters, digits, '-', '_' or '.'.", lc.Name).WithTarget("name")
+	}
 	if _, err := c.LinkedService(lc.Workspace, lc.SourceService); err != nil {
 		return nil, err
 	}
@@ -174,7 +184,9 @@ func (c *Catalog) PutConnection(lc LinkConnection) (*LinkConnection, error) {
 			if cur.Running {
 				return errcatalog.Newf("ConflictingDatabaseOperation", "Link connection '%s' is running; stop it before changing it.", lc.Name)
 			}
-			lc.Tables, lc.StartTime, lc.StopTime = cur.Tables, cur.StartTime, cur.StopTime
+			lc.Tables, lc.StartTime, lc.StopTime, lc.Slot = cur.Tables, cur.StartTime, cur.StopTime, cur.Slot
+		} else {
+			lc.Slot = link.SlotNameFor(key(lc.Workspace, lc.Name))
 		}
 		out = lc
 		return tx.Put(store.LinkConnections, key(lc.Workspace, lc.Name), &lc)
@@ -317,7 +329,10 @@ const dropOwnedTimeout = 30 * time.Second
 func (c *Catalog) Delete(workspace, name string) error {
 	c.m.Stop(key(workspace, name))
 	if lc, err := c.Connection(workspace, name); err == nil {
-		slot := link.SlotFor(key(workspace, name))
+		slot := lc.Slot
+		if slot == "" {
+			slot = link.LegacySlotName(key(workspace, name))
+		}
 		def, err := c.def(lc)
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), dropOwnedTimeout)
@@ -578,7 +593,7 @@ func (c *Catalog) def(lc *LinkConnection) (Def, error) {
 	if err != nil {
 		return Def{}, errcatalog.Newf("InvalidParameterValue", "The source linked service's connection string is invalid.")
 	}
-	def := Def{Name: key(lc.Workspace, lc.Name), Database: cfg.Database, Drop: lc.DropExisting, Source: src.ConnectionString,
+	def := Def{Name: key(lc.Workspace, lc.Name), Slot: lc.Slot, Database: cfg.Database, Drop: lc.DropExisting, Source: src.ConnectionString,
 		Interval: time.Duration(lc.IntervalMinutes) * time.Minute}
 	if group := c.groupOf(lc.SourceResourceID, cfg.Database); group != "" {
 		def.Group, def.Source = group, ""

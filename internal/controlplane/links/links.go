@@ -24,12 +24,14 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/link"
 	"github.com/fogo-db/fogo/internal/link/target"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
 )
 
 // Def is a link connection on a failover group's database.
 type Def struct {
 	Name     string
+	Slot     string // the source slot and publication; "" is link.LegacySlotName(Name)
 	Group    string // failover group name; "" for a plain source
 	Database string
 	Source   string // with no Group: the source connection string
@@ -73,6 +75,8 @@ type worker struct {
 	lastErr string
 	// notStarted: a link that should run but could not be started (Failed); no goroutine runs for it.
 	notStarted bool
+	// copyErr: why the last round of the slot copy keeper failed ("" when it did not).
+	copyErr string
 }
 
 // Start runs a link until Stop (restarting it after errors, e.g. a failover ending its connection).
@@ -81,6 +85,14 @@ func (m *Manager) Start(def Def) error {
 	defer m.mu.Unlock()
 	if w, ok := m.links[def.Name]; ok && !w.notStarted {
 		return fmt.Errorf("link %s is already running", def.Name)
+	}
+	for name, w := range m.links {
+		if !w.notStarted && name != def.Name && sameSlot(w.def, def) {
+			// Two links created before slot names were made unique whose names map to one slot: running both
+			// would have them destroy each other's slot.
+			return fmt.Errorf("link %s uses the same replication slot %s on the same source as running link %s; stop that one, or delete this link and create it again (a new link gets a slot of its own)",
+				def.Name, slotOf(def), name)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &worker{def: def, cancel: cancel, done: make(chan struct{})}
@@ -91,6 +103,19 @@ func (m *Manager) Start(def Def) error {
 	}
 	go m.watchSlot(ctx, def)
 	return nil
+}
+
+// slotOf is a link's slot (and publication) name on its source.
+func slotOf(d Def) string {
+	if d.Slot != "" {
+		return d.Slot
+	}
+	return link.LegacySlotName(d.Name)
+}
+
+// sameSlot: two links would use one slot on one source.
+func sameSlot(a, b Def) bool {
+	return slotOf(a) == slotOf(b) && a.Group == b.Group && a.Database == b.Database && a.Source == b.Source
 }
 
 // Failed records a link that should run but could not be started (e.g. its target cannot be opened): it reports
@@ -143,7 +168,7 @@ func (m *Manager) Status(name string) (link.Status, bool) {
 		return link.Status{}, false
 	}
 	w.mu.Lock()
-	l, lastErr := w.link, w.lastErr
+	l, lastErr, copyErr := w.link, w.lastErr, w.copyErr
 	w.mu.Unlock()
 	if l == nil {
 		if lastErr != "" {
@@ -159,6 +184,9 @@ func (m *Manager) Status(name string) (link.Status, bool) {
 	}
 	if st.Err == "" && !(st.Phase == "Streaming" && st.Applied > 0) {
 		st.Err = lastErr // the last restart's cause, until the restarted link has applied something
+	}
+	if st.Err == "" {
+		st.Err = copyErr // the link runs, but its slot copy is not kept: a failover would resynchronise it
 	}
 	return st, true
 }
@@ -203,7 +231,7 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 		if err != nil {
 			w.setErr(err)
 		} else {
-			l := link.New(link.Config{Name: w.def.Name, Source: src, Tables: w.def.Tables, Target: w.def.Target,
+			l := link.New(link.Config{Name: w.def.Name, Slot: w.def.Slot, Source: src, Tables: w.def.Tables, Target: w.def.Target,
 				DropExistingOnStart: w.def.Drop, Logger: m.log, Gate: gate, Batch: w.def.Interval > 0})
 			w.mu.Lock()
 			if w.link != nil {
@@ -331,14 +359,17 @@ func (m *Manager) gate(def Def, primary, secondary string) func(ctx context.Cont
 	}
 }
 
-// keepSlotCopy keeps a copy of the link's slot on the geo-secondary, advanced to the link's checkpoint.
+// keepSlotCopy keeps a copy of the link's slot on the geo-secondary, advanced to the link's checkpoint. A round
+// that fails is retried with backoff, and the link's status says why its copy is not kept (copyErr).
 func (m *Manager) keepSlotCopy(ctx context.Context, w *worker) {
 	lastErr := ""
+	wait := time.Second
+	var ks keeperState
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
 		w.mu.Lock()
 		l := w.link
@@ -349,62 +380,148 @@ func (m *Manager) keepSlotCopy(ctx context.Context, w *worker) {
 		if ph := l.Status().Phase; ph != "Streaming" && ph != "Idle" { // Idle: between two batches
 			continue
 		}
-		err := m.syncCopy(ctx, w.def, l)
-		if msg := fmt.Sprint(err); err != nil && ctx.Err() == nil && msg != lastErr {
+		err := m.syncCopy(ctx, w.def, l, &ks)
+		if ctx.Err() != nil {
+			return
+		}
+		if msg := fmt.Sprint(err); err != nil && msg != lastErr {
 			m.log.Warn("link slot copy", "link", w.def.Name, "err", err)
 		}
 		lastErr = fmt.Sprint(err)
+		w.mu.Lock()
+		if err != nil {
+			w.copyErr = "slot copy on the geo-secondary: " + err.Error()
+			wait = min(2*wait, maxCopyBackoff)
+		} else {
+			w.copyErr, wait = "", time.Second
+		}
+		w.mu.Unlock()
 	}
 }
 
-func (m *Manager) syncCopy(ctx context.Context, def Def, l *link.Link) error {
+// maxCopyBackoff bounds the wait between two failed rounds of the slot copy keeper.
+const maxCopyBackoff = 30 * time.Second
+
+// maxAdvanceFailures: a copy whose advance fails this many times in a row (a stale copy, say, whose WAL the
+// standby removed) is replaced by a fresh copy of the primary's slot.
+const maxAdvanceFailures = 5
+
+// standbyHolds is how far a standby holds WAL: what it received and flushed, or (its WAL receiver not yet
+// started after a restart) what it replayed.
+func standbyHolds(ctx context.Context, hs *instance.Instance) (lsn.LSN, error) {
+	recv, rerr := hs.ReceiveLSN(ctx)
+	replay, perr := hs.ReplayLSN(ctx)
+	if rerr != nil && perr != nil {
+		return 0, fmt.Errorf("read the geo-secondary's flush position: %w", rerr)
+	}
+	return max(recv, replay), nil
+}
+
+// keeperState is what the slot copy keeper remembers between rounds.
+type keeperState struct {
+	advanceFailures int  // in a row
+	restartStandby  bool // the keeper stopped the standby to copy the slot, and starting it again failed
+}
+
+func (m *Manager) syncCopy(ctx context.Context, def Def, l *link.Link, ks *keeperState) error {
 	t, err := m.topology(def)
 	if err != nil || t.secondary.ID == "" || !t.secondary.Seeded || t.secondary.NeedsRejoin {
 		return err
 	}
 	slot := l.SlotName()
 	hs := m.cl.Handle(&t.secondary)
-	if _, running := hs.Running(); !running || !hs.IsStandby() {
-		return nil
+	if _, running := hs.Running(); !running {
+		if ks.restartStandby { // the keeper stopped it: starting it again is its job
+			unlock, ok := m.cl.TryLock(t.group.Key())
+			if !ok {
+				return fmt.Errorf("the geo-secondary %s did not start after the slot copy; an operation runs", t.secondary.ID)
+			}
+			err := hs.Start(ctx)
+			unlock()
+			if err != nil {
+				return fmt.Errorf("the geo-secondary %s did not start after the slot copy: %w", t.secondary.ID, err)
+			}
+			ks.restartStandby = false
+			return nil
+		}
+		return fmt.Errorf("the geo-secondary %s is not running", t.secondary.ID)
+	}
+	if !hs.IsStandby() {
+		return fmt.Errorf("the geo-secondary %s is not a standby", t.secondary.ID)
 	}
 	have, err := hs.SlotConfirmedLSN(ctx, slot)
 	if err != nil {
 		return err
 	}
 	if have == 0 {
-		return m.copySlot(ctx, def, t, slot)
+		ks.advanceFailures = 0
+		return m.copySlot(ctx, def, t, slot, ks)
 	}
-	cp := l.Status().Checkpoint
-	if cp > have {
-		return hs.AdvanceSlot(ctx, def.Database, slot, cp)
+	// Never past what the standby holds: on a standby PostgreSQL would stop at its replay position anyway, but
+	// the link's checkpoint may come from before the gate (a snapshot's consistent point).
+	flushed, err := standbyHolds(ctx, hs)
+	if err != nil {
+		return err
 	}
+	to := min(l.Status().Checkpoint, flushed)
+	if to <= have {
+		ks.advanceFailures = 0
+		return nil
+	}
+	if err := hs.AdvanceSlot(ctx, def.Database, slot, to); err != nil {
+		ks.advanceFailures++
+		if ks.advanceFailures < maxAdvanceFailures {
+			return fmt.Errorf("advance the copy to %s (failure %d in a row): %w", to, ks.advanceFailures, err)
+		}
+		m.log.Warn("link slot copy cannot be advanced; replacing it", "link", def.Name, "slot", slot, "failures", ks.advanceFailures, "err", err)
+		if cerr := m.copySlot(ctx, def, t, slot, ks); cerr != nil {
+			return fmt.Errorf("advance the copy to %s failed %d times in a row (%v); replacing it failed: %w", to, ks.advanceFailures, err, cerr)
+		}
+		ks.advanceFailures = 0
+		return nil
+	}
+	ks.advanceFailures = 0
 	return nil
 }
 
 // copySlot copies the slot's state file from the primary into the standby and restarts the standby once, under
-// the group lock so that no failover runs meanwhile.
-func (m *Manager) copySlot(ctx context.Context, def Def, t *topology, slot string) error {
+// the group lock so that no failover runs meanwhile. The copy confirms no more than the standby had flushed
+// before it stopped: the primary's slot may confirm everything it received (a link with nothing pending reports
+// all of it flushed), up to the primary's WAL end, and a copy confirming WAL the standby lacks would, after a
+// forced failover, start decoding past the new timeline's fork point and skip the new primary's transactions
+// in between. (Not capped at the link's checkpoint: an idle link's slot confirms, and moves its restart point,
+// past its last checkpoint, and nothing the link needs lies between.)
+func (m *Manager) copySlot(ctx context.Context, def Def, t *topology, slot string, ks *keeperState) error {
 	unlock, ok := m.cl.TryLock(t.group.Key())
 	if !ok {
 		return nil // an operation runs; next time
 	}
 	defer unlock()
 	hp, hs := m.cl.Handle(&t.primary), m.cl.Handle(&t.secondary)
+	flushed, err := standbyHolds(ctx, hs)
+	if err != nil {
+		return err
+	}
 	files, err := hp.ReadSlotFiles(ctx, slot)
 	if err != nil {
 		return fmt.Errorf("read the slot on the primary: %w", err)
+	}
+	confirmed, err := files.CapConfirmedFlush(flushed)
+	if err != nil {
+		return fmt.Errorf("copy the slot: %w", err)
 	}
 	if err := hs.Stop(ctx, "fast"); err != nil {
 		return err
 	}
 	werr := hs.WriteSlotFiles(slot, files)
 	if err := hs.Start(ctx); err != nil {
+		ks.restartStandby = true // the next rounds start it again
 		return fmt.Errorf("restart the standby after copying the slot: %w", err)
 	}
 	if werr != nil {
 		return fmt.Errorf("write slot copy: %w", werr)
 	}
-	m.log.Info("link slot copied to the geo-secondary", "link", def.Name, "slot", slot, "standby", t.secondary.ID)
+	m.log.Info("link slot copied to the geo-secondary", "link", def.Name, "slot", slot, "standby", t.secondary.ID, "confirmed", confirmed)
 	return nil
 }
 
@@ -416,14 +533,14 @@ func (m *Manager) DropOwned(ctx context.Context, def Def) error {
 	delete(m.walStatus, def.Name)
 	m.mu.Unlock()
 	if def.Group == "" {
-		return link.DropOwned(ctx, def.Source, def.Name, true)
+		return link.DropOwned(ctx, def.Source, def.Name, def.Slot, true)
 	}
 	t, err := m.topology(def)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	if err := link.DropOwned(ctx, m.cl.Handle(&t.primary).ConnString(def.Database), def.Name, true); err != nil {
+	if err := link.DropOwned(ctx, m.cl.Handle(&t.primary).ConnString(def.Database), def.Name, def.Slot, true); err != nil {
 		errs = append(errs, fmt.Errorf("on the primary: %w", err))
 	}
 	if t.secondary.ID != "" {
@@ -432,7 +549,7 @@ func (m *Manager) DropOwned(ctx context.Context, def Def) error {
 			if ok {
 				hs := m.cl.Handle(&t.secondary)
 				if _, running := hs.Running(); running {
-					if err := link.DropOwned(ctx, hs.ConnString(def.Database), def.Name, false); err != nil {
+					if err := link.DropOwned(ctx, hs.ConnString(def.Database), def.Name, def.Slot, false); err != nil {
 						errs = append(errs, fmt.Errorf("its copy on the geo-secondary: %w", err))
 					}
 				}
@@ -478,7 +595,7 @@ func (m *Manager) SlotWAL(ctx context.Context, def Def) (link.SlotWAL, error) {
 		}
 		src = m.cl.Handle(&t.primary).ConnString(def.Database)
 	}
-	w, err := link.ReadSlotWAL(ctx, src, def.Name)
+	w, err := link.ReadSlotWAL(ctx, src, def.Name, slotOf(def))
 	if err != nil {
 		return w, err
 	}
@@ -488,7 +605,7 @@ func (m *Manager) SlotWAL(ctx context.Context, def Def) (link.SlotWAL, error) {
 	m.mu.Unlock()
 	if w.WALStatus == "unreserved" && prev != "unreserved" {
 		m.log.Warn("link slot holds more WAL than max_slot_wal_keep_size and may be invalidated at the next checkpoint "+
-			"(the link would then resynchronise every table)", "link", def.Name, "slot", link.SlotFor(def.Name), "retainedBytes", w.RetainedBytes)
+			"(the link would then resynchronise every table)", "link", def.Name, "slot", slotOf(def), "retainedBytes", w.RetainedBytes)
 	}
 	return w, nil
 }

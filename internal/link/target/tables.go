@@ -73,6 +73,9 @@ func (s *Store) SetTableStates(ctx context.Context, link string, states map[stri
 		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
 	}
 	defer tx.Rollback()
+	if err := s.durable(ctx, tx); err != nil {
+		return err
+	}
 	for src, st := range states {
 		if err := s.setTableState(ctx, tx, link, src, st); err != nil {
 			return err
@@ -196,6 +199,9 @@ func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, s
 		return 0, fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
 	}
 	defer tx.Rollback()
+	if err := s.durable(ctx, tx); err != nil {
+		return 0, err
+	}
 	staging := qi(fmt.Sprintf("_fogo_sync_keys_%d", stagingSeq.Add(1)))
 	idx := keyIndexes(t) // the staging table's columns, in this order
 	keys := make([]string, len(idx))

@@ -248,6 +248,9 @@ func (s *Store) Apply(ctx context.Context, link string, changes []Change, checkp
 		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
 	}
 	defer tx.Rollback()
+	if err := s.durable(ctx, tx); err != nil {
+		return err
+	}
 	if err := s.applyAll(ctx, conn, tx, changes); err != nil {
 		return err
 	}

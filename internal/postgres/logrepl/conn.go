@@ -27,12 +27,32 @@ func Connect(ctx context.Context, connString string) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replication connection string: %w", err)
 	}
+	PinSession(cfg.RuntimeParams)
 	cfg.RuntimeParams["replication"] = "database"
 	pc, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("replication connect: %w", err)
 	}
 	return &Conn{pc: pc}, nil
+}
+
+// SessionParams are the settings fogo pins on every source connection of a link (replication and SQL): pgoutput
+// and the snapshot send values as text in the session's formats, which fogo parses, so a database in LATIN1 or a
+// role or database with its own bytea_output, DateStyle, IntervalStyle or extra_float_digits must not change them.
+// Startup parameters take precedence over ALTER ROLE / ALTER DATABASE settings.
+var SessionParams = map[string]string{
+	"client_encoding":    "UTF8",
+	"DateStyle":          "ISO, MDY",
+	"bytea_output":       "hex",
+	"IntervalStyle":      "postgres",
+	"extra_float_digits": "3",
+}
+
+// PinSession sets SessionParams in a connection's startup parameters.
+func PinSession(params map[string]string) {
+	for k, v := range SessionParams {
+		params[k] = v
+	}
 }
 
 // Close ends the connection and waits, bounded by ctx (and by closeTimeout), until the walsender serving it has
