@@ -78,9 +78,13 @@ func catalogWithLink(t *testing.T) (*instance.Instance, *pgx.Conn, *Catalog) {
 func TestDeleteDropsSlotAndPublication(t *testing.T) {
 	ctx := context.Background()
 	pg, src, c := catalogWithLink(t)
+	lc, err := c.Connection("w", "L1")
+	if err != nil || lc.Slot == "" {
+		t.Fatalf("the link's slot name: %q %v", lc.Slot, err)
+	}
 	owned := func() (slots, pubs int) {
-		if err := src.QueryRow(ctx, "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'fogo_link_w_l1'), "+
-			"(SELECT count(*) FROM pg_publication WHERE pubname = 'fogo_link_w_l1')").Scan(&slots, &pubs); err != nil {
+		if err := src.QueryRow(ctx, "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1), "+
+			"(SELECT count(*) FROM pg_publication WHERE pubname = $1)", lc.Slot).Scan(&slots, &pubs); err != nil {
 			t.Fatal(err)
 		}
 		return slots, pubs
