@@ -176,13 +176,7 @@ func (x *execution) fenceForced(ctx context.Context, olds []*model.Instance) err
 
 // promoteForced records the intent and promotes every geo-secondary (idempotent), starting it if it does not run.
 func (x *execution) promoteForced(ctx context.Context, news []*model.Instance) error {
-	if !x.plan.Promoting {
-		x.plan.Promoting = true
-		if err := x.save(); err != nil {
-			return err
-		}
-	}
-	if err := x.run.Step("promote"); err != nil {
+	if err := x.startPromote(); err != nil {
 		return err
 	}
 	return eachInstance(news, func(n *model.Instance) error {

@@ -302,3 +302,15 @@ func promotionUnfinished(err error) error {
 			"are fenced), but a geo-secondary could not be promoted yet: %v. fogo keeps promoting it in the "+
 			"background; the database is unavailable until then.", err)
 }
+
+// startPromote is the promote step's start, for planned and forced failovers alike: the intent (Promoting) is
+// saved in the plan before anything is promoted, so a resumed operation knows promotion may have begun.
+func (x *execution) startPromote() error {
+	if !x.plan.Promoting {
+		x.plan.Promoting = true
+		if err := x.save(); err != nil {
+			return err
+		}
+	}
+	return x.run.Step("promote")
+}

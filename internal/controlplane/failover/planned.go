@@ -269,13 +269,7 @@ func (x *execution) undoDemote(ctx context.Context, olds []*model.Instance, caus
 // promoteAll records the intent and promotes every new primary (idempotent). sessions, when given, are
 // open connections to the new primaries used to watch the promotion closely.
 func (x *execution) promoteAll(ctx context.Context, news []*model.Instance, sessions map[string]*instance.Session) error {
-	if !x.plan.Promoting {
-		x.plan.Promoting = true
-		if err := x.save(); err != nil {
-			return err
-		}
-	}
-	if err := x.run.Step("promote"); err != nil {
+	if err := x.startPromote(); err != nil {
 		return err
 	}
 	return eachInstance(news, func(n *model.Instance) error {

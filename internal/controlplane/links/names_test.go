@@ -137,9 +137,16 @@ func TestCollidingLinkNames(t *testing.T) {
 	if err := src.QueryRow(ctx, "SELECT count(DISTINCT slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'fogo_link_%'").Scan(&slots); err != nil || slots != 2 {
 		t.Fatalf("%d link slots on the source (%v), want 2", slots, err)
 	}
-	for _, l := range lks {
-		if s, _ := c.Status(l.ws, l.name); s.Phase != "Streaming" || s.Err != "" {
-			t.Fatalf("link %s/%s: %+v", l.ws, l.name, s)
+	for _, l := range lks { // the rows may all have come with the snapshot: streaming follows it
+		for {
+			s, _ := c.Status(l.ws, l.name)
+			if s.Phase == "Streaming" && s.Err == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("link %s/%s: %+v", l.ws, l.name, s)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 }
