@@ -97,28 +97,39 @@ func opError(st map[string]any) string {
 // its port taken) just before the promotion. The other database is promoted; the failover must not end with the
 // old roles and its old primaries restarted next to the promoted copy. It records the new roles before
 // promoting, reports the unfinished promotion (DatabaseUnavailable), never leaves two writable copies of a
-// database, and the reconciler finishes the promotion and the rejoins once the instance can start.
+// database, and the reconciler finishes the promotion and the rejoins once the instance can start. The same for
+// tryPlannedBeforeForcedFailover: a planned attempt that recorded the new roles never falls back to a forced
+// failover (whose undo would un-fence the old primaries the store no longer names).
 func TestPlannedFailoverGoesForwardWhenAPromotionFails(t *testing.T) {
+	for _, mode := range []struct{ kind, action, prefix string }{
+		{model.OpPlanned, "/failover", "fwd"},
+		{model.OpTryPlanned, "/tryPlannedBeforeForcedFailover", "tfwd"},
+	} {
+		t.Run(mode.action[1:], func(t *testing.T) { goesForwardWhenAPromotionFails(t, mode.kind, mode.action, mode.prefix) })
+	}
+}
+
+func goesForwardWhenAPromotionFails(t *testing.T, kind, action, prefix string) {
 	f := startFogo(t)
-	east, west := "fwd-east", "fwd-west"
+	east, west := prefix+"-east", prefix+"-west"
 	f.createServer(east, "eastus")
 	f.createServer(west, "westus")
 	for _, db := range []string{"a", "b"} {
 		f.createDB(east, db, "eastus")
 		mustExec(t, f, east, db, "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
 	}
-	f.mustSucceed(f.createGroup(east, west, "fwd-fg", "a", "b"), 201)
-	f.waitGroupState(east, "fwd-fg", "CATCH_UP")
+	f.mustSucceed(f.createGroup(east, west, prefix+"-fg", "a", "b"), 201)
+	f.waitGroupState(east, prefix+"-fg", "CATCH_UP")
 	idsA, idsB := insertRows(t, f, east, "a", 20), insertRows(t, f, east, "b", 20)
 	westB := f.instanceOf(t, west, "b")
 
 	var blocker net.Listener
 	var hookErr error
-	onStep(f, model.OpPlanned, "promote", func(*model.Operation) {
+	onStep(f, kind, "promote", func(*model.Operation) {
 		hookErr = killPostmaster(f, westB)
 		blocker = occupy(t, westB.Port)
 	})
-	st := f.wait(f.do(http.MethodPost, fgPath(west, "fwd-fg")+"/failover", nil))
+	st := f.wait(f.do(http.MethodPost, fgPath(west, prefix+"-fg")+action, nil))
 	if hookErr != nil || blocker == nil {
 		t.Fatalf("fault injection: %v", hookErr)
 	}
@@ -126,7 +137,7 @@ func TestPlannedFailoverGoesForwardWhenAPromotionFails(t *testing.T) {
 		t.Fatalf("planned failover with a promotion that fails: %v %v", st["status"], st["error"])
 	}
 	noteCode("DatabaseUnavailable", 503)
-	if role(t, f, west, "fwd-fg") != "Primary" || role(t, f, east, "fwd-fg") != "Secondary" {
+	if role(t, f, west, prefix+"-fg") != "Primary" || role(t, f, east, prefix+"-fg") != "Secondary" {
 		t.Fatal("a failover past its demotion went back to the old roles")
 	}
 	// a was promoted: west's copy is the only writable one; b has no writable copy while its new primary is down.
@@ -134,7 +145,7 @@ func TestPlannedFailoverGoesForwardWhenAPromotionFails(t *testing.T) {
 	if f.writableOn(t, east, "b") {
 		t.Fatal("b's old primary accepts writes after the failover recorded the new roles")
 	}
-	rw := f.listenerOf(west, "fwd-fg", "readWriteEndpoint")
+	rw := f.listenerOf(west, prefix+"-fg", "readWriteEndpoint")
 	if p, standby := whereIs(t, rw, "a"); p != f.instancePort(t, west, "a") || standby {
 		t.Fatalf("rw listener routes a to port %d (standby %v), want west's primary", p, standby)
 	}
@@ -142,7 +153,7 @@ func TestPlannedFailoverGoesForwardWhenAPromotionFails(t *testing.T) {
 	// The instance can start again: the reconciler finishes its promotion, and b's old primary rejoins.
 	blocker.Close()
 	f.onePrimaryAt(t, west, east, "b", 60*time.Second)
-	f.waitGroupState(west, "fwd-fg", "CATCH_UP")
+	f.waitGroupState(west, prefix+"-fg", "CATCH_UP")
 	if p, standby := whereIs(t, rw, "b"); p != westB.Port || standby {
 		t.Fatalf("rw listener routes b to port %d (standby %v), want %d", p, standby, westB.Port)
 	}

@@ -202,6 +202,9 @@ func (x *execution) promoteForced(ctx context.Context, news []*model.Instance) e
 // still carries standby.signal (PostgreSQL removes it when a promotion takes effect): then none can come back as
 // a primary. Otherwise the failure is returned as is and the old primaries stay fenced.
 func (x *execution) undoForced(ctx context.Context, olds, news []*model.Instance, cause error) error {
+	if x.plan.Recorded {
+		return cause // the store names the new primaries: the old ones stay fenced
+	}
 	if err := x.run.Step("undo"); err != nil {
 		return errors.Join(cause, err)
 	}
@@ -261,9 +264,11 @@ func (x *execution) undoForced(ctx context.Context, olds, news []*model.Instance
 	return fmt.Errorf("%w (%s)", cause, undone)
 }
 
-// primaryDown reports a planned attempt refused because a primary is not running: nothing was changed, and
-// tryPlannedBeforeForcedFailover goes on with the forced failover (the disaster case it exists for).
-func primaryDown(err error) bool {
+// isPrimaryDown reports a precondition refusal because a primary is not running (checkPreconditions' only
+// DatabaseUnavailable): tryPlannedBeforeForcedFailover then goes on with the forced failover, the disaster case
+// it exists for. Only the refusal counts: the same code after the roles were recorded (promotionUnfinished) must
+// never fall back.
+func isPrimaryDown(err error) bool {
 	e, ok := errcatalog.As(err)
 	return ok && e.Code == "DatabaseUnavailable"
 }

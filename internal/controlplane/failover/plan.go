@@ -144,7 +144,7 @@ func (o *Orchestrator) run(ctx context.Context, run *operations.Run) error {
 			return x.forced(ctx)
 		}
 		err := x.planned(ctx, o.cfg.TryPlannedTimeout)
-		if err == nil || !(x.rolledBack || primaryDown(err)) {
+		if err == nil || !(x.rolledBack || x.primaryDown) {
 			return err
 		}
 		p.FellBackToForced = true
@@ -163,6 +163,8 @@ type execution struct {
 	run        *operations.Run
 	plan       *Plan
 	rolledBack bool
+	// primaryDown: the planned attempt was refused because a primary is not running (nothing was changed).
+	primaryDown bool
 }
 
 func (x *execution) save() error { return x.run.SetParams(x.plan) }

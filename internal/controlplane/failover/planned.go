@@ -33,6 +33,7 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 	}
 	if !x.plan.Demoting && !x.plan.Recorded {
 		if err := x.checkPreconditions(ctx, olds, news); err != nil {
+			x.primaryDown = isPrimaryDown(err) // nothing was changed: tryPlanned goes on with a forced failover
 			return err
 		}
 		if err := x.run.Step("catch-up"); err != nil {

@@ -587,16 +587,18 @@ func (s *Store) oneRow(t *Table, where string) string {
 	return id + " = (SELECT " + id + " FROM " + t.qualified() + " WHERE " + where + " LIMIT 1)"
 }
 
+// where matches the row a change is about: by its key columns, or, for a keyless table, by every column the change
+// carries (NULL-safely: a NULL matches IS NULL, a value matches with =, which no NULL satisfies).
 func (s *Store) where(t *Table, row []Value, args *[]any) (string, error) {
-	if t.Keyless {
-		return s.whereRow(t, row, args)
-	}
 	var conds []string
 	for i, c := range t.Columns {
-		if !isKey(t, c.Name) {
+		if !t.Keyless && !isKey(t, c.Name) {
 			continue
 		}
 		if i >= len(row) || row[i].Unchanged {
+			if t.Keyless {
+				continue
+			}
 			return "", fmt.Errorf("key column %s has no value in the change", c.Name)
 		}
 		if row[i].Null {
@@ -609,33 +611,14 @@ func (s *Store) where(t *Table, row []Value, args *[]any) (string, error) {
 		}
 		conds = append(conds, qi(c.Name)+" = "+v)
 	}
-	if len(conds) == 0 {
+	switch {
+	case len(conds) > 0:
+		return strings.Join(conds, " AND "), nil
+	case t.Keyless:
+		return "", fmt.Errorf("a change of a table without a key carries no old row (REPLICA IDENTITY FULL sends one)")
+	default:
 		return "", ErrNoKey
 	}
-	return strings.Join(conds, " AND "), nil
-}
-
-// whereRow matches the rows of a keyless table equal to row in every column it carries (NULL-safely).
-func (s *Store) whereRow(t *Table, row []Value, args *[]any) (string, error) {
-	var conds []string
-	for i, c := range t.Columns {
-		if i >= len(row) || row[i].Unchanged {
-			continue
-		}
-		if row[i].Null {
-			conds = append(conds, qi(c.Name)+" IS NULL")
-			continue
-		}
-		v, err := s.arg(args, c, row[i])
-		if err != nil {
-			return "", err
-		}
-		conds = append(conds, qi(c.Name)+" IS NOT DISTINCT FROM "+v)
-	}
-	if len(conds) == 0 {
-		return "", fmt.Errorf("a change of a table without a key carries no old row (REPLICA IDENTITY FULL sends one)")
-	}
-	return strings.Join(conds, " AND "), nil
 }
 
 func sameKey(t *Table, a, b []Value) bool {
