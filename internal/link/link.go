@@ -117,15 +117,29 @@ func LegacySlotName(name string) string {
 	return "fogo_link_" + nonIdent.ReplaceAllString(strings.ToLower(name), "_")
 }
 
+// maxSlotName is PostgreSQL's limit on a replication slot's name (NAMEDATALEN - 1).
+const maxSlotName = 63
+
 // SlotNameFor is the slot (and publication) name of a link whose key is key: a readable, sanitized prefix of the
-// key plus a hash of the exact key, so that two different keys never share a slot, within PostgreSQL's 63 bytes.
+// key plus a hash of the exact key, so that two different keys never share a slot. It leaves room for the
+// "_sync" suffix of the link's table-synchronisation slot (syncSlotName) within PostgreSQL's 63 bytes.
 func SlotNameFor(key string) string {
 	prefix := strings.Trim(nonIdent.ReplaceAllString(strings.ToLower(key), "_"), "_")
-	if len(prefix) > 36 {
-		prefix = prefix[:36]
+	if len(prefix) > 31 {
+		prefix = prefix[:31]
 	}
 	sum := sha256.Sum256([]byte(key))
-	return "fogo_link_" + prefix + "_" + hex.EncodeToString(sum[:8]) // at most 10+36+1+16 = 63 bytes
+	return "fogo_link_" + prefix + "_" + hex.EncodeToString(sum[:8]) // at most 10+31+1+16 = 58 bytes
+}
+
+// syncSlotName is the temporary slot that synchronises added (or resynchronised) tables of the link whose slot is
+// slot: slot_sync, or for a long legacy slot name a hash of it, so that it is never longer than PostgreSQL allows.
+func syncSlotName(slot string) string {
+	if len(slot)+len("_sync") <= maxSlotName {
+		return slot + "_sync"
+	}
+	sum := sha256.Sum256([]byte(slot))
+	return "fogo_sync_" + hex.EncodeToString(sum[:16])
 }
 
 // New returns a link; Run runs it.

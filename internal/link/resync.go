@@ -134,10 +134,10 @@ func (l *Link) syncTables(ctx context.Context, db *pgx.Conn, tables map[string]*
 	}
 	defer rc.Close(context.Background()) // drops the temporary slot: returns once it is gone
 	// An earlier run's temporary slot goes with its walsender.
-	if err := l.waitSlotFree(ctx, db, l.slot+"_sync"); err != nil {
+	if err := l.waitSlotFree(ctx, db, syncSlotName(l.slot)); err != nil {
 		return err
 	}
-	slot, err := rc.CreateSlot(ctx, l.slot+"_sync", true, true)
+	slot, err := rc.CreateSlot(ctx, syncSlotName(l.slot), true, true)
 	if err != nil {
 		return fmt.Errorf("link %s: table synchronisation slot: %w", l.cfg.Name, err)
 	}
