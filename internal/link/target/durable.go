@@ -15,14 +15,23 @@ type durableCommitter interface{ durableCommit() string }
 // with synchronous_commit on.
 func (pgDialect) durableCommit() string { return "SET LOCAL synchronous_commit = on" }
 
-// durable makes tx commit durably on a target that needs to be told so.
-func (s *Store) durable(ctx context.Context, tx *sql.Tx) error {
-	d, ok := s.dialect.(durableCommitter)
-	if !ok {
-		return nil
+// txBeginner is a *sql.DB or a *sql.Conn (a transaction a bulk path must write in too).
+type txBeginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
+// beginWrite begins a transaction that writes the target (rows, a checkpoint, table states), made to commit
+// durably on a target that must be told so: every writer goes through it, so none can forget.
+func (s *Store) beginWrite(ctx context.Context, on txBeginner) (*sql.Tx, error) {
+	tx, err := on.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
 	}
-	if _, err := tx.ExecContext(ctx, d.durableCommit()); err != nil {
-		return fmt.Errorf("%s: %w", s.dialect.name(), err)
+	if d, ok := s.dialect.(durableCommitter); ok {
+		if _, err := tx.ExecContext(ctx, d.durableCommit()); err != nil {
+			tx.Rollback()
+			return nil, fmt.Errorf("%s: %w", s.dialect.name(), err)
+		}
 	}
-	return nil
+	return tx, nil
 }

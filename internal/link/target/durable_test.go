@@ -55,6 +55,9 @@ func TestApplyCommitsDurably(t *testing.T) {
 	}
 	apply(t, s, 100, ins(tbl, 1, "a"), ins(tbl, 2, "a"))
 	apply(t, s, 200, ins(tbl, 1, "b"))
+	if err := s.FinishResync(ctx, "l", 300); err != nil { // the end of a resynchronisation writes the checkpoint too
+		t.Fatal(err)
+	}
 	var on, all int
 	if err := s.DB().QueryRowContext(ctx, "SELECT count(*) FILTER (WHERE setting = 'on'), count(*) FROM seen").Scan(&on, &all); err != nil {
 		t.Fatal(err)

@@ -68,14 +68,11 @@ func (s *Store) SetTableStates(ctx context.Context, link string, states map[stri
 	if err := s.ensureTableStates(ctx); err != nil {
 		return err
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.beginWrite(ctx, s.db)
 	if err != nil {
-		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
-	}
-	defer tx.Rollback()
-	if err := s.durable(ctx, tx); err != nil {
 		return err
 	}
+	defer tx.Rollback()
 	for src, st := range states {
 		if err := s.setTableState(ctx, tx, link, src, st); err != nil {
 			return err
@@ -141,9 +138,9 @@ func (s *Store) SetResyncPending(ctx context.Context, link string, at lsn.LSN, r
 	if err := s.ensureTableStates(ctx); err != nil {
 		return err
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.beginWrite(ctx, s.db)
 	if err != nil {
-		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
+		return err
 	}
 	defer tx.Rollback()
 	if err := s.setTableState(ctx, tx, link, resyncKey, TableState{SyncedAt: at, Failed: reason}); err != nil {
@@ -162,9 +159,9 @@ func (s *Store) FinishResync(ctx context.Context, link string, cp lsn.LSN) error
 	if err != nil {
 		return err
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.beginWrite(ctx, s.db)
 	if err != nil {
-		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
+		return err
 	}
 	defer tx.Rollback()
 	if cp > old {
@@ -194,14 +191,11 @@ func (s *Store) MergeTable(ctx context.Context, link, source string, t *Table, s
 		return 0, fmt.Errorf("%s: connection: %w", s.dialect.name(), err)
 	}
 	defer conn.Close()
-	tx, err := conn.BeginTx(ctx, nil)
+	tx, err := s.beginWrite(ctx, conn)
 	if err != nil {
-		return 0, fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
-	}
-	defer tx.Rollback()
-	if err := s.durable(ctx, tx); err != nil {
 		return 0, err
 	}
+	defer tx.Rollback()
 	staging := qi(fmt.Sprintf("_fogo_sync_keys_%d", stagingSeq.Add(1)))
 	idx := keyIndexes(t) // the staging table's columns, in this order
 	keys := make([]string, len(idx))

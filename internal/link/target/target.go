@@ -197,9 +197,9 @@ func (s *Store) dropKey(ctx context.Context, t *Table) error {
 		return nil
 	}
 	tmp := &Table{Schema: t.Schema, Name: t.Name + "_fogo_keyless"}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.beginWrite(ctx, s.db)
 	if err != nil {
-		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
+		return err
 	}
 	defer tx.Rollback()
 	for _, q := range []string{
@@ -243,14 +243,11 @@ func (s *Store) Apply(ctx context.Context, link string, changes []Change, checkp
 		return fmt.Errorf("%s: connection: %w", s.dialect.name(), err)
 	}
 	defer conn.Close()
-	tx, err := conn.BeginTx(ctx, nil)
+	tx, err := s.beginWrite(ctx, conn)
 	if err != nil {
-		return fmt.Errorf("%s: begin: %w", s.dialect.name(), err)
-	}
-	defer tx.Rollback()
-	if err := s.durable(ctx, tx); err != nil {
 		return err
 	}
+	defer tx.Rollback()
 	if err := s.applyAll(ctx, conn, tx, changes); err != nil {
 		return err
 	}
