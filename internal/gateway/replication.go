@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -119,21 +121,15 @@ func (e *Endpoint) relayLogical(client, backend net.Conn, addr string) {
 	c2b := make(chan error, 1)
 	go func() {
 		for {
-			msg, err := readMessage(client)
-			if err != nil {
-				closeWrite(backend)
-				c2b <- err
+			cmd, err := forwardClientMessage(client, backend)
+			if cmd != "" {
+				refused <- cmd
+				backend.Close() // the backend waits for a command: the copy below ends at a message boundary
+				c2b <- nil
 				return
 			}
-			if msg[0] == 'Q' {
-				if cmd := physicalCommand(strings.TrimRight(string(msg[5:]), "\x00")); cmd != "" {
-					refused <- cmd
-					backend.Close() // the backend waits for a command: the copy below ends at a message boundary
-					c2b <- nil
-					return
-				}
-			}
-			if _, err := backend.Write(msg); err != nil {
+			if err != nil {
+				closeWrite(backend)
 				c2b <- err
 				return
 			}
@@ -157,4 +153,42 @@ func (e *Endpoint) relayLogical(client, backend net.Conn, addr string) {
 	client.Close()
 	backend.Close()
 	<-c2b
+}
+
+// maxReplicationCommand bounds a simple query in a logical replication session (a replication command is short).
+const maxReplicationCommand = 1 << 20
+
+// forwardClientMessage forwards one message of a logical replication session's client to its backend. A simple
+// query is read whole (at most maxReplicationCommand) and not forwarded when it is a physical replication command,
+// which is returned; any other message (password, standby status, CopyData) is streamed through as it arrives,
+// so a length the client declares is never allocated.
+func forwardClientMessage(client io.Reader, backend io.Writer) (refused string, err error) {
+	hdr := make([]byte, 5)
+	if _, err := io.ReadFull(client, hdr); err != nil {
+		return "", err
+	}
+	n := int64(binary.BigEndian.Uint32(hdr[1:5]))
+	if n < 4 {
+		return "", fmt.Errorf("invalid client message length %d", n)
+	}
+	if hdr[0] != 'Q' {
+		if _, err := backend.Write(hdr); err != nil {
+			return "", err
+		}
+		_, err := io.CopyN(backend, client, n-4)
+		return "", err
+	}
+	if n > maxReplicationCommand {
+		return "", fmt.Errorf("a replication command of %d bytes is longer than %d", n, maxReplicationCommand)
+	}
+	msg := make([]byte, 1+n)
+	copy(msg, hdr)
+	if _, err := io.ReadFull(client, msg[5:]); err != nil {
+		return "", err
+	}
+	if cmd := physicalCommand(strings.TrimRight(string(msg[5:]), "\x00")); cmd != "" {
+		return cmd, nil
+	}
+	_, err = backend.Write(msg)
+	return "", err
 }
