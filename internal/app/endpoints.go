@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
@@ -22,11 +24,12 @@ import (
 // server's instance of the database (primary or geo-secondary, whatever role it has now), and the listeners of
 // every failover group (package listener). All share one gateway manager, so cancel requests work everywhere.
 type gatewayEndpoints struct {
-	mgr  *gateway.Manager
-	svc  *service.Service
-	lis  *listener.Listeners
-	host string
-	log  *slog.Logger
+	mgr     *gateway.Manager
+	svc     *service.Service
+	lis     *listener.Listeners
+	host    string
+	log     *slog.Logger
+	cutting sync.Map // server name -> *atomic.Bool: a background cutFenced of the server runs
 }
 
 func newGatewayEndpoints(o Options, log *slog.Logger) (*gatewayEndpoints, error) {
@@ -104,6 +107,20 @@ func (g *gatewayEndpoints) cutFenced(server armid.ServerID) {
 	}
 }
 
+// cutFencedInBackground runs cutFenced for the server in the background unless one already runs: sessions
+// refused in a loop start one scan at a time, not a goroutine each.
+func (g *gatewayEndpoints) cutFencedInBackground(server armid.ServerID) {
+	v, _ := g.cutting.LoadOrStore(server.Name, &atomic.Bool{})
+	running := v.(*atomic.Bool)
+	if !running.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer running.Store(false)
+		g.cutFenced(server)
+	}()
+}
+
 type serverResolver struct {
 	g      *gatewayEndpoints
 	server armid.ServerID
@@ -115,7 +132,7 @@ func (r serverResolver) Resolve(_ context.Context, database string) (string, err
 	case errors.Is(err, service.ErrUnknownDatabase):
 		return "", &gateway.RouteError{Code: "3D000", Message: fmt.Sprintf("database %q does not exist on server %q", database, r.server.Name)}
 	case errors.Is(err, service.ErrFenced):
-		go r.g.cutFenced(r.server) // sessions relayed to it before it was fenced end too
+		r.g.cutFencedInBackground(r.server) // sessions relayed to it before it was fenced end too
 		return "", &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf("database %q on server %q is a former primary waiting to rejoin as a secondary", database, r.server.Name)}
 	case err != nil:
 		return "", &gateway.RouteError{Code: "58000", Message: "fogo could not resolve the database"}

@@ -69,6 +69,7 @@ type Listeners struct {
 	waiting map[string]*atomic.Int64 // group key -> sessions waiting on the read-write listener
 	open    map[string]bool          // group key -> listeners open
 	routeOf map[string]string        // group key + "/" + database -> the read-write backend last routed to
+	cutting sync.Map                 // group key -> *atomic.Bool: a background CutStale of the group runs
 }
 
 // New returns listeners that open their endpoints in gw (shared with the server endpoints, so cancel requests
@@ -164,6 +165,20 @@ func (l *Listeners) CutStale(group string) int {
 	return n
 }
 
+// cutStaleInBackground runs CutStale for the group in the background unless one already runs: sessions refused
+// in a loop while a primary is fenced start one scan at a time, not a goroutine each.
+func (l *Listeners) cutStaleInBackground(group string) {
+	v, _ := l.cutting.LoadOrStore(group, &atomic.Bool{})
+	running := v.(*atomic.Bool)
+	if !running.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer running.Store(false)
+		l.CutStale(group)
+	}()
+}
+
 // routed notes the backend a new read-write session of database goes to; when it changed, the sessions relayed
 // to the previous one are cut (a failover recorded a new primary).
 func (l *Listeners) routed(group, database, addr string) {
@@ -173,7 +188,7 @@ func (l *Listeners) routed(group, database, addr string) {
 	l.routeOf[key] = addr
 	l.mu.Unlock()
 	if known && prev != addr {
-		go l.CutStale(group)
+		l.cutStaleInBackground(group)
 	}
 }
 
@@ -312,7 +327,7 @@ func (r resolver) Resolve(ctx context.Context, database string) (string, error) 
 		return "", &gateway.RouteError{Code: "08006", Message: fmt.Sprintf("failover group %q no longer exists", r.group)}
 	case errors.Is(err, service.ErrFenced):
 		if !r.readOnly {
-			go r.l.CutStale(r.group) // the primary is fenced: nothing may stay relayed to it
+			r.l.cutStaleInBackground(r.group) // the primary is fenced: nothing may stay relayed to it
 		}
 		return "", &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf("database %q has no primary right now", database)}
 	default:

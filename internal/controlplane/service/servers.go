@@ -12,7 +12,7 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/controlplane/validate"
 	"github.com/fogo-db/fogo/internal/errcatalog"
-	"github.com/fogo-db/fogo/internal/postgres/instance"
+	"github.com/fogo-db/fogo/internal/postgres/scram"
 )
 
 // Result is what a create/update/delete returns to the REST layer.
@@ -42,7 +42,7 @@ func (s *Service) PutServer(ctx context.Context, id armid.ServerID, spec validat
 		}
 		srv = model.Server{
 			ID: id, Location: spec.Location, Tags: spec.Tags, AdminLogin: spec.AdministratorLogin,
-			AdminVerifier: instance.ScramVerifier(spec.AdministratorLoginPassword), Version: "15",
+			AdminVerifier: scram.Verifier(spec.AdministratorLoginPassword), Version: "15",
 			State: "Ready", GatewayPort: port, CreatedAt: now(),
 		}
 		res.Created = true
@@ -96,7 +96,7 @@ func (s *Service) updateServer(ctx context.Context, tx *store.Tx, srv *model.Ser
 		srv.Tags = spec.Tags
 	}
 	if spec.AdministratorLoginPassword != "" {
-		srv.AdminVerifier = instance.ScramVerifier(spec.AdministratorLoginPassword)
+		srv.AdminVerifier = scram.Verifier(spec.AdministratorLoginPassword)
 		if err := s.applyAdminPassword(ctx, tx, srv); err != nil {
 			return err
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fogo-db/fogo/internal/postgres/instance"
+	"github.com/fogo-db/fogo/internal/postgres/scram"
 	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
 
@@ -165,7 +166,7 @@ func TestLifecycleAndSwitchover(t *testing.T) {
 func TestScramVerifierLogin(t *testing.T) {
 	ctx := context.Background()
 	p := pgtest.NewPrimary(t)
-	if err := p.EnsureRole(ctx, "app", instance.ScramVerifier("S3cret!pw")); err != nil {
+	if err := p.EnsureRole(ctx, "app", scram.Verifier("S3cret!pw")); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.EnsureDatabase(ctx, "appdb", "app"); err != nil {

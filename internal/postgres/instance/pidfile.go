@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/fogo-db/fogo/internal/postgres/pgbin"
@@ -159,7 +160,11 @@ func procStart(pid int) (float64, byte, error) {
 	return float64(boot) + float64(ticks)/100, fields[0][0], nil
 }
 
-func bootTime() (int64, error) {
+// bootTime is the system's boot time (btime of /proc/stat), read once: it does not change while fogo runs, and
+// Running, which needs it, is polled every few milliseconds while an instance stops.
+var bootTime = sync.OnceValues(readBootTime)
+
+func readBootTime() (int64, error) {
 	raw, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return 0, err

@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
-	"github.com/fogo-db/fogo/internal/postgres/scram"
 )
 
 // query runs fn on a short-lived superuser session.
@@ -234,7 +233,3 @@ func (i *Instance) EnsureDatabase(ctx context.Context, name, owner string) error
 		return err
 	})
 }
-
-// ScramVerifier returns the SCRAM-SHA-256 verifier of password in PostgreSQL's stored form (see package scram).
-// PostgreSQL accepts it as a role's PASSWORD, so the plain password never has to be stored or sent to an instance.
-func ScramVerifier(password string) string { return scram.Verifier(password) }
