@@ -167,9 +167,7 @@ func TestForcedFailoverToUnusableSecondaryIsUndone(t *testing.T) {
 
 	// 3. No data directory at all (never seeded, or lost): refused at once.
 	west := f.instanceOf(t, "und-west", "und")
-	if err := os.RemoveAll(west.Dir); err != nil {
-		t.Fatal(err)
-	}
+	removeDir(t, west.Dir)
 	for _, action := range []string{"forceFailoverAllowDataLoss", "tryPlannedBeforeForcedFailover"} {
 		r = f.do(http.MethodPost, fgPath("und-west", "und-fg")+"/"+action, nil)
 		if r.Status != 409 || r.errCode() != cannotPromote {
@@ -256,4 +254,18 @@ func TestForcedFailoverStopsAStuckPrimary(t *testing.T) {
 		t.Fatalf("the old postmaster %d still exists: %s", pid, stat)
 	}
 	waitWritableAt(t, rw, "stk", westPort, 10*time.Second)
+}
+
+// removeDir removes dir, retrying (bounded) while a process that is being stopped or started by the reconciler
+// still writes into it ("directory not empty").
+func removeDir(t *testing.T, dir string) {
+	t.Helper()
+	var err error
+	for range 50 {
+		if err = os.RemoveAll(dir); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal(err)
 }
