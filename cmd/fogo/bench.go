@@ -49,7 +49,7 @@ func benchCommand() *cobra.Command {
 	f.IntVar(&o.PortLow, "port-low", 31000, "first of the 100 ports the benchmark uses")
 	f.DurationVar(&o.Settle, "settle", 0, "writer warm-up before and after each failover (default 1s)")
 	f.BoolVar(&asJSON, "json", false, "print the measurements as JSON")
-	cmd.AddCommand(failover, proxyBenchCommand(), linkBenchCommand())
+	cmd.AddCommand(failover, proxyBenchCommand(), linkBenchCommand(), linkMemoryBenchCommand())
 	return cmd
 }
 
@@ -125,5 +125,39 @@ func linkBenchCommand() *cobra.Command {
 	f.IntVar(&o.PortLow, "port-low", 34000, "first of the 100 ports the benchmark uses")
 	f.StringVar(&o.Only, "only", "", `run only this phase: "throughput" (default: every phase)`)
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the link applying the throughput workload to this file")
+	return cmd
+}
+
+func linkMemoryBenchCommand() *cobra.Command {
+	var o bench.LinkMemoryOptions
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "link-memory",
+		Short: "fogo's resident memory while a link applies one source transaction of many rows into DuckDB",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			o.Progress = os.Stderr
+			res, err := bench.LinkMemory(ctx, o)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(res)
+			}
+			fmt.Print(res.Summary())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Rows, "rows", 10_000_000, "rows of each transaction")
+	f.StringSliceVar(&o.Phases, "phases", []string{"insert"}, "transactions to run in order, each over every row: insert, update, delete")
+	f.StringVar(&o.PGBin, "pg-bin", "", "PostgreSQL 15 binaries (default: discovered)")
+	f.StringVar(&o.Dir, "dir", "", "scratch directory (default: a temporary one, removed afterwards)")
+	f.IntVar(&o.PortLow, "port-low", 35000, "first of the 100 ports the benchmark uses")
+	f.BoolVar(&asJSON, "json", false, "print the measurements as JSON")
 	return cmd
 }

@@ -313,6 +313,11 @@ func (a *App) build(ctx context.Context) error {
 		a.Store, a.Ops, a.Cluster, a.gw, obs, a.log)
 	a.gw.svc = a.Service
 	a.Links = links.New(a.Store, a.Cluster, a.log)
+	// A source transaction too large for memory waits for its commit in a spool file here (unlinked at once).
+	a.Links.SpoolDir = filepath.Join(a.opts.DataDir, "link-spool")
+	if err := os.MkdirAll(a.Links.SpoolDir, 0o700); err != nil {
+		return fmt.Errorf("link spool directory: %w", err)
+	}
 	a.LinkCatalog = links.NewCatalog(a.Links, targets)
 	a.gw.lis = listener.New(listener.Config{ListenHost: a.opts.GatewayListenHost, HoldTimeout: a.opts.ListenerHoldTimeout, Logger: a.log},
 		a.gw.mgr, a.Service)

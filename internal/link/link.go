@@ -64,6 +64,9 @@ type Config struct {
 	// Batch: Run applies what the source committed until Run started, then returns nil with the link Idle
 	// (dataProcessIntervalMinutes runs one batch per interval).
 	Batch bool
+	// SpoolDir is where a source transaction too large for memory waits for its commit, in a file of its own
+	// that is unlinked as soon as it is made ("" is the system's temporary directory).
+	SpoolDir string
 }
 
 // Status is what the link knows from facts.
@@ -73,6 +76,7 @@ type Status struct {
 	LastCommit  time.Time // commit time of the last applied source transaction
 	LastApplied time.Time // when it was applied
 	Applied     int64     // source transactions applied since start
+	Spooled     int64     // of those, transactions too large for memory, applied from a spool file
 	Err         string
 	LastHeard   time.Time // when the source last sent anything on the replication connection (a heartbeat)
 	// LastBatch (batch mode) is when the last batch finished: everything the source had committed when it

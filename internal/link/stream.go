@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/fogo-db/fogo/internal/link/target"
 	"github.com/fogo-db/fogo/internal/postgres/logrepl"
@@ -19,6 +20,9 @@ import (
 
 // sourceTimeout is how long a replication connection may stay silent although the link asks for replies.
 const sourceTimeout = 30 * time.Second
+
+// afterPart, if set (tests), runs after each part of a transaction applied in parts was committed.
+var afterPart func(done int) error
 
 // errBatchDone ends a batch: everything the source had committed when it started is applied.
 var errBatchDone = errors.New("batch done")
@@ -54,8 +58,17 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 			byOID[t.oid] = t
 		}
 	}
-	var txn, batch []target.Change
-	var txnSrc []*source              // the table of each change of txn
+	// A source transaction an earlier run was applying in parts: skip what it applied.
+	partEnd, partDone, err := l.cfg.Target.Part(ctx, l.cfg.Name)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
+	}
+	txn := &txnBuffer{dir: l.cfg.SpoolDir} // the source transaction being decoded
+	defer txn.reset()
+	inTxn := false                    // between a Begin and its Commit
+	skipping := false                 // the transaction was applied before a restart: its changes are not even kept
+	var batch []target.Change         // committed source transactions waiting to be applied
+	batchSize := 0                    // their estimated size
 	touched := map[*source]struct{}{} // the tables the batch changes
 	var batchEnd lsn.LSN
 	var batchTxns int64
@@ -67,6 +80,7 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 	// again by the next run, from the checkpoint.
 	applied.Store(uint64(cp))
 	msgs := make(chan any, 200000)
+	budget := semaphore.NewWeighted(maxInFlight) // the bytes of msgs
 	rctx, stopReader := context.WithCancel(ctx)
 	gctx, stopGate := context.WithCancel(ctx)
 	defer stopGate()
@@ -74,7 +88,7 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 	var readerErr error
 	var received atomic.Uint64 // how far the reader has received
 	go func() {
-		readerErr = l.read(rctx, rc, msgs, &applied, &received)
+		readerErr = l.read(rctx, rc, msgs, budget, &applied, &received)
 		stopGate()
 		close(readerDone)
 	}()
@@ -89,7 +103,9 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		}
 		return fmt.Errorf("link %s: stream: %w", l.cfg.Name, readerErr)
 	}
-	flush := func() error {
+	// commit applies the batch, then whatever more writes (a spooled transaction's rows, read back in chunks), in
+	// one target transaction with the checkpoint of the batch's last transaction, once the gate let it through.
+	commit := func(more func(tx *target.Tx) error) error {
 		if batchEnd <= cp {
 			return nil
 		}
@@ -99,10 +115,24 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 			}
 			return err
 		}
-		if err := l.cfg.Target.Apply(ctx, l.cfg.Name, batch, batchEnd); err != nil {
+		tx, err := l.cfg.Target.Begin(ctx)
+		if err != nil {
 			return err
 		}
-		cp, batch = batchEnd, batch[:0]
+		defer tx.Rollback()
+		if err := tx.Write(ctx, batch); err != nil {
+			return err
+		}
+		if more != nil {
+			if err := more(tx); err != nil {
+				return err
+			}
+		}
+		if err := tx.Commit(ctx, l.cfg.Name, batchEnd); err != nil {
+			return err
+		}
+		clear(batch)
+		cp, batch, batchSize = batchEnd, batch[:0], 0
 		applied.Store(uint64(cp))
 		n, at, now := batchTxns, batchCommit, time.Now()
 		batchTxns = 0
@@ -114,6 +144,24 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 			delete(touched, src)
 		}
 		return nil
+	}
+	flush := func() error { return commit(nil) }
+	// admit appends to out the row changes of a committed transaction (ending at end) that the target takes: not
+	// those of failed tables, nor of tables whose snapshot already holds the transaction; in their table's new
+	// shape when the transaction changed it.
+	admit := func(out, rows []target.Change, srcs []*source, end lsn.LSN, reshaped bool) []target.Change {
+		for i, c := range rows {
+			src := srcs[i]
+			if src.failed != "" || end <= src.syncedAt {
+				continue
+			}
+			if reshaped {
+				c = project(c, src.target)
+			}
+			out = append(out, c)
+			touched[src] = struct{}{}
+		}
+		return out
 	}
 	for k, t := range tables {
 		if t.failed == "" {
@@ -142,7 +190,7 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 					return err
 				}
 				// A batch is done once everything up to its end was received and nothing waits to be applied.
-				if l.cfg.Batch && len(txn) == 0 && len(msgs) == 0 && lsn.LSN(received.Load()) >= until {
+				if l.cfg.Batch && !inTxn && len(msgs) == 0 && lsn.LSN(received.Load()) >= until {
 					return errBatchDone
 				}
 				continue
@@ -154,6 +202,7 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 		if !ok {
 			continue
 		}
+		budget.Release(weight(m))
 		d, err := logrepl.Decode(m.Data)
 		if err != nil {
 			return fmt.Errorf("link %s: %w", l.cfg.Name, err)
@@ -187,62 +236,113 @@ func (l *Link) stream(ctx context.Context, db *pgx.Conn, rc *logrepl.Conn, table
 						return err
 					}
 				} else {
-					txn, txnSrc = append(txn, c), append(txnSrc, src)
+					txn.addReshape(c, src)
 				}
 			}
 			relations[v.ID] = src
 		case logrepl.Begin:
-			txn, txnSrc = txn[:0], txnSrc[:0]
+			txn.reset()
+			inTxn, skipping = true, v.FinalLSN < cp // its commit record lies before the checkpoint
 		case logrepl.Insert, logrepl.Update, logrepl.Delete, logrepl.Truncate:
-			if txn, txnSrc, err = appendChanges(txn, txnSrc, relations, v); err != nil {
+			if skipping {
+				continue
+			}
+			if err := addChanges(txn, relations, v); err != nil {
 				return fmt.Errorf("link %s: %w", l.cfg.Name, err)
 			}
 		case logrepl.Commit:
+			inTxn = false
 			if v.EndLSN <= cp {
-				txn, txnSrc = txn[:0], txnSrc[:0]
+				txn.reset()
 				continue // applied before a restart
 			}
-			keep := func(src *source) bool {
-				return src.failed == "" && v.EndLSN > src.syncedAt // not a failed table, nor one whose snapshot holds the change
+			if skipping {
+				return fmt.Errorf("link %s: transaction %s..%s began before the checkpoint %s but ends after it", l.cfg.Name, v.CommitLSN, v.EndLSN, cp)
 			}
-			reshapes := false
-			for i, c := range txn {
-				if c.Kind == target.Reshape && keep(txnSrc[i]) {
-					reshapes = true
+			reshaped := false
+			for _, src := range txn.reshapeSrcs {
+				if src.failed == "" && v.EndLSN > src.syncedAt {
+					reshaped = true
 				}
 			}
-			if reshapes {
+			if reshaped || txn.spilled() {
 				// A transaction with schema changes starts a target transaction of its own, with its schema
 				// changes first (DuckDB commits no ALTER of a table after an UPDATE or DELETE of its rows in the
 				// same transaction) and its row changes in the table's new shape; the batch before it is applied
-				// first, with the shape it was decoded with.
+				// first, with the shape it was decoded with. So does a spooled one: the batch is applied before
+				// its rows are read back.
 				if err := flush(); err != nil {
 					return err
 				}
-				for i, c := range txn {
-					if c.Kind == target.Reshape && keep(txnSrc[i]) {
+			}
+			if reshaped {
+				for i, c := range txn.reshapes {
+					if src := txn.reshapeSrcs[i]; src.failed == "" && v.EndLSN > src.syncedAt {
 						batch = append(batch, c)
 					}
 				}
 			}
-			for i, c := range txn {
-				src := txnSrc[i]
-				if !keep(src) || c.Kind == target.Reshape {
-					continue
-				}
-				if reshapes {
-					c = project(c, src.target)
-				}
-				batch = append(batch, c)
-				touched[src] = struct{}{}
-			}
 			batchEnd, batchCommit = v.EndLSN, v.CommitTime
 			batchTxns++
-			txn, txnSrc = txn[:0], txnSrc[:0]
-			if len(batch) >= maxBatch {
-				if err := flush(); err != nil {
-					return err
+			var err error
+			if resumed := v.EndLSN == partEnd; txn.spilled() || resumed {
+				// Read back in chunks, each written into the open target transaction: only a chunk is in memory.
+				// A store that cannot hold it all in one transaction (PartBytes) gets it in parts, each committed
+				// with how far it got: the gate let the whole transaction through already, and a restart resumes
+				// after the last part.
+				done := 0
+				if resumed {
+					done = int(partDone)
 				}
+				var chunk []target.Change
+				parts, size, limit := 0, 0, l.cfg.Target.PartBytes()
+				err = commit(func(tx *target.Tx) error {
+					if resumed {
+						tx.EndsParts()
+					}
+					return txn.each(done, func(rows []target.Change, srcs []*source) error {
+						chunk = admit(chunk[:0], rows, srcs, v.EndLSN, reshaped)
+						if err := tx.Write(ctx, chunk); err != nil {
+							return err
+						}
+						done += len(rows)
+						for _, c := range rows {
+							size += changeSize(c)
+						}
+						if limit == 0 || size < limit || done >= txn.count {
+							return nil
+						}
+						parts, size = parts+1, 0
+						if err := tx.CommitPart(ctx, l.cfg.Name, v.EndLSN, int64(done)); err != nil {
+							return err
+						}
+						if afterPart != nil {
+							return afterPart(done)
+						}
+						return nil
+					})
+				})
+				if err == nil {
+					partEnd = 0
+					l.setStatus(func(s *Status) { s.Spooled++ })
+					if parts > 0 {
+						l.cfg.Logger.Info("link applied a large source transaction in parts", "link", l.cfg.Name,
+							"end", v.EndLSN, "changes", txn.count, "parts", parts+1)
+					}
+				}
+			} else {
+				err = txn.each(0, func(rows []target.Change, srcs []*source) error {
+					batch = admit(batch, rows, srcs, v.EndLSN, reshaped)
+					return nil
+				})
+				batchSize += txn.size
+				if err == nil && (len(batch) >= maxBatch || batchSize >= spillAt) {
+					err = flush()
+				}
+			}
+			txn.reset()
+			if err != nil {
+				return err
 			}
 		}
 	}
@@ -271,7 +371,7 @@ func (l *Link) failTable(ctx context.Context, src *source, cause error) error {
 // transaction open, the last commit applied), as PostgreSQL's own apply worker reports. The latter lets the slot
 // pass WAL with nothing to apply (checkpoints, other tables' transactions), and a walsender of a primary shutting
 // down for a planned failover waits for exactly that: flushed = everything it sent.
-func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, applied, receivedUpTo *atomic.Uint64) error {
+func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, budget *semaphore.Weighted, applied, receivedUpTo *atomic.Uint64) error {
 	received := lsn.LSN(applied.Load())
 	var lastEnd lsn.LSN // end of the last commit handed to the applier
 	inTxn := false
@@ -279,23 +379,68 @@ func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, appl
 	lastHeard := time.Now()
 	var dl deadlines
 	defer dl.stop()
+	status := func(replyRequested bool) error {
+		cp := lsn.LSN(applied.Load())
+		flushed := cp
+		if !inTxn && cp >= lastEnd {
+			flushed = max(received, cp)
+		}
+		next = time.Now().Add(l.cfg.StatusInterval)
+		return rc.SendStandbyStatus(ctx, max(received, cp), flushed, flushed, replyRequested)
+	}
+	// hand passes m to the applier. While the applier is behind (a long gate wait, a slow target, a big
+	// transaction read back from its spool) it waits for room, in bytes and in messages, and meanwhile keeps
+	// sending status updates: the source must not take the link for dead (wal_sender_timeout) and restart it.
+	hand := func(m logrepl.XLogData) error {
+		n := weight(m)
+		if !budget.TryAcquire(n) {
+			for {
+				wctx, cancel := context.WithDeadline(ctx, next)
+				err := budget.Acquire(wctx, n)
+				cancel()
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if err := status(false); err != nil {
+					return err
+				}
+			}
+		}
+		select {
+		case msgs <- m:
+			return nil
+		default:
+		}
+		for {
+			t := time.NewTimer(time.Until(next))
+			select {
+			case msgs <- m:
+				t.Stop()
+				return nil
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+				if err := status(false); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	for {
 		if time.Now().After(next) {
-			cp := lsn.LSN(applied.Load())
-			flushed := cp
-			if !inTxn && cp >= lastEnd {
-				flushed = max(received, cp)
-			}
 			// Silence is ambiguous (an idle source sends nothing): ask for a reply now and then, and give up on
 			// a connection that stays silent, so the status never says Streaming over a dead one.
 			silent := time.Since(lastHeard)
 			if silent > sourceTimeout {
 				return fmt.Errorf("no word from the source for %s", silent.Round(time.Second))
 			}
-			if err := rc.SendStandbyStatus(ctx, max(received, cp), flushed, flushed, silent > sourceTimeout/6); err != nil {
+			if err := status(silent > sourceTimeout/6); err != nil {
 				return err
 			}
-			next = time.Now().Add(l.cfg.StatusInterval)
 		}
 		msg, err := rc.Receive(dl.until(ctx, next))
 		if err != nil {
@@ -326,14 +471,19 @@ func (l *Link) read(ctx context.Context, rc *logrepl.Conn, msgs chan<- any, appl
 					}
 				}
 			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
-				return ctx.Err()
+			if err := hand(m); err != nil {
+				return err
 			}
+			lastHeard = time.Now() // waiting for the applier is not the source's silence
 		}
 	}
 }
+
+// maxInFlight bounds the bytes of received messages waiting for the applier (at most one larger message).
+const maxInFlight = 64 << 20
+
+// weight is what a message counts against maxInFlight.
+func weight(m logrepl.XLogData) int64 { return min(int64(len(m.Data))+64, maxInFlight) }
 
 // deadlines hands out one context per deadline (a context per received message cost as much as decoding it).
 type deadlines struct {
@@ -372,32 +522,30 @@ func values(t logrepl.Tuple) []target.Value {
 	return out
 }
 
-// appendChanges appends the target changes of one decoded change message, one per relation, and the table of
-// each to srcs (the commit drops those of failed tables).
-func appendChanges(out []target.Change, srcs []*source, relations map[uint32]*source, msg any) ([]target.Change, []*source, error) {
+// addChanges adds the target changes of one decoded change message to txn, one per relation, each with its table
+// (the commit drops those of failed tables).
+func addChanges(txn *txnBuffer, relations map[uint32]*source, msg any) error {
 	one := func(id uint32, c target.Change) error {
 		src := relations[id]
 		if src == nil {
 			return fmt.Errorf("change of relation %d before its description", id)
 		}
 		c.Table = src.target
-		out, srcs = append(out, c), append(srcs, src)
-		return nil
+		return txn.add(c, src)
 	}
-	var err error
 	switch v := msg.(type) {
 	case logrepl.Insert:
-		err = one(v.RelationID, target.Change{Kind: target.Insert, New: values(v.New)})
+		return one(v.RelationID, target.Change{Kind: target.Insert, New: values(v.New)})
 	case logrepl.Update:
-		err = one(v.RelationID, target.Change{Kind: target.Update, Old: values(v.Old), New: values(v.New)})
+		return one(v.RelationID, target.Change{Kind: target.Update, Old: values(v.Old), New: values(v.New)})
 	case logrepl.Delete:
-		err = one(v.RelationID, target.Change{Kind: target.Delete, Old: values(v.Old)})
+		return one(v.RelationID, target.Change{Kind: target.Delete, Old: values(v.Old)})
 	case logrepl.Truncate:
 		for _, id := range v.RelationIDs {
-			if err = one(id, target.Change{Kind: target.Truncate}); err != nil {
-				break
+			if err := one(id, target.Change{Kind: target.Truncate}); err != nil {
+				return err
 			}
 		}
 	}
-	return out, srcs, err
+	return nil
 }

@@ -59,6 +59,9 @@ type Manager struct {
 	links map[string]*worker
 	// walStatus is each link's slot's last seen wal_status (a warning is logged when it becomes unreserved).
 	walStatus map[string]string
+	// SpoolDir is where links spool source transactions too large for memory ("" is the system's temporary
+	// directory); set before any link starts.
+	SpoolDir string
 }
 
 // New returns a manager.
@@ -232,7 +235,7 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 			w.setErr(err)
 		} else {
 			l := link.New(link.Config{Name: w.def.Name, Slot: w.def.Slot, Source: src, Tables: w.def.Tables, Target: w.def.Target,
-				DropExistingOnStart: w.def.Drop, Logger: m.log, Gate: gate, Batch: w.def.Interval > 0})
+				DropExistingOnStart: w.def.Drop, Logger: m.log, Gate: gate, Batch: w.def.Interval > 0, SpoolDir: m.SpoolDir})
 			w.mu.Lock()
 			if w.link != nil {
 				l.CarryOver(w.link.Status())

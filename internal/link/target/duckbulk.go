@@ -19,13 +19,33 @@ import (
 // the rest of the batch and the checkpoint. Closing it flushes, so the rows are in the table before the next
 // change of the batch is applied.
 func (d duckDialect) upsertRows(ctx context.Context, conn *sql.Conn, t *Table, rows [][]Value) error {
-	cols := d.stagingColumns(t)
+	return d.appendThrough(ctx, conn, t, t, d.stagingUpsert(t, stagingNames(t)), rows)
+}
+
+// deleteRows deletes the rows of t with the given keys (values of t's key columns, in the table's column order)
+// the same way: the keys are appended to the staging relation, and one DELETE removes their rows.
+func (d duckDialect) deleteRows(ctx context.Context, conn *sql.Conn, t *Table, keys [][]Value) error {
+	kt := keyTable(t)
+	names := stagingNames(kt)
+	cols := make([]string, len(kt.Columns))
+	exprs := make([]string, len(kt.Columns))
+	for i, c := range kt.Columns {
+		cols[i] = qi(c.Name)
+		exprs[i] = d.cast(names[i], c.SourceType)
+	}
+	query := "DELETE FROM " + t.qualified() + " WHERE (" + strings.Join(cols, ", ") + ") IN (SELECT " + strings.Join(exprs, ", ") + " FROM " + stagingTable + ")"
+	return d.appendThrough(ctx, conn, t, kt, query, keys)
+}
+
+// appendThrough appends rows (of staged's columns) to the staging relation of a query appender running query,
+// inside the transaction open on conn.
+func (d duckDialect) appendThrough(ctx context.Context, conn *sql.Conn, t, staged *Table, query string, rows [][]Value) error {
+	cols := d.stagingColumns(staged)
 	types, err := stagingTypes(cols)
 	if err != nil {
 		return fmt.Errorf("%s: %s: %w", d.name(), t.qualified(), err)
 	}
-	names := stagingNames(t)
-	query := d.stagingUpsert(t, names)
+	names := stagingNames(staged)
 	err = conn.Raw(func(dc any) error {
 		c, ok := dc.(*duckdb.Conn)
 		if !ok {
@@ -35,7 +55,7 @@ func (d duckDialect) upsertRows(ctx context.Context, conn *sql.Conn, t *Table, r
 		if err != nil {
 			return err
 		}
-		if err := appendRows(a, t, cols, rows); err != nil {
+		if err := appendRows(a, staged, cols, rows); err != nil {
 			a.Close() // the rows appended so far are abandoned with the transaction
 			return err
 		}

@@ -10,6 +10,8 @@ import (
 	"io"
 	"net/url"
 	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/duckdb/duckdb-go/v2"
@@ -19,14 +21,20 @@ import (
 // (the link writing into it and every query), and lock_configuration makes them final: no SET can undo them.
 //   - No external access: no file other than the database's own (and its WAL and spill directory), no COPY,
 //     ATTACH of files, file readers or globbing, no network, no INSTALL or LOAD of extensions, no persistent secrets.
-//   - memory_limit: DuckDB's own bound (buffers, sorts, joins), so that a query cannot take the control plane's memory.
+//   - memory_limit: DuckDB's own bound (buffers, caches, indexes, sorts, joins; beyond it DuckDB evicts, spills to the
+//     database's temporary directory, or fails the statement), so that neither a link applying a source
+//     transaction of millions of rows nor a query can take the control plane's memory: fogo stays under about
+//     512 MiB resident with one DuckDB target (docs/benchmarks.md, fogo bench link-memory). Each DuckDB target
+//     file is a database instance with a bound of its own.
+//   - threads: half the machine's CPUs, so that DuckDB leaves the control plane and PostgreSQL room.
 var duckSettings = url.Values{
 	"enable_external_access":       {"false"},
 	"autoinstall_known_extensions": {"false"},
 	"autoload_known_extensions":    {"false"},
 	"allow_community_extensions":   {"false"},
 	"allow_unsigned_extensions":    {"false"},
-	"memory_limit":                 {"1GB"},
+	"memory_limit":                 {"256MB"},
+	"threads":                      {strconv.Itoa(max(1, runtime.NumCPU()/2))},
 	"lock_configuration":           {"true"},
 }
 

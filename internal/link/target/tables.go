@@ -155,6 +155,9 @@ func (s *Store) FinishResync(ctx context.Context, link string, cp lsn.LSN) error
 	if err := s.ensureTableStates(ctx); err != nil {
 		return err
 	}
+	if err := s.ensureParts(ctx); err != nil {
+		return err
+	}
 	old, err := s.Checkpoint(ctx, link)
 	if err != nil {
 		return err
@@ -171,6 +174,9 @@ func (s *Store) FinishResync(ctx context.Context, link string, cp lsn.LSN) error
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM `+tablesTable+` WHERE link = $1 AND source = $2`, link, resyncKey); err != nil {
 		return fmt.Errorf("%s: end the resynchronisation: %w", s.dialect.name(), err)
+	}
+	if err := s.forgetPart(ctx, tx, link); err != nil { // every table was merged afresh
+		return err
 	}
 	return tx.Commit()
 }

@@ -80,6 +80,8 @@ type Store struct {
 	db               *sql.DB
 	dialect          dialect
 	tableStatesReady atomic.Bool // the table state table exists
+	partsReady       atomic.Bool // the parts table exists
+	partBytes        int         // SetPartBytes
 
 	connString  string // PostgreSQL: the target's login, whose reader roles run queries (query_postgres.go)
 	readerMu    sync.Mutex
@@ -146,6 +148,67 @@ func (s *Store) Checkpoint(ctx context.Context, link string) (lsn.LSN, error) {
 	}
 	return lsn.Parse(v)
 }
+
+// partsTable records, per link, the source transaction being applied in parts and how many of its row changes
+// are in the target (a link's row only while a transaction is applied in parts).
+const partsTable = `"_fogo_link_parts"`
+
+func (s *Store) ensureParts(ctx context.Context) error {
+	if s.partsReady.Load() {
+		return nil
+	}
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+partsTable+
+		` (link VARCHAR PRIMARY KEY, txn_end VARCHAR NOT NULL, done BIGINT NOT NULL)`); err != nil {
+		return fmt.Errorf("%s: parts table: %w", s.dialect.name(), err)
+	}
+	s.partsReady.Store(true)
+	return nil
+}
+
+// Part returns the source transaction (its end) the link was applying in parts when it stopped, and how many of
+// its row changes are in the target; zero if none.
+func (s *Store) Part(ctx context.Context, link string) (end lsn.LSN, done int64, err error) {
+	if err := s.ensureParts(ctx); err != nil {
+		return 0, 0, err
+	}
+	var v string
+	err = s.db.QueryRowContext(ctx, `SELECT txn_end, done FROM `+partsTable+` WHERE link = $1`, link).Scan(&v, &done)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: read the transaction applied in parts: %w", s.dialect.name(), err)
+	}
+	end, err = lsn.Parse(v)
+	return end, done, err
+}
+
+// forgetPart drops the record of a transaction applied in parts inside tx (a link starting over or resynchronised;
+// the parts table was made before tx began: a DuckDB transaction does not see tables created after its start).
+func (s *Store) forgetPart(ctx context.Context, tx *sql.Tx, link string) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+partsTable+` WHERE link = $1`, link); err != nil {
+		return fmt.Errorf("%s: forget the transaction applied in parts: %w", s.dialect.name(), err)
+	}
+	return nil
+}
+
+// PartBytes is the estimated size of row changes beyond which a source transaction is applied to this store in
+// several target transactions (0: always in one). DuckDB holds a transaction's updates and deletes in memory,
+// within its memory_limit: one UPDATE of 10 million rows fails there whatever fogo does, so it gets parts.
+func (s *Store) PartBytes() int {
+	if s.partBytes != 0 {
+		return max(s.partBytes, 0)
+	}
+	if p, ok := s.dialect.(interface{ partBytes() int }); ok {
+		return p.partBytes()
+	}
+	return 0
+}
+
+func (duckDialect) partBytes() int { return 64 << 20 }
+
+// SetPartBytes overrides PartBytes (a negative n: always one transaction).
+func (s *Store) SetPartBytes(n int) { s.partBytes = n }
 
 // EnsureTable creates the table (dropping an existing one first when drop is set).
 func (s *Store) EnsureTable(ctx context.Context, t *Table, drop bool) error {
@@ -238,29 +301,99 @@ func (s *Store) reshape(ctx context.Context, tx *sql.Tx, c *Change) error {
 // earlier batches). Changes are applied in order; a run of inserts into one table (rows carrying every column)
 // is written in bulk: the dialect's bulk path if it has one, multi-row statements otherwise.
 func (s *Store) Apply(ctx context.Context, link string, changes []Change, checkpoint lsn.LSN) error {
-	conn, err := s.db.Conn(ctx) // one connection: a bulk path must write inside the transaction
-	if err != nil {
-		return fmt.Errorf("%s: connection: %w", s.dialect.name(), err)
-	}
-	defer conn.Close()
-	tx, err := s.beginWrite(ctx, conn)
+	tx, err := s.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	if err := s.applyAll(ctx, conn, tx, changes); err != nil {
+	if err := tx.Write(ctx, changes); err != nil {
 		return err
 	}
-	if checkpoint == 0 {
-		return tx.Commit()
+	return tx.Commit(ctx, link, checkpoint)
+}
+
+// Tx is one target transaction written in parts: a source transaction too large to hold in memory is written
+// chunk by chunk, and the checkpoint only with the commit, so a reader of the target sees all of it or none.
+type Tx struct {
+	s     *Store
+	conn  *sql.Conn // one connection: a bulk path must write inside the transaction
+	tx    *sql.Tx
+	parts bool // CommitPart committed parts: the commit ends their record
+}
+
+// Begin begins a target transaction.
+func (s *Store) Begin(ctx context.Context) (*Tx, error) {
+	if err := s.ensureParts(ctx); err != nil { // before the transaction, which would not see it made later
+		return nil, err
 	}
-	if err := writeCheckpoint(ctx, tx, link, checkpoint); err != nil {
-		return fmt.Errorf("%s: write checkpoint: %w", s.dialect.name(), err)
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: connection: %w", s.dialect.name(), err)
 	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("%s: commit: %w", s.dialect.name(), err)
+	tx, err := s.beginWrite(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return &Tx{s: s, conn: conn, tx: tx}, nil
+}
+
+// Write applies changes, in order, inside the transaction.
+func (t *Tx) Write(ctx context.Context, changes []Change) error {
+	return t.s.applyAll(ctx, t.conn, t.tx, changes)
+}
+
+// Commit writes the link's checkpoint (none if it is zero) and commits.
+func (t *Tx) Commit(ctx context.Context, link string, checkpoint lsn.LSN) error {
+	defer t.conn.Close()
+	if checkpoint != 0 {
+		if err := writeCheckpoint(ctx, t.tx, link, checkpoint); err != nil {
+			t.tx.Rollback()
+			return fmt.Errorf("%s: write checkpoint: %w", t.s.dialect.name(), err)
+		}
+	}
+	if t.parts {
+		if _, err := t.tx.ExecContext(ctx, `DELETE FROM `+partsTable+` WHERE link = $1`, link); err != nil {
+			t.tx.Rollback()
+			return fmt.Errorf("%s: end the record of parts: %w", t.s.dialect.name(), err)
+		}
+	}
+	if err := t.tx.Commit(); err != nil {
+		return fmt.Errorf("%s: commit: %w", t.s.dialect.name(), err)
 	}
 	return nil
+}
+
+// CommitPart commits what the transaction wrote so far as a part of the source transaction ending at end, of
+// which the first done row changes are now in the target, and begins the next part on the same connection. The
+// checkpoint does not move: a restarted link decodes that source transaction again and skips what Part says is
+// applied. The last part's Commit ends the record.
+func (t *Tx) CommitPart(ctx context.Context, link string, end lsn.LSN, done int64) error {
+	if _, err := t.tx.ExecContext(ctx, `DELETE FROM `+partsTable+` WHERE link = $1`, link); err != nil {
+		return fmt.Errorf("%s: record a part: %w", t.s.dialect.name(), err)
+	}
+	if _, err := t.tx.ExecContext(ctx, `INSERT INTO `+partsTable+` (link, txn_end, done) VALUES ($1, $2, $3)`, link, end.String(), done); err != nil {
+		return fmt.Errorf("%s: record a part: %w", t.s.dialect.name(), err)
+	}
+	if err := t.tx.Commit(); err != nil {
+		return fmt.Errorf("%s: commit a part: %w", t.s.dialect.name(), err)
+	}
+	tx, err := t.s.beginWrite(ctx, t.conn)
+	if err != nil {
+		return err
+	}
+	t.tx = tx
+	t.parts = true
+	return nil
+}
+
+// EndsParts makes the commit end the record of a transaction applied in parts that an earlier run began.
+func (t *Tx) EndsParts() { t.parts = true }
+
+// Rollback abandons the transaction (a no-op after Commit).
+func (t *Tx) Rollback() {
+	t.tx.Rollback()
+	t.conn.Close()
 }
 
 // writeCheckpoint sets the link's checkpoint in tx: an UPDATE of the existing row, an INSERT for a link's first
@@ -279,54 +412,152 @@ func writeCheckpoint(ctx context.Context, tx *sql.Tx, link string, checkpoint ls
 	return err
 }
 
-// applyAll applies changes in order inside tx (which runs on conn).
+// applyAll applies changes in order inside tx (which runs on conn). Runs of changes of one table are written in
+// bulk: upserts (inserts, and updates that keep their key and carry every column) and deletes by key.
 func (s *Store) applyAll(ctx context.Context, conn *sql.Conn, tx *sql.Tx, changes []Change) error {
-	bulk, _ := s.dialect.(bulkUpserter)
+	bulk, _ := s.dialect.(bulkWriter)
 	limit := insertChunk
 	if bulk != nil {
 		limit = len(changes)
 	}
 	for i := 0; i < len(changes); {
-		j := insertRun(changes, i, limit)
-		if j-i <= 1 {
-			if err := s.apply(ctx, tx, &changes[i]); err != nil {
+		if j := run(changes, i, limit, upsertable); j-i > 1 {
+			t, rows := changes[i].Table, lastPerKey(changes[i:j])
+			var err error
+			if bulk != nil {
+				err = bulk.upsertRows(ctx, conn, t, rows)
+			} else {
+				err = s.insertMany(ctx, tx, t, rows)
+			}
+			if err != nil {
 				return err
 			}
-			i++
+			i = j
 			continue
 		}
-		t, rows := changes[i].Table, lastPerKey(changes[i:j])
-		var err error
-		if bulk != nil {
-			err = bulk.upsertRows(ctx, conn, t, rows)
-		} else {
-			err = s.insertMany(ctx, tx, t, rows)
+		if j := run(changes, i, limit, deletableByKey); j-i > 1 {
+			t := changes[i].Table
+			keys := make([][]Value, j-i)
+			for k, c := range changes[i:j] {
+				keys[k] = keyValues(t, c.Old)
+			}
+			var err error
+			if bulk != nil {
+				err = bulk.deleteRows(ctx, conn, t, keys)
+			} else {
+				err = s.deleteMany(ctx, tx, t, keys)
+			}
+			if err != nil {
+				return err
+			}
+			i = j
+			continue
 		}
-		if err != nil {
+		if err := s.apply(ctx, tx, &changes[i]); err != nil {
 			return err
 		}
-		i = j
+		i++
 	}
 	return nil
 }
 
-// bulkUpserter is a dialect with a faster way than multi-row INSERT statements to upsert many rows of one table.
-// upsertRows must write inside the transaction open on conn; rows have distinct keys.
-type bulkUpserter interface {
+// bulkWriter is a dialect with faster ways than multi-row statements to upsert or delete many rows of one table.
+// Both must write inside the transaction open on conn; upserted rows have distinct keys; keys hold the values of
+// the table's key columns (keyTable).
+type bulkWriter interface {
 	upsertRows(ctx context.Context, conn *sql.Conn, t *Table, rows [][]Value) error
+	deleteRows(ctx context.Context, conn *sql.Conn, t *Table, keys [][]Value) error
 }
 
-// insertChunk bounds the rows of one multi-row insert statement.
+// insertChunk bounds the rows of one multi-row statement.
 const insertChunk = 500
 
-// insertRun returns the end of the run of inserts into one table starting at changes[i] (at most limit changes)
-// whose rows carry every column.
-func insertRun(changes []Change, i, limit int) int {
+// run returns the end of the run of changes of one table starting at changes[i] (at most limit changes) that
+// satisfy in.
+func run(changes []Change, i, limit int, in func(c *Change) bool) int {
 	j := i
-	for j < len(changes) && j-i < limit && changes[j].Kind == Insert && changes[j].Table == changes[i].Table && complete(changes[j].New) {
+	for j < len(changes) && j-i < limit && changes[j].Table == changes[i].Table && in(&changes[j]) {
 		j++
 	}
 	return j
+}
+
+// upsertable: applying c is upserting its new row. An insert carrying every column, or an update of a table with
+// a key that keeps its key and carries every column (no unchanged TOASTed value).
+func upsertable(c *Change) bool {
+	switch c.Kind {
+	case Insert:
+	case Update:
+		if c.Table.Keyless || (len(c.Old) > 0 && !sameKey(c.Table, c.Old, c.New)) {
+			return false
+		}
+	default:
+		return false
+	}
+	return complete(c.New)
+}
+
+// deletableByKey: c deletes the row of a table with a key whose key values it carries.
+func deletableByKey(c *Change) bool {
+	if c.Kind != Delete || c.Table.Keyless {
+		return false
+	}
+	for _, i := range keyIndexes(c.Table) {
+		if i >= len(c.Old) || c.Old[i].Null || c.Old[i].Unchanged {
+			return false
+		}
+	}
+	return true
+}
+
+// keyTable is t reduced to its key columns (the staging relation of a bulk delete).
+func keyTable(t *Table) *Table {
+	kt := &Table{Schema: t.Schema, Name: t.Name, Key: t.Key}
+	for _, i := range keyIndexes(t) {
+		kt.Columns = append(kt.Columns, t.Columns[i])
+	}
+	return kt
+}
+
+// keyValues returns the values of t's key columns in row (in keyTable's column order).
+func keyValues(t *Table, row []Value) []Value {
+	idx := keyIndexes(t)
+	out := make([]Value, len(idx))
+	for k, i := range idx {
+		out[k] = row[i]
+	}
+	return out
+}
+
+// deleteMany deletes the rows of t with the given keys, in statements of at most insertChunk keys.
+func (s *Store) deleteMany(ctx context.Context, tx *sql.Tx, t *Table, keys [][]Value) error {
+	kt := keyTable(t)
+	cols := make([]string, len(kt.Columns))
+	for i, c := range kt.Columns {
+		cols[i] = qi(c.Name)
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), insertChunk)
+		tuples := make([]string, 0, n)
+		var args []any
+		for _, key := range keys[:n] {
+			vals := make([]string, len(kt.Columns))
+			for k, col := range kt.Columns {
+				ph, err := s.arg(&args, col, key[k])
+				if err != nil {
+					return fmt.Errorf("%s: %w", t.qualified(), err)
+				}
+				vals[k] = ph
+			}
+			tuples = append(tuples, "("+strings.Join(vals, ", ")+")")
+		}
+		q := "DELETE FROM " + t.qualified() + " WHERE (" + strings.Join(cols, ", ") + ") IN (" + strings.Join(tuples, ", ") + ")"
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return fmt.Errorf("%s: apply to %s: %w", s.dialect.name(), t.qualified(), err)
+		}
+		keys = keys[n:]
+	}
+	return nil
 }
 
 func complete(row []Value) bool {

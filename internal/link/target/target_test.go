@@ -22,7 +22,7 @@ func openDuck(t *testing.T, bulk bool) *Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if _, ok := s.dialect.(bulkUpserter); !ok {
+	if _, ok := s.dialect.(bulkWriter); !ok {
 		t.Fatal("the DuckDB dialect has no bulk path")
 	}
 	if !bulk {
@@ -267,5 +267,68 @@ func TestApplyCompositeKey(t *testing.T) {
 		if got := fmt.Sprint(rows); got != "[[1|2=x] [1|23=other] [12|3=second]]" {
 			t.Errorf("bulk=%v: %s", bulk, got)
 		}
+		// Deleted by both key columns: 12|3 and 1|2 go, 1|23 stays.
+		gone := func(a, b string) Change {
+			return Change{Kind: Delete, Table: tb, Old: []Value{{Text: a}, {Text: b}, {Null: true}}}
+		}
+		apply(t, s, 0, gone("12", "3"), gone("1", "2"), gone("1", "3"))
+		rows, err = readRows(s, "SELECT a || '|' || b || '=' || v FROM pairs ORDER BY a, b", TableName{"main", "pairs"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(rows); got != "[[1|23=other]]" {
+			t.Errorf("bulk=%v, after deletes: %s", bulk, got)
+		}
+	}
+}
+
+// Runs of updates and deletes are written in bulk (an update that keeps its key and carries every column is an
+// upsert of its new row; deletes by key go in one statement) and leave exactly what applying them one by one
+// leaves: updates with an unchanged TOASTed value or a new key, a key deleted and inserted again, a key updated
+// twice, deletes of absent keys.
+func TestApplyRunsOfUpdatesAndDeletes(t *testing.T) {
+	stores := map[string]*Store{"duckdb bulk": openDuck(t, true), "duckdb statements": openDuck(t, false)}
+	if !testing.Short() {
+		stores["postgres"] = openPostgres(t)
+	}
+	for name, s := range stores {
+		tb := itemsTable()
+		checkpointOf(t, s) // creates the checkpoint table, as a link's start does
+		if err := s.EnsureTable(context.Background(), tb, true); err != nil {
+			t.Fatal(err)
+		}
+		var first []Change
+		for id := 1; id <= 20; id++ {
+			first = append(first, ins(tb, id, "old"))
+		}
+		apply(t, s, 100, first...)
+		upd := func(id int, tag string) Change { return Change{Kind: Update, Table: tb, New: row(id, tag)} }
+		del := func(id int) Change { return Change{Kind: Delete, Table: tb, Old: key(id)} }
+		toasted := row(11, "toast")
+		toasted[1] = Value{Unchanged: true}
+		var second []Change
+		for id := 1; id <= 10; id++ {
+			second = append(second, upd(id, "upd"))
+		}
+		second = append(second,
+			upd(2, "twice"), // the same key twice in one run: the last wins
+			Change{Kind: Update, Table: tb, New: toasted},
+			Change{Kind: Update, Table: tb, Old: key(12), New: row(30, "moved")},
+			Change{Kind: Update, Table: tb, Old: row(13, "old"), New: row(13, "full")}, // an old row that keeps the key
+			del(14), del(15), del(16), del(99), del(15),
+			ins(tb, 15, "back"),
+			del(17), upd(18, "after"), del(19),
+		)
+		apply(t, s, 200, second...)
+		want := []string{"1:upd1:1.50:3:true", "2:twice2:2.50:3:true", "3:upd3:3.50:3:false", "4:upd4:4.50:3:false",
+			"5:upd5:5.50:3:true", "6:upd6:6.50:3:true", "7:upd7:7.50:3:false", "8:upd8:8.50:3:false", "9:upd9:9.50:3:true",
+			"10:upd10:10.50:3:true", "11:old11:11.50:3:false", "13:full13:13.50:3:true", "15:back15:15.50:3:false",
+			"18:after18:18.50:3:true", "20:old20:20.50:3:false", "30:moved30:30.50:3:true"}
+		if got := portable(t, s); !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: rows\n%s\nwant\n%s", name, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+	if bulk, stmts := everything(t, stores["duckdb bulk"]), everything(t, stores["duckdb statements"]); !reflect.DeepEqual(bulk, stmts) {
+		t.Errorf("bulk path rows differ from statements:\n%v\n%v", bulk, stmts)
 	}
 }
