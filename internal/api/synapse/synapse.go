@@ -413,6 +413,7 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 			out["lastSourceHeartbeatTime"] = st.LastHeard.UTC().Format(time.RFC3339Nano)
 		}
 		out["appliedTransactions"] = st.Applied
+		out["spooledTransactions"] = st.Spooled // of those, too large for memory: applied from a spool file
 		if !st.LastCommit.IsZero() {
 			out["lastSourceCommitTime"] = st.LastCommit.Format(time.RFC3339Nano)
 			out["lastAppliedTime"] = st.LastApplied.Format(time.RFC3339Nano)

@@ -369,10 +369,16 @@ func (t *Tx) Commit(ctx context.Context, link string, checkpoint lsn.LSN) error 
 // checkpoint does not move: a restarted link decodes that source transaction again and skips what Part says is
 // applied. The last part's Commit ends the record.
 func (t *Tx) CommitPart(ctx context.Context, link string, end lsn.LSN, done int64) error {
-	if _, err := t.tx.ExecContext(ctx, `DELETE FROM `+partsTable+` WHERE link = $1`, link); err != nil {
-		return fmt.Errorf("%s: record a part: %w", t.s.dialect.name(), err)
+	// An UPDATE of the link's row, an INSERT for its first part: DuckDB reports a write-write conflict for a key
+	// deleted and inserted again by consecutive transactions.
+	res, err := t.tx.ExecContext(ctx, `UPDATE `+partsTable+` SET txn_end = $2, done = $3 WHERE link = $1`, link, end.String(), done)
+	if err == nil {
+		var n int64
+		if n, err = res.RowsAffected(); err == nil && n == 0 {
+			_, err = t.tx.ExecContext(ctx, `INSERT INTO `+partsTable+` (link, txn_end, done) VALUES ($1, $2, $3)`, link, end.String(), done)
+		}
 	}
-	if _, err := t.tx.ExecContext(ctx, `INSERT INTO `+partsTable+` (link, txn_end, done) VALUES ($1, $2, $3)`, link, end.String(), done); err != nil {
+	if err != nil {
 		return fmt.Errorf("%s: record a part: %w", t.s.dialect.name(), err)
 	}
 	if err := t.tx.Commit(); err != nil {
