@@ -22,25 +22,14 @@ func benchCommand() *cobra.Command {
 		Use:   "failover",
 		Short: "Planned failover through fogo vs. raw pg_ctl stop -m fast + promote, in one run",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
+		RunE: benchRunE(&asJSON, func(ctx context.Context) (failoverReport, error) {
 			o.Progress = os.Stderr
 			res, err := bench.Failover(ctx, o)
 			if err != nil {
-				return err
+				return failoverReport{}, err
 			}
-			if asJSON {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(struct {
-					*bench.FailoverResult
-					Ratio float64 `json:"ratio"`
-				}{res, res.Ratio()})
-			}
-			fmt.Print(res.Summary())
-			return nil
-		},
+			return failoverReport{res, res.Ratio()}, nil
+		}),
 	}
 	f := failover.Flags()
 	f.IntVar(&o.Iterations, "iterations", 5, "failovers measured on each side")
@@ -60,22 +49,10 @@ func proxyBenchCommand() *cobra.Command {
 		Use:   "proxy",
 		Short: "pgbench -S and -N directly vs. through fogo's read-write listener, pgbouncer and HAProxy, in one run",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
+		RunE: benchRunE(&asJSON, func(ctx context.Context) (*bench.ProxyResult, error) {
 			o.Progress = os.Stderr
-			res, err := bench.Proxy(ctx, o)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(res)
-			}
-			fmt.Print(res.Summary())
-			return nil
-		},
+			return bench.Proxy(ctx, o)
+		}),
 	}
 	f := cmd.Flags()
 	f.IntSliceVar(&o.Clients, "clients", []int{1, 8, 32}, "pgbench client counts")
@@ -96,25 +73,18 @@ func linkBenchCommand() *cobra.Command {
 		Use:   "link",
 		Short: "Link throughput vs pg_recvlogical, end-to-end latency at a steady rate, time to resume after a failover",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
+		RunE: benchRunE(nil, func(ctx context.Context) (*bench.LinkResult, error) {
 			o.Progress = os.Stderr
 			if cpuProfile != "" {
 				f, err := os.Create(cpuProfile)
 				if err != nil {
-					return fmt.Errorf("cpu profile: %w", err)
+					return nil, fmt.Errorf("cpu profile: %w", err)
 				}
 				defer f.Close()
 				o.CPUProfile = f
 			}
-			res, err := bench.Link(ctx, o)
-			if err != nil {
-				return err
-			}
-			fmt.Print(res.Summary())
-			return nil
-		},
+			return bench.Link(ctx, o)
+		}),
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.Rows, "rows", 100000, "rows of the throughput workload")
@@ -135,22 +105,10 @@ func linkMemoryBenchCommand() *cobra.Command {
 		Use:   "link-memory",
 		Short: "fogo's resident memory while a link applies one source transaction of many rows into DuckDB",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
+		RunE: benchRunE(&asJSON, func(ctx context.Context) (*bench.LinkMemoryResult, error) {
 			o.Progress = os.Stderr
-			res, err := bench.LinkMemory(ctx, o)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(res)
-			}
-			fmt.Print(res.Summary())
-			return nil
-		},
+			return bench.LinkMemory(ctx, o)
+		}),
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.Rows, "rows", 10_000_000, "rows of each transaction")
@@ -160,4 +118,30 @@ func linkMemoryBenchCommand() *cobra.Command {
 	f.IntVar(&o.PortLow, "port-low", 35000, "first of the 100 ports the benchmark uses")
 	f.BoolVar(&asJSON, "json", false, "print the measurements as JSON")
 	return cmd
+}
+
+// benchRunE is the RunE of a bench command: run stops on SIGINT or SIGTERM; its result is printed as JSON when
+// asJSON is set (nil: the command has no --json), else as its summary.
+func benchRunE[R interface{ Summary() string }](asJSON *bool, run func(ctx context.Context) (R, error)) func(*cobra.Command, []string) error {
+	return func(*cobra.Command, []string) error {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		res, err := run(ctx)
+		if err != nil {
+			return err
+		}
+		if asJSON != nil && *asJSON {
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(res)
+		}
+		fmt.Print(res.Summary())
+		return nil
+	}
+}
+
+// failoverReport is the failover benchmark's result with its ratio (in the JSON too).
+type failoverReport struct {
+	*bench.FailoverResult
+	Ratio float64 `json:"ratio"`
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/fogo-db/fogo/internal/link"
 	"github.com/fogo-db/fogo/internal/link/target"
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
+	"github.com/fogo-db/fogo/internal/postgres/pgbin"
 )
 
 // LinkOptions configure the link benchmark.
@@ -105,22 +106,13 @@ func Link(ctx context.Context, o LinkOptions) (*LinkResult, error) {
 	if o.Only != "" && o.Only != "throughput" {
 		return nil, fmt.Errorf("unknown phase %q (only \"throughput\" can run alone)", o.Only)
 	}
-	bin, dir, cleanup, err := scratch(o.PGBin, o.Dir)
+	lb, err := startLinkBench(ctx, o.PGBin, o.Dir, o.PortLow)
 	if err != nil {
 		return nil, err
 	}
-	defer cleanup()
-	e, err := startFogoGroup(ctx, filepath.Join(dir, "fogo"), o.PGBin, o.PortLow)
-	if err != nil {
-		return nil, err
-	}
-	defer e.close()
+	defer lb.close()
+	bin, dir, e, db := lb.bin, lb.dir, lb.e, lb.db
 	src := e.dsn(e.rwAddr)
-	db, err := pgx.Connect(ctx, src)
-	if err != nil {
-		return nil, err
-	}
-	defer db.Close(context.Background())
 	for _, q := range []string{
 		"CREATE TABLE bench_link(id bigint PRIMARY KEY, payload text, n int, created_at timestamptz DEFAULT clock_timestamp())",
 		"CREATE PUBLICATION bench_raw FOR TABLE bench_link",
@@ -268,6 +260,41 @@ func Link(ctx context.Context, o LinkOptions) (*LinkResult, error) {
 	}
 	e.app.Links.Stop("bench")
 	return res, nil
+}
+
+// linkBench is what a link benchmark runs on: a scratch directory, an embedded fogo with the bench group, and a
+// connection through the group's read-write listener.
+type linkBench struct {
+	bin     *pgbin.Bin
+	dir     string
+	e       *fogoEnv
+	db      *pgx.Conn
+	cleanup func()
+}
+
+func startLinkBench(ctx context.Context, pgBin, dir string, portLow int) (*linkBench, error) {
+	bin, dir, cleanup, err := scratch(pgBin, dir)
+	if err != nil {
+		return nil, err
+	}
+	e, err := startFogoGroup(ctx, filepath.Join(dir, "fogo"), pgBin, portLow)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	db, err := pgx.Connect(ctx, e.dsn(e.rwAddr))
+	if err != nil {
+		e.close()
+		cleanup()
+		return nil, err
+	}
+	return &linkBench{bin: bin, dir: dir, e: e, db: db, cleanup: cleanup}, nil
+}
+
+func (b *linkBench) close() {
+	b.db.Close(context.Background())
+	b.e.close()
+	b.cleanup()
 }
 
 // firstChangeAfter writes a row with the given id through src right after a failover ended and returns the time

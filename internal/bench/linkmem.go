@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/fogo-db/fogo/internal/controlplane/links"
 	"github.com/fogo-db/fogo/internal/link"
 	"github.com/fogo-db/fogo/internal/link/target"
@@ -82,21 +80,12 @@ func LinkMemory(ctx context.Context, o LinkMemoryOptions) (*LinkMemoryResult, er
 			return nil, fmt.Errorf("unknown phase %q (insert, update, delete)", p)
 		}
 	}
-	_, dir, cleanup, err := scratch(o.PGBin, o.Dir)
+	lb, err := startLinkBench(ctx, o.PGBin, o.Dir, o.PortLow)
 	if err != nil {
 		return nil, err
 	}
-	defer cleanup()
-	e, err := startFogoGroup(ctx, filepath.Join(dir, "fogo"), o.PGBin, o.PortLow)
-	if err != nil {
-		return nil, err
-	}
-	defer e.close()
-	db, err := pgx.Connect(ctx, e.dsn(e.rwAddr))
-	if err != nil {
-		return nil, err
-	}
-	defer db.Close(context.Background())
+	defer lb.close()
+	dir, e, db := lb.dir, lb.e, lb.db
 	if _, err := db.Exec(ctx, "CREATE TABLE bench_big(id bigint PRIMARY KEY, payload text, n int)"); err != nil {
 		return nil, err
 	}
