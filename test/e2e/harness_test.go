@@ -36,7 +36,10 @@ type fogo struct {
 	tok string
 }
 
-func portBase() int { return 20000 + rand.IntN(400)*100 }
+// portBase is the first of a fogo's 100 ports: below the kernel's ephemeral range (32768-60999 by default), from
+// which pgtest.FreePort and every outgoing connection draw, so that nothing else binds a port between fogo's
+// check that it is free and its instance starting on it.
+func portBase() int { return 20000 + rand.IntN(120)*100 }
 
 func startFogo(t *testing.T, mod ...func(*app.Options)) *fogo {
 	t.Helper()
