@@ -92,7 +92,7 @@ func linkBenchCommand() *cobra.Command {
 	f.DurationVar(&o.Duration, "duration", 10*time.Second, "length of the latency workload")
 	f.StringVar(&o.PGBin, "pg-bin", "", "PostgreSQL 15 binaries (default: discovered)")
 	f.StringVar(&o.Dir, "dir", "", "scratch directory (default: a temporary one, removed afterwards)")
-	f.IntVar(&o.PortLow, "port-low", 34000, "first of the 100 ports the benchmark uses")
+	f.IntVar(&o.PortLow, "port-low", 30000, "first of the 100 ports the benchmark uses")
 	f.StringVar(&o.Only, "only", "", `run only this phase: "throughput" (default: every phase)`)
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the link applying the throughput workload to this file")
 	return cmd
@@ -115,7 +115,7 @@ func linkMemoryBenchCommand() *cobra.Command {
 	f.StringSliceVar(&o.Phases, "phases", []string{"insert"}, "transactions to run in order, each over every row: insert, update, delete")
 	f.StringVar(&o.PGBin, "pg-bin", "", "PostgreSQL 15 binaries (default: discovered)")
 	f.StringVar(&o.Dir, "dir", "", "scratch directory (default: a temporary one, removed afterwards)")
-	f.IntVar(&o.PortLow, "port-low", 35000, "first of the 100 ports the benchmark uses")
+	f.IntVar(&o.PortLow, "port-low", 29000, "first of the 100 ports the benchmark uses")
 	f.BoolVar(&asJSON, "json", false, "print the measurements as JSON")
 	return cmd
 }

@@ -98,7 +98,7 @@ func Link(ctx context.Context, o LinkOptions) (*LinkResult, error) {
 		o.Duration = 10 * time.Second
 	}
 	if o.PortLow == 0 {
-		o.PortLow = 34000
+		o.PortLow = 30000
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard

@@ -62,7 +62,7 @@ func LinkMemory(ctx context.Context, o LinkMemoryOptions) (*LinkMemoryResult, er
 		o.Rows = 10_000_000
 	}
 	if o.PortLow == 0 {
-		o.PortLow = 35000
+		o.PortLow = 29000
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
