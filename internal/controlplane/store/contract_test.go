@@ -521,3 +521,18 @@ func TestEtcdWriteSetOverLimit(t *testing.T) {
 		t.Fatalf("raw /fogo/ports/p/000: %v %v", resp, err)
 	}
 }
+
+// An unreachable etcd fails OpenEtcd within its dial timeout, naming the endpoints.
+func TestOpenEtcdUnreachable(t *testing.T) {
+	start := time.Now()
+	_, err := OpenEtcd(context.Background(), EtcdConfig{Endpoints: []string{"http://127.0.0.1:1"}, DialTimeout: 500 * time.Millisecond}, nil)
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("open an unreachable etcd: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("took %s", d)
+	}
+	if _, err := OpenEtcd(context.Background(), EtcdConfig{}, nil); err == nil {
+		t.Fatal("no endpoints: no error")
+	}
+}

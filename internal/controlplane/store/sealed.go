@@ -82,7 +82,8 @@ func (s *Store) SealedKeyIDs() (map[string]int, error) {
 // left by an older fogo, or a value sealed under an older key — again under the current key, all in one
 // transaction, and (bbolt) marks the file for compaction in the same transaction. It returns how many values it
 // sealed; with none it changes nothing, so it can run at every start. On etcd the one transaction is bound by
-// etcd's operation limit (see ErrTxnTooLarge).
+// etcd's operation limit (see ErrTxnTooLarge), and the replaced values stay in etcd's history until etcd
+// compacts it (see Compact).
 func (s *Store) Reseal() (int, error) {
 	if s.keys == nil || s.keys.Current() == "" {
 		return 0, errors.New("reseal: no secrets key")
