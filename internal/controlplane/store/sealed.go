@@ -53,10 +53,11 @@ func (t *Tx) open(bucket, key string, stored []byte) ([]byte, error) {
 // SealedKeyIDs counts the values of the sealed buckets by the key id they are sealed under; plaintext values
 // count under "". It needs no key.
 func (s *Store) SealedKeyIDs() (map[string]int, error) {
-	out := map[string]int{}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	var out map[string]int
+	err := s.b.view(func(tx rawTx) error {
+		out = map[string]int{}
 		for b := range sealedBuckets {
-			err := tx.Bucket([]byte(b)).ForEach(func(k, v []byte) error {
+			err := tx.scan(b, "", func(k string, v []byte) error {
 				if !secrets.IsSealed(v) {
 					out[""]++
 					return nil
@@ -79,60 +80,70 @@ func (s *Store) SealedKeyIDs() (map[string]int, error) {
 
 // Reseal seals every value of the sealed buckets that is not sealed under the keyring's current key — plaintext
 // left by an older fogo, or a value sealed under an older key — again under the current key, all in one
-// transaction, and marks the file for compaction in the same transaction. It returns how many values it sealed;
-// with none it changes nothing, so it can run at every start.
+// transaction, and (bbolt) marks the file for compaction in the same transaction. It returns how many values it
+// sealed; with none it changes nothing, so it can run at every start. On etcd the one transaction is bound by
+// etcd's operation limit (see ErrTxnTooLarge), and the replaced values stay in etcd's history until etcd
+// compacts it (see Compact).
 func (s *Store) Reseal() (int, error) {
 	if s.keys == nil || s.keys.Current() == "" {
 		return 0, errors.New("reseal: no secrets key")
 	}
 	current := s.keys.Current()
+	_, isBolt := s.b.(*boltBackend)
 	n := 0
 	err := s.Update(func(t *Tx) error {
 		n = 0
 		for b := range sealedBuckets {
-			bkt := t.tx.Bucket([]byte(b))
-			type kv struct{ k, v []byte }
+			type kv struct {
+				k string
+				v []byte
+			}
 			var todo []kv
-			err := bkt.ForEach(func(k, v []byte) error {
+			err := t.tx.scan(b, "", func(k string, v []byte) error {
 				if id, err := secrets.KeyID(v); err == nil && id == current {
 					return nil
 				}
-				raw, err := t.open(b, string(k), v)
+				raw, err := t.open(b, k, v)
 				if err != nil {
 					return err
 				}
-				// Copies: bbolt's slices are valid only until the bucket changes.
-				todo = append(todo, kv{append([]byte(nil), k...), append([]byte(nil), raw...)})
+				// A copy: bbolt's slices are valid only until the bucket changes.
+				todo = append(todo, kv{k, append([]byte(nil), raw...)})
 				return nil
 			})
 			if err != nil {
 				return err
 			}
 			for _, e := range todo {
-				sealed, err := t.seal(b, string(e.k), e.v)
+				sealed, err := t.seal(b, e.k, e.v)
 				if err != nil {
 					return err
 				}
-				if err := bkt.Put(e.k, sealed); err != nil {
+				if err := t.tx.put(b, e.k, sealed); err != nil {
 					return err
 				}
 			}
 			n += len(todo)
 		}
-		if n == 0 {
+		if n == 0 || !isBolt {
 			return nil
 		}
-		return t.tx.Bucket([]byte(Meta)).Put([]byte(metaCompactPending), []byte("true"))
+		return t.tx.put(Meta, metaCompactPending, []byte("true"))
 	})
 	return n, err
 }
 
-// CompactPending reports whether a reseal left free pages that Compact should drop.
+// CompactPending reports whether a reseal left free pages that Compact should drop. On etcd it is always false:
+// see Compact.
 func (s *Store) CompactPending() (bool, error) {
+	if _, ok := s.b.(*boltBackend); !ok {
+		return false, nil
+	}
 	pending := false
-	err := s.db.View(func(tx *bolt.Tx) error {
-		pending = tx.Bucket([]byte(Meta)).Get([]byte(metaCompactPending)) != nil
-		return nil
+	err := s.b.view(func(tx rawTx) error {
+		v, err := tx.get(Meta, metaCompactPending)
+		pending = v != nil
+		return err
 	})
 	return pending, err
 }
@@ -143,14 +154,22 @@ func (s *Store) CompactPending() (bool, error) {
 // at any point finds the old file or the compacted one.
 //
 // Call it only while no transaction can run: at start, before the store is handed out.
+//
+// On etcd it does nothing: a replaced value stays in etcd's history (older revisions, readable by revision) until
+// etcd's own compaction (its --auto-compaction-* settings or an operator's etcdctl compact) and defragmentation
+// drop it; fogo does not compact the etcd keyspace, which other users may share.
 func (s *Store) Compact() error {
-	tmp := s.path + ".compact"
+	b, ok := s.b.(*boltBackend)
+	if !ok {
+		return nil
+	}
+	tmp := b.path + ".compact"
 	_ = os.Remove(tmp) // left by a compaction that was interrupted
 	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
-	err = bolt.Compact(dst, s.db, 0)
+	err = bolt.Compact(dst, b.db, 0)
 	if err == nil {
 		err = dst.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte(Meta)).Delete([]byte(metaCompactPending)) })
 	}
@@ -161,18 +180,18 @@ func (s *Store) Compact() error {
 		os.Remove(tmp)
 		return fmt.Errorf("compact: %w", err)
 	}
-	if err := s.db.Close(); err != nil {
+	if err := b.db.Close(); err != nil {
 		return fmt.Errorf("compact: close state: %w", err)
 	}
-	renameErr := os.Rename(tmp, s.path)
+	renameErr := os.Rename(tmp, b.path)
 	if renameErr == nil {
-		renameErr = secrets.SyncDir(filepath.Dir(s.path))
+		renameErr = secrets.SyncDir(filepath.Dir(b.path))
 	}
-	db, err := openDB(s.path)
+	db, err := openDB(b.path)
 	if err != nil {
 		return fmt.Errorf("compact: reopen state: %w", err)
 	}
-	s.db = db
+	b.db = db
 	if renameErr != nil {
 		return fmt.Errorf("compact: %w", renameErr)
 	}

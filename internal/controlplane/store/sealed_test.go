@@ -112,7 +112,7 @@ func TestSealedValueIsBoundToItsRecord(t *testing.T) {
 	if err := s.Update(func(tx *Tx) error { return tx.Put(LinkedServices, "ws/a", record{Password: secret}) }); err != nil {
 		t.Fatal(err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.b.(*boltBackend).db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(LinkedServices))
 		return b.Put([]byte("ws/b"), append([]byte(nil), b.Get([]byte("ws/a"))...))
 	})
@@ -133,7 +133,7 @@ func TestResealAndCompactRemovePlaintext(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An older fogo wrote plain JSON.
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.b.(*boltBackend).db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket([]byte(LinkedServices)).Put([]byte("ws/a"), []byte(`{"Name":"a","Password":"`+secret+`"}`))
 	})
 	if err != nil {

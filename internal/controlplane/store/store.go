@@ -1,24 +1,23 @@
 // Package store is fogo's durable state: resources, long-running operations, port leases and instance records,
-// kept as JSON values in an embedded bbolt file inside the data directory.
+// kept as JSON values in named buckets. The default backend is an embedded bbolt file inside the data directory
+// (bolt.go); an etcd v3 backend (etcd.go) holds the same values for cluster mode. Both sit behind the same Store,
+// Tx and List, and behave the same way (see contract_test.go).
 //
 // The buckets that hold secrets (servers with their admin password verifier, linked services with their connection
 // strings, the credentials fogo generates) are sealed: each of their values is stored as a secrets.Keyring sealed
 // value bound to its "bucket/key", and Tx seals and opens them on the way, so callers see plain JSON. The keyring
 // comes from a key file outside the store (see sealed.go).
 //
-// Every change happens in one bbolt transaction, so a control plane killed at any point finds either the state
-// before a change or after it, never half of one. Callers read and write through typed helpers on Tx; keys are
+// Every change happens in one transaction, so a control plane killed at any point finds either the state before a
+// change or after it, never half of one. Transactions are serializable: on bbolt there is a single writer, on etcd
+// an update commits only if no other update committed since its snapshot, and otherwise runs again. Callers read and write through typed helpers on Tx; keys are
 // the lower-cased canonical identifiers (ARM is case-insensitive) chosen by the caller.
 package store
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/fogo-db/fogo/internal/secrets"
 )
@@ -49,73 +48,69 @@ var sealedBuckets = map[string]bool{Servers: true, LinkedServices: true, Secrets
 // ErrNotFound is returned by MustGet when a key is absent.
 var ErrNotFound = errors.New("not found")
 
-// Store is the embedded state file.
+// Store is the control plane's state, on one of the backends.
 type Store struct {
-	db   *bolt.DB
-	path string
+	b    backend
 	keys *secrets.Keyring
 }
 
-// Open opens (creating if needed) the state file at path; keys seals and opens the sealed buckets (nil: the store
-// can be read except for sealed values, e.g. to ask SealedKeyIDs). Only one process may hold it: a second fogo on
-// the same data directory fails fast instead of corrupting state.
-func Open(path string, keys *secrets.Keyring) (*Store, error) {
-	db, err := openDB(path)
-	if err != nil {
-		return nil, err
-	}
-	return &Store{db: db, path: path, keys: keys}, nil
+// backend is what a storage engine provides: transactions over raw bytes by bucket and key. Sealing, JSON and the
+// typed helpers are Tx's, shared by every backend.
+type backend interface {
+	// update runs fn in a read-write transaction and commits it if fn returns nil. A backend may run fn more
+	// than once (etcd, when another writer committed first); only the last run's writes are committed.
+	update(fn func(rawTx) error) error
+	// view runs fn in a read-only transaction over one consistent snapshot.
+	view(fn func(rawTx) error) error
+	close() error
 }
 
-func openDB(path string) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("open state %s: another fogo holds it", path)
-		}
-		return nil, fmt.Errorf("open state %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("create buckets: %w", err)
-	}
-	return db, nil
+// rawTx is one backend transaction. Reads see the transaction's own writes.
+type rawTx interface {
+	// get returns the stored bytes at bucket/key, nil if absent. They are valid only during the transaction.
+	get(bucket, key string) ([]byte, error)
+	put(bucket, key string, value []byte) error
+	// delete removes bucket/key; an absent key is not an error.
+	delete(bucket, key string) error
+	// scan calls fn for every key of bucket starting with prefix, in key order. fn must not write to bucket.
+	scan(bucket, prefix string, fn func(key string, value []byte) error) error
 }
 
-// Close releases the state file.
-func (s *Store) Close() error { return s.db.Close() }
+// Close releases the store: the state file, or the etcd connection.
+func (s *Store) Close() error { return s.b.close() }
 
 // Update runs fn in one read-write transaction; fn's error rolls it back.
+//
+// fn may run more than once: on etcd, when another controller committed between fn's snapshot and its commit,
+// fn's writes are dropped and fn runs again on a fresh snapshot. So fn must have no effect outside the Tx (no
+// channel sends, no external calls, no counters it does not reset) and must not keep values from a run that
+// failed; results for the caller are assigned inside fn, and the last run's are the ones that count.
 func (s *Store) Update(fn func(*Tx) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx, s.keys}) })
+	return s.b.update(func(tx rawTx) error { return fn(&Tx{tx, s.keys}) })
 }
 
-// View runs fn in one read-only transaction.
+// View runs fn in one read-only transaction that sees one consistent snapshot. Like Update's, fn may run more
+// than once (on etcd, if the snapshot was compacted away while fn read it).
 func (s *Store) View(fn func(*Tx) error) error {
-	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx, s.keys}) })
+	return s.b.view(func(tx rawTx) error { return fn(&Tx{tx, s.keys}) })
 }
 
 // Tx is one transaction.
 type Tx struct {
-	tx   *bolt.Tx
+	tx   rawTx
 	keys *secrets.Keyring
 }
 
 // Get decodes the value at bucket/key into v and reports whether it existed.
 func (t *Tx) Get(bucket, key string, v any) (bool, error) {
-	raw := t.tx.Bucket([]byte(bucket)).Get([]byte(key))
+	raw, err := t.tx.get(bucket, key)
+	if err != nil {
+		return false, err
+	}
 	if raw == nil {
 		return false, nil
 	}
-	raw, err := t.open(bucket, key, raw)
+	raw, err = t.open(bucket, key, raw)
 	if err != nil {
 		return true, err
 	}
@@ -146,29 +141,24 @@ func (t *Tx) Put(bucket, key string, v any) error {
 	if raw, err = t.seal(bucket, key, raw); err != nil {
 		return err
 	}
-	return t.tx.Bucket([]byte(bucket)).Put([]byte(key), raw)
+	return t.tx.put(bucket, key, raw)
 }
 
 // Delete removes bucket/key; an absent key is not an error.
 func (t *Tx) Delete(bucket, key string) error {
-	return t.tx.Bucket([]byte(bucket)).Delete([]byte(key))
+	return t.tx.delete(bucket, key)
 }
 
 // Scan calls fn for every key with the given prefix, in key order, with the raw JSON value (opened, in a sealed
 // bucket).
 func (t *Tx) Scan(bucket, prefix string, fn func(key string, raw []byte) error) error {
-	c := t.tx.Bucket([]byte(bucket)).Cursor()
-	p := []byte(prefix)
-	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
-		v, err := t.open(bucket, string(k), v)
+	return t.tx.scan(bucket, prefix, func(k string, v []byte) error {
+		v, err := t.open(bucket, k, v)
 		if err != nil {
 			return err
 		}
-		if err := fn(string(k), v); err != nil {
-			return err
-		}
-	}
-	return nil
+		return fn(k, v)
+	})
 }
 
 // List decodes every value with the given key prefix into a new T.
