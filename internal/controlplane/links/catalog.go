@@ -221,6 +221,7 @@ func (c *Catalog) Connections(workspace string) ([]LinkConnection, error) {
 func (c *Catalog) update(workspace, name string, fn func(*LinkConnection) error) (*LinkConnection, error) {
 	var lc LinkConnection
 	err := c.m.st.Update(func(tx *store.Tx) error {
+		lc = LinkConnection{} // fn may run again (the etcd store retries a conflicting update)
 		if err := tx.MustGet(store.LinkConnections, key(workspace, name), &lc); err != nil {
 			if errors.Is(err, store.ErrNotFound) {
 				return errcatalog.Newf("ResourceNotFound", "Link connection '%s' does not exist.", name)

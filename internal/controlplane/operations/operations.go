@@ -155,6 +155,7 @@ func (r *Runner) WaitDone(ctx context.Context, id string) (*model.Operation, err
 func (r *Runner) execute(id string) {
 	var op model.Operation
 	err := r.store.Update(func(tx *store.Tx) error {
+		op = model.Operation{} // fn may run again (the etcd store retries a conflicting update)
 		if err := tx.MustGet(store.Operations, id, &op); err != nil {
 			return err
 		}

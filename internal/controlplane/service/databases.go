@@ -21,6 +21,7 @@ func (s *Service) PutDatabase(id armid.DatabaseID, spec validate.DatabaseSpec) (
 	var db *model.Database
 	var op *model.Operation
 	err := s.st.Update(func(tx *store.Tx) error {
+		res, db, op = Result{}, nil, nil // fn may run again (the etcd store retries a conflicting update)
 		srv, err := getServer(tx, id.Server)
 		if err != nil {
 			return errcatalog.Newf("ParentResourceNotFound", "Can not perform requested operation on nested resource. Parent resource '%s' not found.", id.Server.Name)

@@ -87,6 +87,7 @@ func (s *Service) PutGroup(primary armid.ServerID, name string, spec validate.Fa
 	var g *model.FailoverGroup
 	var op *model.Operation
 	err := s.st.Update(func(tx *store.Tx) error {
+		res, g, op = Result{}, nil, nil // fn may run again (the etcd store retries a conflicting update)
 		srv, err := getServer(tx, primary)
 		if err != nil {
 			return err
@@ -368,6 +369,7 @@ func (s *Service) runUpsertGroup(ctx context.Context, run *operations.Run) error
 		}
 		var g model.FailoverGroup
 		err := s.st.Update(func(tx *store.Tx) error {
+			g = model.FailoverGroup{} // fn may run again
 			if ok, err := tx.Get(store.Groups, ch.Group, &g); err != nil || !ok {
 				return err
 			}

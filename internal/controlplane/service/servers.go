@@ -26,6 +26,7 @@ func (s *Service) PutServer(ctx context.Context, id armid.ServerID, spec validat
 	var srv model.Server
 	var res Result
 	err := s.st.Update(func(tx *store.Tx) error {
+		srv, res = model.Server{}, Result{} // fn may run again (the etcd store retries a conflicting update)
 		ok, err := tx.Get(store.Servers, id.Key(), &srv)
 		if err != nil {
 			return err
