@@ -303,3 +303,12 @@ func (t *etcdTx) commit() (bool, error) {
 	}
 	return resp.Succeeded, nil
 }
+
+// Etcd returns the etcd client and key prefix of a store kept in etcd (nil for a bbolt store): the controllers
+// elect their leader under the same prefix, with the same client.
+func (s *Store) Etcd() (*clientv3.Client, string) {
+	if b, ok := s.b.(*etcdBackend); ok {
+		return b.cli, b.prefix
+	}
+	return nil, ""
+}

@@ -1,0 +1,76 @@
+// Package leader elects the one controller that acts on a store shared in etcd: it runs the long-running
+// operations, the reconciler, the monitor and the Automatic policy; the others wait to take over.
+//
+// Leadership is an etcd election (go.etcd.io/etcd/client/v3/concurrency) under the store's prefix, held with a
+// session lease of TTL seconds that the client keeps alive. If the lease cannot be renewed (etcd unreachable for
+// longer than the TTL, or the leader frozen), etcd expires it and another controller is elected; the old leader
+// learns it from Lost and must stop acting at once (fogo exits). Decisions themselves are still made with the
+// store's serializable transactions, so a leader that has not yet noticed its loss cannot overwrite what the new
+// one decided: leadership keeps the controllers from working against each other, the store keeps them correct.
+package leader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// DefaultTTL is the leader lease's time to live.
+const DefaultTTL = 10 * time.Second
+
+// Leadership is a won election.
+type Leadership struct {
+	session  *concurrency.Session
+	election *concurrency.Election
+}
+
+// electionKey is the election's prefix under the store's prefix.
+func electionKey(prefix string) string { return prefix + "/_leader" }
+
+// Campaign blocks until name leads (or ctx ends), then returns its leadership. waiting, if set, is called once
+// with the current leader's name when another controller leads.
+func Campaign(ctx context.Context, cli *clientv3.Client, prefix, name string, ttl time.Duration, waiting func(leader string)) (*Leadership, error) {
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	s, err := concurrency.NewSession(cli, concurrency.WithTTL(int(ttl.Round(time.Second)/time.Second)), concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		return nil, fmt.Errorf("leader election: open a session: %w", err)
+	}
+	e := concurrency.NewElection(s, electionKey(prefix))
+	if waiting != nil {
+		if who, err := Current(ctx, cli, prefix); err == nil && who != "" && who != name {
+			waiting(who)
+		}
+	}
+	if err := e.Campaign(ctx, name); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("leader election: %w", err)
+	}
+	return &Leadership{session: s, election: e}, nil
+}
+
+// Lost is closed when the leadership's lease is gone (it could not be renewed in time, or was revoked).
+func (l *Leadership) Lost() <-chan struct{} { return l.session.Done() }
+
+// Resign gives leadership up at once (another controller is elected without waiting for the lease to expire).
+func (l *Leadership) Resign(ctx context.Context) error {
+	err := l.election.Resign(ctx)
+	return errors.Join(err, l.session.Close())
+}
+
+// Current returns the name of the controller that leads ("" if none).
+func Current(ctx context.Context, cli *clientv3.Client, prefix string) (string, error) {
+	s, err := cli.Get(ctx, electionKey(prefix)+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
+		return "", fmt.Errorf("leader election: %w", err)
+	}
+	if len(s.Kvs) == 0 {
+		return "", nil
+	}
+	return string(s.Kvs[0].Value), nil
+}
