@@ -1,0 +1,155 @@
+package netns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoNetem is returned (wrapped) by SetLatency when the kernel has no netem queueing discipline (sch_netem).
+var ErrNoNetem = errors.New("kernel has no netem qdisc (CONFIG_NET_SCH_NETEM)")
+
+// Command returns a command that runs name with args inside the host's network namespace (through
+// nsenter --net=<Path>; the command is exec'd, so its pid is the program's). It runs in its own process group and
+// is tracked: the test's cleanup kills its group with SIGKILL, whatever happened to the test. Start, Wait and
+// friends are the caller's, as with exec.CommandContext; ctx's end kills the group too. There is deliberately no
+// Pdeathsig (Go may end the forking thread, which would kill the child at a random moment): if the test binary
+// itself dies, the next Sweep kills whatever is left in the namespace.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	full := append([]string{"--net=" + h.Path(), "--", name}, args...)
+	cmd := exec.CommandContext(ctx, "nsenter", full...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	h.mu.Lock()
+	h.procs = append(h.procs, cmd)
+	h.mu.Unlock()
+	return cmd
+}
+
+// Kill9 sends SIGKILL to the process group of a started command from Command (the process and anything it
+// started in its group).
+func (h *Host) Kill9(cmd *exec.Cmd) error {
+	if cmd.Process == nil {
+		return fmt.Errorf("kill -9 in %s: command %q not started", h.name, cmd.Path)
+	}
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill -9 process group %d in %s: %w", cmd.Process.Pid, h.name, err)
+	}
+	return nil
+}
+
+// PIDs returns every process whose network namespace is the host's (found by comparing /proc/<pid>/ns/net with
+// the namespace's bind mount), tracked or not.
+func (h *Host) PIDs() ([]int, error) {
+	var want unix.Stat_t
+	if err := unix.Stat(h.Path(), &want); err != nil {
+		return nil, fmt.Errorf("stat namespace %s: %w", h.name, err)
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("list /proc: %w", err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat("/proc/"+e.Name()+"/ns/net", &st) != nil {
+			continue // gone, or a zombie
+		}
+		if st.Dev == want.Dev && st.Ino == want.Ino {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+// Freeze stops (SIGSTOP) every process in the host: it keeps its sockets, and the kernel still completes TCP
+// handshakes on its listening sockets, but nothing is read or answered until Thaw. Like a host stalled by a
+// long GC or swap storm rather than a crashed one.
+func (h *Host) Freeze() error { return h.signalAll(syscall.SIGSTOP) }
+
+// Thaw continues (SIGCONT) every process in the host.
+func (h *Host) Thaw() error { return h.signalAll(syscall.SIGCONT) }
+
+// signalAll sends sig to every process in the namespace.
+func (h *Host) signalAll(sig syscall.Signal) error {
+	pids, err := h.PIDs()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("%s to pid %d in %s: %w", sig, pid, h.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Cut takes the host off the network by setting its bridge port (the root end of its veth pair) down: the
+// carrier drops on both ends, so every frame to and from the host is lost, in both directions, while its
+// processes keep running and keep their sockets. Connections are not reset: peers see silence (timeouts), as
+// with a pulled cable. The host's own eth0 shows NO-CARRIER, which a process in it could notice; a netem
+// "loss 100%" would hide that but needs sch_netem, which not every kernel has (this harness's CI kernel lacks it).
+func (h *Host) Cut() error {
+	if err := ip("link", "set", h.veth, "down"); err != nil {
+		return fmt.Errorf("cut %s: %w", h.name, err)
+	}
+	return nil
+}
+
+// Heal undoes Cut. The bridge has no STP, so the port forwards again at once; ARP entries peers dropped are
+// learnt again on the next packet.
+func (h *Host) Heal() error {
+	if err := ip("link", "set", h.veth, "up"); err != nil {
+		return fmt.Errorf("heal %s: %w", h.name, err)
+	}
+	return nil
+}
+
+// SetLatency delays every packet leaving host h by d (tc netem on the host's own eth0, inside its namespace);
+// packets arriving at h are not delayed, so a round trip between h and another host takes d longer, and 2d if
+// both have it. d = 0 removes the delay. It fails with ErrNoNetem (wrapped) when the kernel lacks netem.
+func SetLatency(h *Host, d time.Duration) error {
+	if d <= 0 {
+		_, err := run("tc", "-n", h.name, "qdisc", "del", "dev", "eth0", "root")
+		if err != nil && !strings.Contains(err.Error(), "Cannot delete qdisc with handle of zero") &&
+			!strings.Contains(err.Error(), "No such file or directory") {
+			return fmt.Errorf("remove latency from %s: %w", h.name, err)
+		}
+		return nil
+	}
+	us := strconv.FormatInt(d.Microseconds(), 10) + "us"
+	_, err := run("tc", "-n", h.name, "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", us)
+	if err != nil {
+		if strings.Contains(err.Error(), "qdisc kind is unknown") {
+			return fmt.Errorf("latency %s on %s: %w", d, h.name, ErrNoNetem)
+		}
+		return fmt.Errorf("latency %s on %s: %w", d, h.name, err)
+	}
+	return nil
+}
+
+// waitUntil polls cond every interval until it is true, at most tries times and for at most limit; it reports
+// whether cond became true.
+func waitUntil(limit, interval time.Duration, tries int, cond func() bool) bool {
+	deadline := time.Now().Add(limit)
+	for i := 0; i < tries && time.Now().Before(deadline); i++ {
+		if cond() {
+			return true
+		}
+		time.Sleep(interval)
+	}
+	return false
+}
