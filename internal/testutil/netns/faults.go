@@ -118,10 +118,43 @@ func (h *Host) Heal() error {
 	return nil
 }
 
-// SetLatency delays every packet leaving host h by d (tc netem on the host's own eth0, inside its namespace);
-// packets arriving at h are not delayed, so a round trip between h and another host takes d longer, and 2d if
-// both have it. d = 0 removes the delay. It fails with ErrNoNetem (wrapped) when the kernel lacks netem.
+// SetLatency delays every packet leaving host h by d; packets arriving at h are not delayed, so a round trip
+// between h and another host takes d longer, and 2d if both have it. d = 0 removes the delay.
+//
+// With sch_netem in the kernel it is tc netem on the host's own eth0, inside its namespace. Without it (some
+// kernels, this project's CI VM's among them, build no netem), the host's traffic goes through a delay pump in the
+// test process (see pump.go): same semantics, but the copying costs CPU in the test process, frames beyond 32 MiB
+// in flight are dropped, and a stalled test process stalls the host's traffic. Either way, only the delay: no
+// jitter, no loss, no reordering.
 func SetLatency(h *Host, d time.Duration) error {
+	return setLatency(h, d, false)
+}
+
+// setLatency is SetLatency; forcePump skips netem (tests use it to cover the pump on kernels with netem).
+func setLatency(h *Host, d time.Duration, forcePump bool) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pump == nil && !forcePump {
+		err := netemLatency(h, d)
+		if err == nil || !errors.Is(err, ErrNoNetem) {
+			return err
+		}
+	}
+	if d <= 0 {
+		if h.pump == nil {
+			return nil
+		}
+		return h.unpump()
+	}
+	if h.pump != nil {
+		h.pump.delay.Store(int64(d))
+		return nil
+	}
+	return h.startPump(d)
+}
+
+// netemLatency sets (d > 0) or removes a netem delay on the host's eth0; without netem it fails with ErrNoNetem.
+func netemLatency(h *Host, d time.Duration) error {
 	if d <= 0 {
 		_, err := run("tc", "-n", h.name, "qdisc", "del", "dev", "eth0", "root")
 		if err != nil && !strings.Contains(err.Error(), "Cannot delete qdisc with handle of zero") &&
@@ -137,6 +170,64 @@ func SetLatency(h *Host, d time.Duration) error {
 			return fmt.Errorf("latency %s on %s: %w", d, h.name, ErrNoNetem)
 		}
 		return fmt.Errorf("latency %s on %s: %w", d, h.name, err)
+	}
+	return nil
+}
+
+// pumpLink is the bridge-side end of the pump's veth pair, fg<id>l<i>; its root-side peer is pumpPeer.
+func (h *Host) pumpLink() string { return fmt.Sprintf("fg%sl%d", h.net.ID, h.index) }
+
+// pumpPeer is fg<id>j<i>, the end the pump reads and writes.
+func (h *Host) pumpPeer() string { return fmt.Sprintf("fg%sj%d", h.net.ID, h.index) }
+
+// startPump rewires the host through a delay pump (h.mu held).
+func (h *Host) startPump(d time.Duration) error {
+	l, j := h.pumpLink(), h.pumpPeer()
+	if err := ip("link", "add", l, "type", "veth", "peer", "name", j); err != nil {
+		return fmt.Errorf("latency on %s: %w", h.name, err)
+	}
+	// The root namespace must not answer ARP (for the bridge's address, say) on the two ends it does not bridge.
+	for _, dev := range []string{l, j, h.veth} {
+		_ = sysctl("net/ipv6/conf/"+dev+"/disable_ipv6", "1")
+	}
+	for _, dev := range []string{j, h.veth} {
+		if err := sysctl("net/ipv4/conf/"+dev+"/arp_ignore", "8"); err != nil {
+			_ = ip("link", "del", l)
+			return fmt.Errorf("latency on %s: %w", h.name, err)
+		}
+	}
+	if err := ipAll([][]string{
+		{"link", "set", j, "up"},
+		{"link", "set", l, "master", h.net.Bridge},
+		{"link", "set", l, "up"},
+		{"link", "set", h.veth, "nomaster"},
+	}); err != nil {
+		_ = ip("link", "del", l)
+		_ = ip("link", "set", h.veth, "master", h.net.Bridge)
+		return fmt.Errorf("latency on %s: %w", h.name, err)
+	}
+	p, err := startPump(h.veth, j, d)
+	if err != nil {
+		_ = ip("link", "del", l)
+		_ = ip("link", "set", h.veth, "master", h.net.Bridge)
+		return fmt.Errorf("latency on %s: %w", h.name, err)
+	}
+	h.pump = p
+	return nil
+}
+
+// unpump stops the pump and puts the host's veth back into the bridge (h.mu held).
+func (h *Host) unpump() error {
+	err := h.pump.close()
+	h.pump = nil
+	if derr := ip("link", "del", h.pumpLink()); derr != nil {
+		err = errors.Join(err, derr)
+	}
+	if merr := ip("link", "set", h.veth, "master", h.net.Bridge); merr != nil {
+		err = errors.Join(err, merr)
+	}
+	if err != nil {
+		return fmt.Errorf("remove latency from %s: %w", h.name, err)
 	}
 	return nil
 }

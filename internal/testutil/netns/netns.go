@@ -11,7 +11,8 @@
 // on the bridge and the root ends of the veths, so nothing arriving from a host is routed anywhere else. There is
 // no NAT.
 //
-// Names carry a random 6-hex id: bridge fgb<id>, namespaces fg<id>-h<i>, root-side veths fg<id>v<i>. Each live
+// Names carry a random 6-hex id: bridge fgb<id>, namespaces fg<id>-h<i>, root-side veths fg<id>v<i> (and, while a
+// host has latency without netem, the pair fg<id>l<i>/fg<id>j<i>). Each live
 // set holds an flock on /run/fogo-netns/<id>.lock for its lifetime; Sweep (run by New) removes sets whose lock is
 // free, i.e. leftovers of crashed runs, and never touches a name without the harness's prefix and pattern.
 //
@@ -54,7 +55,7 @@ const netnsDir = "/var/run/netns"
 
 var (
 	nsPattern   = regexp.MustCompile(`^fg([0-9a-f]{6})-h[0-9]+$`)
-	linkPattern = regexp.MustCompile(`^fg(?:b([0-9a-f]{6})|([0-9a-f]{6})v[0-9]+)$`)
+	linkPattern = regexp.MustCompile(`^fg(?:b([0-9a-f]{6})|([0-9a-f]{6})[vlj][0-9]+)$`)
 	idPattern   = regexp.MustCompile(`^[0-9a-f]{6}$`)
 )
 
@@ -78,11 +79,13 @@ type Net struct {
 // Host is one network namespace on the bridge.
 type Host struct {
 	net   *Net
+	index int
 	name  string
 	veth  string
 	addr  netip.Addr
 	mu    sync.Mutex
 	procs []*exec.Cmd
+	pump  *pump // latency without netem, see SetLatency
 }
 
 // Name returns the namespace's name, fg<id>-h<i>.
@@ -208,10 +211,11 @@ func build(n int) (*Net, error) {
 		a := subnet.Addr().As4()
 		a[3] = byte(i)
 		h := &Host{
-			net:  nw,
-			name: fmt.Sprintf("fg%s-h%d", nw.ID, i),
-			veth: fmt.Sprintf("fg%sv%d", nw.ID, i),
-			addr: netip.AddrFrom4(a),
+			net:   nw,
+			index: i,
+			name:  fmt.Sprintf("fg%s-h%d", nw.ID, i),
+			veth:  fmt.Sprintf("fg%sv%d", nw.ID, i),
+			addr:  netip.AddrFrom4(a),
 		}
 		nw.Hosts = append(nw.Hosts, h)
 		peer := fmt.Sprintf("fg%sp%d", nw.ID, i)
@@ -244,9 +248,16 @@ func (nw *Net) Close() {
 	nw.closeOnce.Do(func() {
 		for _, h := range nw.Hosts {
 			h.killAll()
+			h.mu.Lock()
+			if h.pump != nil {
+				_ = h.pump.close()
+				h.pump = nil
+			}
+			h.mu.Unlock()
 		}
 		for _, h := range nw.Hosts {
 			_ = ip("link", "del", h.veth) // deleting one end deletes the pair
+			_ = ip("link", "del", h.pumpLink())
 			_ = ip("netns", "del", h.name)
 		}
 		if nw.Bridge != "" {

@@ -2,6 +2,7 @@ package netns
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -85,6 +86,30 @@ func echoRoundTrip(addr string, timeout time.Duration) (time.Duration, error) {
 		return 0, fmt.Errorf("echo answered %q", line)
 	}
 	return time.Since(start), nil
+}
+
+// echoBulk sends one line of size bytes to an echo server and checks that it comes back whole.
+func echoBulk(addr string, size int, timeout time.Duration) error {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	line := append(bytes.Repeat([]byte("x"), size-1), '\n')
+	werr := make(chan error, 1)
+	go func() { _, err := c.Write(line); werr <- err }()
+	got, err := bufio.NewReaderSize(c, 64<<10).ReadBytes('\n')
+	if err != nil {
+		return fmt.Errorf("bulk echo from %s: %d of %d bytes back: %w", addr, len(got), size, err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("bulk echo to %s: %w", addr, err)
+	}
+	if !bytes.Equal(got, line) {
+		return fmt.Errorf("bulk echo from %s: %d bytes back, not what was sent", addr, len(got))
+	}
+	return nil
 }
 
 // helper returns the test binary as a helper in host h.
@@ -209,24 +234,48 @@ func TestThreeHosts(t *testing.T) {
 		}
 	})
 
-	t.Run("latency", func(t *testing.T) {
-		const d = 200 * time.Millisecond
-		err := SetLatency(h1, d)
-		if errors.Is(err, ErrNoNetem) {
-			t.Skipf("latency not testable here: %v", err)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer SetLatency(h1, 0)
+	// SetLatency itself (netem, else the pump), then each way by name.
+	methods := map[string]func(*Host, time.Duration) error{
+		"SetLatency": SetLatency,
+		"netem":      netemLatency,
+		"pump":       func(h *Host, d time.Duration) error { return setLatency(h, d, true) },
+	}
+	for _, method := range []string{"SetLatency", "netem", "pump"} {
+		set := methods[method]
+		t.Run("latency "+method, func(t *testing.T) {
+			const d = 200 * time.Millisecond
+			err := set(h1, d)
+			if errors.Is(err, ErrNoNetem) {
+				t.Skipf("netem not testable here (SetLatency uses the pump instead): %v", err)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				if err := set(h1, 0); err != nil {
+					t.Error(err)
+				}
+			}()
+			rtt, err := dialFrom(t, h2, h1, 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rtt < d {
+				t.Fatalf("round trip h2 -> h1 with %s on h1 took %s", d, rtt)
+			}
+			t.Logf("round trip with %s on h1 (%s): %s", d, method, rtt)
+			// The root namespace reaches h1 too, bulk included (full-size and offloaded frames).
+			if err := echoBulk(net.JoinHostPort(h1.Addr().String(), strconv.Itoa(echoPort)), 1<<20, 20*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("no latency", func(t *testing.T) {
 		rtt, err := dialFrom(t, h2, h1, 10*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rtt < d {
-			t.Fatalf("round trip h2 -> h1 with %s on h1 took %s", d, rtt)
-		}
-		t.Logf("round trip with %s on h1: %s", d, rtt)
+		t.Logf("round trip without latency: %s", rtt)
 	})
 
 	t.Run("kill -9", func(t *testing.T) {
