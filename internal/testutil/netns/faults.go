@@ -76,8 +76,55 @@ func (h *Host) PIDs() ([]int, error) {
 
 // Freeze stops (SIGSTOP) every process in the host: it keeps its sockets, and the kernel still completes TCP
 // handshakes on its listening sockets, but nothing is read or answered until Thaw. Like a host stalled by a
-// long GC or swap storm rather than a crashed one.
-func (h *Host) Freeze() error { return h.signalAll(syscall.SIGSTOP) }
+// long GC or swap storm rather than a crashed one. SIGSTOP is delivered asynchronously, so Freeze waits (bounded)
+// until every thread of every such process is stopped: once it returns, nothing more is answered.
+func (h *Host) Freeze() error {
+	if err := h.signalAll(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	var running []string
+	if !waitUntil(5*time.Second, 5*time.Millisecond, 1000, func() bool {
+		running = running[:0]
+		pids, err := h.PIDs()
+		if err != nil {
+			running = append(running, err.Error())
+			return false
+		}
+		for _, pid := range pids {
+			if !stopped(pid) {
+				running = append(running, strconv.Itoa(pid))
+			}
+		}
+		return len(running) == 0
+	}) {
+		return fmt.Errorf("freeze %s: not stopped within 5s: %s", h.name, strings.Join(running, ", "))
+	}
+	return nil
+}
+
+// stopped reports whether every thread of pid is stopped (state T or t), or pid is gone.
+func stopped(pid int) bool {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return true // gone
+	}
+	for _, task := range tasks {
+		raw, err := os.ReadFile(dir + "/" + task.Name() + "/stat")
+		if err != nil {
+			continue // thread gone
+		}
+		// pid (comm) state ...: comm may hold spaces and parentheses, so the state follows the last ')'.
+		i := strings.LastIndexByte(string(raw), ')')
+		if i < 0 || i+2 >= len(raw) {
+			return false
+		}
+		if st := raw[i+2]; st != 'T' && st != 't' && st != 'Z' && st != 'X' {
+			return false
+		}
+	}
+	return true
+}
 
 // Thaw continues (SIGCONT) every process in the host.
 func (h *Host) Thaw() error { return h.signalAll(syscall.SIGCONT) }
