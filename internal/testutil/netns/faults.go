@@ -200,8 +200,12 @@ func setLatency(h *Host, d time.Duration, forcePump bool) error {
 	return h.startPump(d)
 }
 
-// netemLatency sets (d > 0) or removes a netem delay on the host's eth0; without netem it fails with ErrNoNetem.
+// netemLatency sets (d > 0) or removes a netem delay on the host's eth0; without netem (or tc) it fails with
+// ErrNoNetem.
 func netemLatency(h *Host, d time.Duration) error {
+	if _, err := exec.LookPath("tc"); err != nil {
+		return fmt.Errorf("latency on %s: tc not found: %w", h.name, ErrNoNetem)
+	}
 	if d <= 0 {
 		_, err := run("tc", "-n", h.name, "qdisc", "del", "dev", "eth0", "root")
 		if err != nil && !strings.Contains(err.Error(), "Cannot delete qdisc with handle of zero") &&
