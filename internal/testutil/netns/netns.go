@@ -16,8 +16,8 @@
 // set holds an flock on /run/fogo-netns/<id>.lock for its lifetime; Sweep (run by New) removes sets whose lock is
 // free, i.e. leftovers of crashed runs, and never touches a name without the harness's prefix and pattern.
 //
-// Everything needs root and iproute2's ip (and tc for latency); without them a test is skipped with the reason,
-// unless FOGO_REQUIRE_NETNS=1 (CI), which turns the skip into a failure.
+// Everything needs root, iproute2's ip and util-linux's nsenter (tc is used for latency when present); without
+// them a test is skipped with the reason, unless FOGO_REQUIRE_NETNS=1 (CI), which turns the skip into a failure.
 package netns
 
 import (
@@ -100,7 +100,7 @@ func (h *Host) Veth() string { return h.veth }
 // Path returns the namespace's bind-mount path, /var/run/netns/<name>, as nsenter --net= wants it.
 func (h *Host) Path() string { return filepath.Join(netnsDir, h.name) }
 
-// Require skips the test unless it runs as root with ip on PATH; under FOGO_REQUIRE_NETNS=1 it fails instead.
+// Require skips the test unless it runs as root with ip and nsenter on PATH; under FOGO_REQUIRE_NETNS=1 it fails instead.
 func Require(t testing.TB) {
 	t.Helper()
 	var reasons []string
@@ -189,10 +189,10 @@ func build(n int) (*Net, error) {
 	base[3] = 254
 	nw.BridgeAddr = netip.AddrFrom4(base)
 
-	steps := [][]string{
-		{"link", "add", nw.Bridge, "type", "bridge"},
-	}
-	if err := ipAll(steps); err != nil {
+	// A fixed, locally administered MAC: a bridge without one takes its lowest port's, which would change as ports
+	// come and go (SetLatency's pump), leaving the hosts' ARP entries for .254 stale.
+	mac := "02:fb:" + nw.ID[0:2] + ":" + nw.ID[2:4] + ":" + nw.ID[4:6] + ":fe"
+	if err := ip("link", "add", nw.Bridge, "address", mac, "type", "bridge"); err != nil {
 		return nw, err
 	}
 	if err := sysctl("net/ipv4/conf/"+nw.Bridge+"/forwarding", "0"); err != nil {
@@ -293,8 +293,8 @@ func (h *Host) killAll() {
 	}
 }
 
-// Sweep removes what crashed runs left behind: every namespace fg<id>-h<i>, link fgb<id> or fg<id>v<i>, and lock
-// file /run/fogo-netns/<id>.lock whose id's lock is not held by a live process. Names without the harness's
+// Sweep removes what crashed runs left behind: every namespace fg<id>-h<i> (after killing what runs in it), link
+// fgb<id>, fg<id>v<i>, fg<id>l<i> or fg<id>j<i>, and lock file /run/fogo-netns/<id>.lock whose id's lock is not held by a live process. Names without the harness's
 // pattern are never touched; sets of live tests, in this process or others, are kept.
 func Sweep() error {
 	if _, err := exec.LookPath("ip"); err != nil {
