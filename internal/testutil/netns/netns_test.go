@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -363,12 +365,26 @@ func TestCleanupRemovesEverything(t *testing.T) {
 
 	// A crashed run's leftovers: names with an id whose lock file is gone.
 	live := New(t, 1)
-	dead := "dead" + live.ID[:2]
-	if err := ipAll([][]string{
+	// Made under the machine-wide lock: a Sweep in a test binary running alongside would otherwise remove them
+	// while they are being made (they are leftovers, after all), and the names fail half-way.
+	global, err := flock(lockDir+"/global.lock", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dead string
+	for dead == "" || dead == live.ID {
+		var b [3]byte
+		_, _ = rand.Read(b[:])
+		dead = hex.EncodeToString(b[:]) // no lock file: a crashed run's id; unique among live sets in practice
+	}
+	err = ipAll([][]string{
 		{"netns", "add", "fg" + dead + "-h1"},
 		{"link", "add", "fgb" + dead, "type", "bridge"},
 		{"link", "add", "fg" + dead + "v1", "type", "veth", "peer", "name", "fg" + dead + "p1"},
-	}); err != nil {
+		{"link", "add", "fg" + dead + "l1", "type", "veth", "peer", "name", "fg" + dead + "j1"},
+	})
+	global.Close()
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := Sweep(); err != nil {
