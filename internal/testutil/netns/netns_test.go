@@ -380,6 +380,9 @@ func TestCleanupRemovesEverything(t *testing.T) {
 			dead = "" // a live set's (sets are born under the lock held here)
 		}
 	}
+	if dead == "" {
+		t.Fatal("no free id for the fake leftovers")
+	}
 	err = ipAll([][]string{
 		{"netns", "add", "fg" + dead + "-h1"},
 		{"link", "add", "fgb" + dead, "type", "bridge"},

@@ -21,7 +21,8 @@ import (
 // vnetHdrLen is sizeof(struct virtio_net_hdr), prefixed to every frame read or written with PACKET_VNET_HDR.
 const vnetHdrLen = 10
 
-// pumpQueueBytes bounds the frames held for delay; past it frames are dropped, as a full queue would.
+// pumpQueueBytes bounds the frames held for delay (and the queue holds at most 65536 frames); past either,
+// frames are dropped, as a full queue would.
 const pumpQueueBytes = 32 << 20
 
 // pump copies frames both ways between a host's veth and its bridge-side pair, delaying those leaving the host.
@@ -122,8 +123,11 @@ func (p *pump) fromHost() {
 			continue // queue full: dropped
 		}
 		frame := append([]byte(nil), buf[:n]...)
-		p.queued.Add(int64(n))
-		p.queue <- delayed{due: time.Now().Add(time.Duration(p.delay.Load())), frame: frame}
+		select {
+		case p.queue <- delayed{due: time.Now().Add(time.Duration(p.delay.Load())), frame: frame}:
+			p.queued.Add(int64(n))
+		default: // queue full (many small frames): dropped
+		}
 	}
 }
 
