@@ -267,7 +267,7 @@ func TestThreeHosts(t *testing.T) {
 			}
 			t.Logf("round trip with %s on h1 (%s): %s", d, method, rtt)
 			// The root namespace reaches h1 too, bulk included (full-size and offloaded frames).
-			if err := echoBulk(net.JoinHostPort(h1.Addr().String(), strconv.Itoa(echoPort)), 1<<20, 20*time.Second); err != nil {
+			if err := echoBulk(net.JoinHostPort(h1.Addr().String(), strconv.Itoa(echoPort)), 256<<10, 20*time.Second); err != nil {
 				t.Fatal(err)
 			}
 		})
