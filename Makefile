@@ -17,5 +17,8 @@ test:
 	$(GO) vet ./...
 	FOGO_REQUIRE_PG=1 FOGO_REQUIRE_ETCD=1 $(GO) test -p 2 -timeout 25m ./...
 
+# FOGO_REQUIRE_NETNS=1 turns "network namespaces not available" (not root, no ip) from a skip into a failure.
+test: export FOGO_REQUIRE_NETNS := 1
+
 bench-failover: build
 	./bin/fogo bench failover

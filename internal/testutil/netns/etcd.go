@@ -1,0 +1,141 @@
+package netns
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// etcdStartTimeout bounds how long a cluster may take until every member reports healthy.
+const etcdStartTimeout = 30 * time.Second
+
+// EtcdMember is one member of a cluster started by StartEtcd.
+type EtcdMember struct {
+	// Name is the member's name, m<i> (i counted from 1 in the hosts given to StartEtcd).
+	Name string
+	// Host is the host it runs in.
+	Host *Host
+	// Endpoint is its client URL, http://<host address>:2379.
+	Endpoint string
+	// Dir holds its data directory and its log, etcd.log.
+	Dir string
+	// Cmd is its process (tracked by Host: Host.Kill9(Cmd) kills it).
+	Cmd *exec.Cmd
+}
+
+// EtcdBin returns the etcd binary ($FOGO_ETCD_BIN, else etcd on PATH, else /usr/bin/etcd) or skips the test;
+// under FOGO_REQUIRE_ETCD=1 it fails instead.
+func EtcdBin(t testing.TB) string {
+	t.Helper()
+	bin := os.Getenv("FOGO_ETCD_BIN")
+	if bin == "" {
+		if p, err := exec.LookPath("etcd"); err == nil {
+			bin = p
+		} else {
+			bin = "/usr/bin/etcd"
+		}
+	}
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("FOGO_REQUIRE_ETCD") == "1" {
+			t.Fatalf("etcd is required (FOGO_REQUIRE_ETCD=1): %v", err)
+		}
+		t.Skipf("etcd not available (install etcd-server): %v", err)
+	}
+	return bin
+}
+
+// StartEtcd starts one etcd member in each host, as one cluster (static --initial-cluster; client URL
+// http://<addr>:2379, peer URL http://<addr>:2380: each host has its own ports), and waits, bounded, until every
+// member reports healthy. The members are killed at the test's cleanup with the hosts' other processes; their
+// directories are the test's temporary directories. It skips without etcd (see EtcdBin).
+func StartEtcd(t testing.TB, hosts ...*Host) []*EtcdMember {
+	t.Helper()
+	bin := EtcdBin(t)
+	if len(hosts) == 0 {
+		t.Fatal("StartEtcd: no hosts")
+	}
+	var initial []string
+	for i, h := range hosts {
+		initial = append(initial, fmt.Sprintf("m%d=http://%s:2380", i+1, h.Addr()))
+	}
+	token := "fogo-" + hosts[0].net.ID
+	members := make([]*EtcdMember, len(hosts))
+	ctx := context.Background()
+	for i, h := range hosts {
+		m := &EtcdMember{Name: fmt.Sprintf("m%d", i+1), Host: h, Endpoint: fmt.Sprintf("http://%s:2379", h.Addr()), Dir: t.TempDir()}
+		peer := fmt.Sprintf("http://%s:2380", h.Addr())
+		logFile, err := os.Create(filepath.Join(m.Dir, "etcd.log"))
+		if err != nil {
+			t.Fatalf("StartEtcd: log file: %v", err)
+		}
+		m.Cmd = h.Command(ctx, bin,
+			"--name", m.Name,
+			"--data-dir", filepath.Join(m.Dir, "data"),
+			"--listen-client-urls", m.Endpoint, "--advertise-client-urls", m.Endpoint,
+			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
+			"--initial-cluster-token", token,
+			"--logger", "zap", "--log-outputs", "stderr",
+		)
+		m.Cmd.Stdout, m.Cmd.Stderr = logFile, logFile
+		err = m.Cmd.Start()
+		logFile.Close()
+		if err != nil {
+			t.Fatalf("StartEtcd: start %s in %s: %v", m.Name, h.Name(), err)
+		}
+		cmd, exited := m.Cmd, make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		// Registered after the member's TempDir, so it runs first: the directory goes after the process.
+		t.Cleanup(func() {
+			_ = h.Kill9(cmd)
+			select {
+			case <-exited:
+			case <-time.After(10 * time.Second):
+			}
+		})
+		members[i] = m
+	}
+	hc := &http.Client{Timeout: time.Second}
+	for _, m := range members {
+		healthy := waitUntil(etcdStartTimeout, 100*time.Millisecond, int(etcdStartTimeout/(100*time.Millisecond)), func() bool {
+			resp, err := hc.Get(m.Endpoint + "/health")
+			if err != nil {
+				return false
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK && bytes.Contains(body, []byte(`"true"`))
+		})
+		if !healthy {
+			t.Fatalf("StartEtcd: %s (%s) not healthy within %s; log tail:\n%s", m.Name, m.Endpoint, etcdStartTimeout, tail(filepath.Join(m.Dir, "etcd.log")))
+		}
+	}
+	return members
+}
+
+// Endpoints returns the members' client URLs.
+func Endpoints(members []*EtcdMember) []string {
+	eps := make([]string, len(members))
+	for i, m := range members {
+		eps[i] = m.Endpoint
+	}
+	return eps
+}
+
+// tail returns the last 20 lines of a log file, for a failure message.
+func tail(path string) string {
+	raw, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	return strings.Join(lines, "\n")
+}
