@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -20,6 +21,7 @@ func serveCommand() *cobra.Command {
 	var o app.Options
 	var portRange, logLevel string
 	var minGrace int
+	var etcd etcdFlags
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run fogo: the API, the gateway endpoints and the PostgreSQL instances, on this machine",
@@ -35,6 +37,9 @@ func serveCommand() *cobra.Command {
 			}
 			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			o.PauseBeforeStep = os.Getenv("FOGO_TEST_PAUSE_BEFORE_STEP")
+			if o.Etcd, err = etcd.config(); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			a, err := app.Start(ctx, o)
@@ -48,9 +53,13 @@ func serveCommand() *cobra.Command {
 			} else {
 				fmt.Fprintln(os.Stderr, "API token: from FOGO_API_TOKEN")
 			}
-			<-ctx.Done()
-			fmt.Fprintln(os.Stderr, "fogo is stopping")
-			return nil
+			select {
+			case <-ctx.Done():
+				fmt.Fprintln(os.Stderr, "fogo is stopping")
+				return nil
+			case <-a.LostLeadership():
+				return errors.New("lost the controller lease (etcd unreachable or this process frozen for longer than its TTL): another controller may act now, so this one exits")
+			}
 		},
 	}
 	f := cmd.Flags()
@@ -77,6 +86,9 @@ func serveCommand() *cobra.Command {
 	f.StringVar(&o.InstancesDir, "instances-dir", "", "directory of the instances' data directories, which the postgres OS user must reach (default DATA-DIR/instances; as root with a DATA-DIR the postgres user cannot reach, /var/lib/fogo/instances-HASH)")
 	f.StringVar(&o.MaxSlotWALKeepSize, "max-slot-wal-keep-size", app.DefaultMaxSlotWALKeepSize, "most WAL one replication slot may hold on an instance (PostgreSQL size, -1 unbounded); beyond it the slot is invalidated and a geo-secondary is seeded again")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	etcd.register(f)
+	f.StringVar(&o.ControllerName, "controller-name", "", "with --etcd-endpoints: this controller's name in the election (default host name and --listen)")
+	f.DurationVar(&o.LeaderTTL, "leader-ttl", 10*time.Second, "with --etcd-endpoints: the controller lease; a controller that cannot renew it for this long is replaced")
 	return cmd
 }
 

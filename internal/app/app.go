@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/fogo-db/fogo/internal/api/synapse"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/failover"
+	"github.com/fogo-db/fogo/internal/controlplane/leader"
 	"github.com/fogo-db/fogo/internal/controlplane/links"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/operations"
@@ -76,6 +78,11 @@ type Options struct {
 	MaxSlotWALKeepSize string
 	// InstanceSettings are more PostgreSQL settings for every instance (tests: a tiny wal_keep_size).
 	InstanceSettings map[string]string
+	// Etcd, if set, keeps the control-plane state in etcd instead of DATA-DIR/state.db. Several fogo processes may
+	// share it: one is elected the controller (ControllerName, LeaderTTL) and the others wait in Start to take over.
+	Etcd           *store.EtcdConfig
+	ControllerName string        // default host name and API address
+	LeaderTTL      time.Duration // the controller lease (default leader.DefaultTTL)
 }
 
 // DefaultMaxSlotWALKeepSize is the default bound on the WAL one slot may hold: a geo-secondary or a link that
@@ -117,13 +124,17 @@ type App struct {
 	cancel      context.CancelFunc
 	done        chan struct{}
 	ready       atomic.Bool
+	closing     atomic.Bool // Close runs: a lost lease is expected
+	closeOnce   sync.Once
+	leadership  *leader.Leadership // on etcd: this process is the controller while it holds it
+	leading     context.Context    // everything that acts on the state runs under it: ended when leadership is lost
 	log         *slog.Logger
 	bin         *pgbin.Bin
 }
 
 // Start brings fogo up and returns once the API listens.
 func Start(ctx context.Context, opts Options) (*App, error) {
-	a := &App{opts: withDefaults(opts), done: make(chan struct{})}
+	a := &App{opts: withDefaults(opts), done: make(chan struct{}), leading: context.Background()}
 	a.log = a.opts.Logger
 	steps := []struct {
 		name string
@@ -132,6 +143,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		{"prepare data directory", a.prepareDataDir},
 		{"load api token", a.loadToken},
 		{"open state", a.openState},
+		{"become the controller", a.lead},
 		{"build components", a.build},
 		{"open server endpoints", a.openEndpoints},
 		{"listen", a.listen},
@@ -260,7 +272,7 @@ func loadOrCreateSecret(path string) (string, error) {
 }
 
 func (a *App) openState(context.Context) error {
-	s, err := openSealedState(a.opts.DataDir, a.opts.SecretsKeyFile, a.log)
+	s, err := openSealedState(a.opts.DataDir, a.opts.SecretsKeyFile, a.opts.Etcd, a.log)
 	if err != nil {
 		return err
 	}
@@ -285,7 +297,7 @@ func (a *App) build(ctx context.Context) error {
 		DataDir: a.opts.DataDir, InstancesDir: a.opts.InstancesDir, PortLow: a.opts.PortLow, PortHigh: a.opts.PortHigh, Bin: a.bin,
 		SuperPassword: superPassword, Logger: a.log, ExtraInstanceConfs: extra,
 	}, a.Store)
-	runCtx, cancel := context.WithCancel(context.Background())
+	runCtx, cancel := context.WithCancel(a.leading)
 	a.cancel = cancel
 	a.Ops = operations.New(runCtx, a.Store, a.log)
 	if a.opts.PauseBeforeStep != "" {
@@ -420,7 +432,9 @@ func (a *App) WaitReady(ctx context.Context) error {
 }
 
 // Close stops the API, operations, endpoints and (unless told otherwise) the PostgreSQL instances.
-func (a *App) Close() {
+func (a *App) Close() { a.closeOnce.Do(a.close) }
+
+func (a *App) close() {
 	if a.http != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = a.http.Shutdown(sctx)
@@ -442,9 +456,60 @@ func (a *App) Close() {
 		a.Cluster.StopAll(ctx)
 		cancel()
 	}
+	if a.leadership != nil {
+		a.closing.Store(true)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := a.leadership.Resign(ctx); err != nil {
+			a.log.Warn("resign the controller lease; another controller takes over when it expires", "err", err)
+		}
+		cancel()
+	}
 	if a.Store != nil {
 		a.Store.Close()
 	}
+}
+
+// lead, on a store in etcd, waits until this process is elected the controller: until then another fogo acts
+// on the shared state and this one must not. A bbolt store needs no election (its file admits one process).
+func (a *App) lead(ctx context.Context) error {
+	cli, prefix := a.Store.Etcd()
+	if cli == nil {
+		return nil
+	}
+	name := a.opts.ControllerName
+	if name == "" {
+		host, _ := os.Hostname()
+		name = host + " " + a.opts.Listen
+	}
+	l, err := leader.Campaign(ctx, cli, prefix, name, a.opts.LeaderTTL, func(current string) {
+		a.log.Info("waiting to become the controller", "leader", current, "me", name)
+	})
+	if err != nil {
+		return err
+	}
+	a.leadership = l
+	a.log.Info("elected the controller", "me", name)
+	leading, stop := context.WithCancel(context.Background())
+	a.leading = leading
+	go func() {
+		<-l.Lost()
+		// Another controller may be elected now: stop acting at once (serve exits, see LostLeadership).
+		stop()
+		if a.closing.Load() {
+			return
+		}
+		a.log.Error("lost the controller lease: stopping", "me", name)
+	}()
+	return nil
+}
+
+// LostLeadership is closed when this process, the elected controller on a store in etcd, lost its lease; it
+// then stops acting and must exit. Never closed for a bbolt store.
+func (a *App) LostLeadership() <-chan struct{} {
+	if a.leadership == nil {
+		return nil
+	}
+	return a.leadership.Lost()
 }
 
 // metricsSource feeds the metrics collector from the running app.

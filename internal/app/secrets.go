@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/secrets"
@@ -44,7 +45,10 @@ type sealedState struct {
 // stopped after its first step) are sealed under the current key; keys nothing is sealed under any more are
 // dropped from the key file (a rotation stopped after its second step); and the file is compacted if a reseal
 // left old bytes in free pages. Each step is a no-op when there is nothing to do, so this runs at every start.
-func openSealedState(dataDir, keyFile string, log *slog.Logger) (*sealedState, error) {
+//
+// With etcd set, the state is kept in etcd instead of DATA-DIR/state.db (the same steps; several controllers share
+// it, so each needs the same key file).
+func openSealedState(dataDir, keyFile string, etcd *store.EtcdConfig, log *slog.Logger) (*sealedState, error) {
 	keyFile = KeyFilePath(dataDir, keyFile)
 	loaded, err := secrets.LoadFile(keyFile)
 	missing := errors.Is(err, fs.ErrNotExist)
@@ -52,7 +56,14 @@ func openSealedState(dataDir, keyFile string, log *slog.Logger) (*sealedState, e
 		return nil, err
 	}
 	keys := secrets.NewKeyring()
-	st, err := store.Open(filepath.Join(dataDir, "state.db"), keys)
+	var st *store.Store
+	if etcd != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		st, err = store.OpenEtcd(ctx, *etcd, keys)
+		cancel()
+	} else {
+		st, err = store.Open(filepath.Join(dataDir, "state.db"), keys)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -186,7 +197,7 @@ func RotateKeyOffline(dataDir, keyFile string, log *slog.Logger) (Rotation, erro
 	if _, err := os.Stat(filepath.Join(dataDir, "state.db")); err != nil {
 		return Rotation{}, fmt.Errorf("no fogo state in %s: %w", dataDir, err)
 	}
-	s, err := openSealedState(dataDir, keyFile, log)
+	s, err := openSealedState(dataDir, keyFile, nil, log)
 	if err != nil {
 		return Rotation{}, err
 	}

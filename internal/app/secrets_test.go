@@ -23,7 +23,7 @@ type rec struct{ ConnectionString string }
 
 func open(t *testing.T, dir string) *sealedState {
 	t.Helper()
-	s, err := openSealedState(dir, "", quiet)
+	s, err := openSealedState(dir, "", nil, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestKeyFileChecksAtStart(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := openSealedState(dir, "", quiet); err == nil || !strings.Contains(err.Error(), "does not exist") {
+	if _, err := openSealedState(dir, "", nil, quiet); err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Fatalf("missing key file: %v", err)
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
@@ -102,7 +102,7 @@ func TestKeyFileChecksAtStart(t *testing.T) {
 	if err := secrets.WriteFile(path, other); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := openSealedState(dir, "", quiet); err == nil || !strings.Contains(err.Error(), "does not hold") {
+	if _, err := openSealedState(dir, "", nil, quiet); err == nil || !strings.Contains(err.Error(), "does not hold") {
 		t.Fatalf("other key file: %v", err)
 	}
 	if err := os.WriteFile(path, good, 0o644); err != nil {
@@ -111,7 +111,7 @@ func TestKeyFileChecksAtStart(t *testing.T) {
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := openSealedState(dir, "", quiet); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+	if _, err := openSealedState(dir, "", nil, quiet); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatalf("world-readable key file: %v", err)
 	}
 	// --secrets-key-file elsewhere.
@@ -119,7 +119,7 @@ func TestKeyFileChecksAtStart(t *testing.T) {
 	if err := os.WriteFile(elsewhere, good, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err = openSealedState(dir, elsewhere, quiet)
+	s, err = openSealedState(dir, elsewhere, nil, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,31 @@ func portBase() int { return 20000 + rand.IntN(120)*100 }
 
 func startFogo(t *testing.T, mod ...func(*app.Options)) *fogo {
 	t.Helper()
+	opts := fogoOptions(t, mod...)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := app.Start(ctx, opts)
+	if err != nil {
+		t.Fatalf("start fogo: %v", err)
+	}
+	return ready(t, a)
+}
+
+// ready waits for a started fogo to be ready (closed at the test's end).
+func ready(t *testing.T, a *app.App) *fogo {
+	t.Helper()
+	t.Cleanup(a.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := a.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &fogo{t: t, app: a, url: a.URL(), tok: a.Token}
+}
+
+// fogoOptions are a test fogo's options: a fresh data directory, its own 100 ports, short intervals.
+func fogoOptions(t *testing.T, mod ...func(*app.Options)) app.Options {
+	t.Helper()
 	pgtest.Bin(t)
 	dir := pgtest.TempDir(t)
 	low := portBase()
@@ -58,17 +83,7 @@ func startFogo(t *testing.T, mod ...func(*app.Options)) *fogo {
 	for _, m := range mod {
 		m(&opts)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	a, err := app.Start(ctx, opts)
-	if err != nil {
-		t.Fatalf("start fogo: %v", err)
-	}
-	t.Cleanup(a.Close)
-	if err := a.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return &fogo{t: t, app: a, url: a.URL(), tok: a.Token}
+	return opts
 }
 
 type response struct {

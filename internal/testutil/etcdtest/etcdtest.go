@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -27,7 +28,12 @@ type Server struct {
 	Endpoint string
 	// Dir is the data directory.
 	Dir string
+	// stop kills the server (idempotent).
+	stop func()
 }
+
+// Kill kills the server with SIGKILL, at once (a test of etcd becoming unreachable); it stays down.
+func (s *Server) Kill() { s.stop() }
 
 // Endpoints returns the client URLs, as clientv3.Config and store.EtcdConfig want them.
 func (s *Server) Endpoints() []string { return []string{s.Endpoint} }
@@ -104,9 +110,12 @@ func start(t testing.TB, bin string) (*Server, error) {
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
+	var once sync.Once
 	stop := func() {
-		_ = cmd.Process.Kill()
-		<-exited
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			<-exited
+		})
 	}
 	t.Cleanup(stop) // registered after TempDir's, so it runs first: the directory goes after the process
 	hc := &http.Client{Timeout: time.Second}
@@ -121,7 +130,7 @@ func start(t testing.TB, bin string) (*Server, error) {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK && bytes.Contains(body, []byte(`"true"`)) {
-				return &Server{Endpoint: curl, Dir: dir}, nil
+				return &Server{Endpoint: curl, Dir: dir, stop: stop}, nil
 			}
 		}
 		if time.Now().After(deadline) {

@@ -1,0 +1,108 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/app"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/testutil/etcdtest"
+)
+
+// TestControllersShareStateInEtcd: two fogo processes keep their state in one etcd. The first is elected the
+// controller; the second waits in Start. A server and a database made through the first live in etcd (no
+// state.db), with their secrets sealed under the key file both share. When the first stops, the second is
+// elected within the lease, starts the database's instance again and serves the row written through the first.
+func TestControllersShareStateInEtcd(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	keyFile := filepath.Join(t.TempDir(), "secrets.key")
+	onEtcd := func(name string) func(*app.Options) {
+		return func(o *app.Options) {
+			o.Etcd = &store.EtcdConfig{Endpoints: etcd.Endpoints(), Prefix: "/fogo-test"}
+			o.SecretsKeyFile, o.ControllerName, o.LeaderTTL = keyFile, name, 2*time.Second
+		}
+	}
+	first := startFogo(t, onEtcd("first"))
+	first.createServer("east", "eastus")
+	first.createDB("east", "shop", "eastus")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	conn, err := first.connect(ctx, "east", "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE t(v text); INSERT INTO t VALUES ('through the first')"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+
+	opts := fogoOptions(t, onEtcd("second"))
+	started := make(chan error, 1)
+	var second *app.App
+	go func() {
+		var err error
+		second, err = app.Start(ctx, opts)
+		started <- err
+	}()
+	select {
+	case err := <-started:
+		t.Fatalf("the second controller started while the first leads (err %v)", err)
+	case <-time.After(3 * time.Second): // longer than the lease: the first renews it
+	}
+	if _, err := os.Stat(filepath.Join(opts.DataDir, "state.db")); !os.IsNotExist(err) {
+		t.Errorf("a controller on etcd made a state.db (%v)", err)
+	}
+	first.app.Close()
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("the second controller: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the second controller was not elected after the first stopped")
+	}
+	f2 := ready(t, second)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		conn, err := f2.connect(ctx, "east", "shop")
+		var v string
+		if err == nil {
+			err = conn.QueryRow(ctx, "SELECT v FROM t").Scan(&v)
+			conn.Close(ctx)
+		}
+		if err == nil && v == "through the first" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the second controller does not serve the database: %q %v", v, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestControllerStopsWhenEtcdIsGone: a controller whose etcd is gone cannot renew its lease; within about the
+// lease's TTL it reports the leadership lost (serve exits then) and stops acting, since another controller that
+// still reaches etcd may be elected.
+func TestControllerStopsWhenEtcdIsGone(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	f := startFogo(t, func(o *app.Options) {
+		o.Etcd = &store.EtcdConfig{Endpoints: etcd.Endpoints(), Prefix: "/fogo-test"}
+		o.LeaderTTL = 2 * time.Second
+	})
+	select {
+	case <-f.app.LostLeadership():
+		t.Fatal("leadership lost while etcd runs")
+	case <-time.After(3 * time.Second):
+	}
+	etcd.Kill()
+	killed := time.Now()
+	select {
+	case <-f.app.LostLeadership():
+		t.Logf("leadership lost %s after etcd was killed (TTL 2s)", time.Since(killed).Round(10*time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Fatal("the controller still believes it leads 30s after etcd was killed")
+	}
+}
