@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
 
 // startTimeout bounds how long a server may take to answer its first health check.
@@ -86,7 +87,7 @@ func Start(t testing.TB) *Server {
 
 func start(t testing.TB, bin string) (*Server, error) {
 	dir := t.TempDir()
-	client, peer := freePort(t), freePort(t)
+	client, peer := pgtest.FreePort(t), pgtest.FreePort(t)
 	curl := fmt.Sprintf("http://127.0.0.1:%d", client)
 	purl := fmt.Sprintf("http://127.0.0.1:%d", peer)
 	logPath := filepath.Join(dir, "etcd.log")
@@ -123,7 +124,7 @@ func start(t testing.TB, bin string) (*Server, error) {
 	for {
 		select {
 		case <-exited:
-			return nil, fmt.Errorf("etcd exited before answering:\n%s", tail(logPath))
+			return nil, fmt.Errorf("etcd exited before answering:\n%s", LogTail(logPath))
 		default:
 		}
 		if resp, err := hc.Get(curl + "/health"); err == nil {
@@ -135,29 +136,18 @@ func start(t testing.TB, bin string) (*Server, error) {
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return nil, fmt.Errorf("etcd did not answer within %s:\n%s", startTimeout, tail(logPath))
+			return nil, fmt.Errorf("etcd did not answer within %s:\n%s", startTimeout, LogTail(logPath))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// tail returns the last lines of a log file, for a failure message.
-func tail(path string) string {
+// LogTail returns the last 20 lines of a log file, for a failure message.
+func LogTail(path string) string {
 	raw, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
 	if len(lines) > 20 {
 		lines = lines[len(lines)-20:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// freePort returns a currently free loopback TCP port.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fogo-db/fogo/internal/testutil/etcdtest"
 )
 
 // etcdStartTimeout bounds how long a cluster may take until every member reports healthy.
@@ -33,24 +35,7 @@ type EtcdMember struct {
 
 // EtcdBin returns the etcd binary ($FOGO_ETCD_BIN, else etcd on PATH, else /usr/bin/etcd) or skips the test;
 // under FOGO_REQUIRE_ETCD=1 it fails instead.
-func EtcdBin(t testing.TB) string {
-	t.Helper()
-	bin := os.Getenv("FOGO_ETCD_BIN")
-	if bin == "" {
-		if p, err := exec.LookPath("etcd"); err == nil {
-			bin = p
-		} else {
-			bin = "/usr/bin/etcd"
-		}
-	}
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("FOGO_REQUIRE_ETCD") == "1" {
-			t.Fatalf("etcd is required (FOGO_REQUIRE_ETCD=1): %v", err)
-		}
-		t.Skipf("etcd not available (install etcd-server): %v", err)
-	}
-	return bin
-}
+func EtcdBin(t testing.TB) string { return etcdtest.Bin(t) }
 
 // StartEtcd starts one etcd member in each host, as one cluster (static --initial-cluster; client URL
 // http://<addr>:2379, peer URL http://<addr>:2380: each host has its own ports), and waits, bounded, until every
@@ -115,7 +100,7 @@ func StartEtcd(t testing.TB, hosts ...*Host) []*EtcdMember {
 			return resp.StatusCode == http.StatusOK && bytes.Contains(body, []byte(`"true"`))
 		})
 		if !healthy {
-			t.Fatalf("StartEtcd: %s (%s) not healthy within %s; log tail:\n%s", m.Name, m.Endpoint, etcdStartTimeout, tail(filepath.Join(m.Dir, "etcd.log")))
+			t.Fatalf("StartEtcd: %s (%s) not healthy within %s; log tail:\n%s", m.Name, m.Endpoint, etcdStartTimeout, etcdtest.LogTail(filepath.Join(m.Dir, "etcd.log")))
 		}
 	}
 	return members
@@ -128,14 +113,4 @@ func Endpoints(members []*EtcdMember) []string {
 		eps[i] = m.Endpoint
 	}
 	return eps
-}
-
-// tail returns the last 20 lines of a log file, for a failure message.
-func tail(path string) string {
-	raw, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
-	if len(lines) > 20 {
-		lines = lines[len(lines)-20:]
-	}
-	return strings.Join(lines, "\n")
 }
