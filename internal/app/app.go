@@ -143,6 +143,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		{"prepare data directory", a.prepareDataDir},
 		{"load api token", a.loadToken},
 		{"open state", a.openState},
+		{"share api token", a.shareToken},
 		{"become the controller", a.lead},
 		{"build components", a.build},
 		{"open server endpoints", a.openEndpoints},

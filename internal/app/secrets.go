@@ -246,3 +246,39 @@ func (a *App) superPassword() (string, error) {
 }
 
 func (a *App) legacySecretFile() string { return filepath.Join(a.opts.DataDir, "internal-secret") }
+
+// apiTokenKey is the API token's key in the secrets bucket (kept there only when the state is shared in etcd).
+const apiTokenKey = "api-token"
+
+// shareToken makes every controller sharing a state in etcd answer to one API token: the first one's token goes
+// into the sealed state, and the others take it (and write it to their DATA-DIR/api-token, which the CLI reads).
+// A token from FOGO_API_TOKEN is the operator's to keep equal; a bbolt state has one process and nothing to share.
+func (a *App) shareToken(context.Context) error {
+	if cli, _ := a.Store.Etcd(); cli == nil || a.TokenFile == "" {
+		return nil
+	}
+	type tok struct {
+		Token string `json:"token"`
+	}
+	var t tok
+	err := a.Store.Update(func(tx *store.Tx) error {
+		t = tok{}
+		if ok, err := tx.Get(store.Secrets, apiTokenKey, &t); err != nil || ok {
+			return err
+		}
+		t.Token = a.Token
+		return tx.Put(store.Secrets, apiTokenKey, &t)
+	})
+	if err != nil {
+		return fmt.Errorf("share the API token: %w", err)
+	}
+	if t.Token == a.Token {
+		return nil
+	}
+	if err := os.WriteFile(a.TokenFile, []byte(t.Token+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", a.TokenFile, err)
+	}
+	a.Token = t.Token
+	a.log.Info("took the API token the controllers share", "file", a.TokenFile)
+	return nil
+}

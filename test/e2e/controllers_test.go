@@ -65,6 +65,9 @@ func TestControllersShareStateInEtcd(t *testing.T) {
 		t.Fatal("the second controller was not elected after the first stopped")
 	}
 	f2 := ready(t, second)
+	if f2.tok != first.tok {
+		t.Errorf("the controllers answer to different API tokens")
+	}
 	deadline := time.Now().Add(time.Minute)
 	for {
 		conn, err := f2.connect(ctx, "east", "shop")
