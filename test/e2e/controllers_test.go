@@ -22,7 +22,7 @@ func TestControllersShareStateInEtcd(t *testing.T) {
 	onEtcd := func(name string) func(*app.Options) {
 		return func(o *app.Options) {
 			o.Etcd = &store.EtcdConfig{Endpoints: etcd.Endpoints(), Prefix: "/fogo-test"}
-			o.SecretsKeyFile, o.ControllerName, o.LeaderTTL = keyFile, name, 2*time.Second
+			o.SecretsKeyFile, o.ControllerName, o.LeaderTTL = keyFile, name, 4*time.Second
 		}
 	}
 	first := startFogo(t, onEtcd("first"))
@@ -50,7 +50,7 @@ func TestControllersShareStateInEtcd(t *testing.T) {
 	select {
 	case err := <-started:
 		t.Fatalf("the second controller started while the first leads (err %v)", err)
-	case <-time.After(3 * time.Second): // longer than the lease: the first renews it
+	case <-time.After(5 * time.Second): // longer than the lease: the first renews it
 	}
 	if _, err := os.Stat(filepath.Join(opts.DataDir, "state.db")); !os.IsNotExist(err) {
 		t.Errorf("a controller on etcd made a state.db (%v)", err)
@@ -86,25 +86,31 @@ func TestControllersShareStateInEtcd(t *testing.T) {
 	}
 }
 
-// TestControllerStopsWhenEtcdIsGone: a controller whose etcd is gone cannot renew its lease; within about the
-// lease's TTL it reports the leadership lost (serve exits then) and stops acting, since another controller that
-// still reaches etcd may be elected.
+// TestControllerStopsWhenEtcdIsGone: a controller whose etcd is gone cannot renew its lease; it reports the
+// leadership lost (serve exits then) and stops acting before etcd could expire the lease and elect another:
+// within the TTL of its last renewal, which came at most a third of the TTL before etcd died (before, it
+// noticed only about a second after the lease had expired).
 func TestControllerStopsWhenEtcdIsGone(t *testing.T) {
 	etcd := etcdtest.Start(t)
+	const ttl = 3 * time.Second
 	f := startFogo(t, func(o *app.Options) {
 		o.Etcd = &store.EtcdConfig{Endpoints: etcd.Endpoints(), Prefix: "/fogo-test"}
-		o.LeaderTTL = 2 * time.Second
+		o.LeaderTTL = ttl
 	})
 	select {
 	case <-f.app.LostLeadership():
 		t.Fatal("leadership lost while etcd runs")
-	case <-time.After(3 * time.Second):
+	case <-time.After(2 * ttl):
 	}
 	etcd.Kill()
 	killed := time.Now()
 	select {
 	case <-f.app.LostLeadership():
-		t.Logf("leadership lost %s after etcd was killed (TTL 2s)", time.Since(killed).Round(10*time.Millisecond))
+		took := time.Since(killed)
+		t.Logf("leadership lost %s after etcd was killed (TTL %s)", took.Round(10*time.Millisecond), ttl)
+		if took >= ttl {
+			t.Errorf("the controller stopped acting %s after etcd died: its lease may have expired (TTL %s) and another been elected before", took, ttl)
+		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the controller still believes it leads 30s after etcd was killed")
 	}

@@ -26,7 +26,14 @@ const DefaultTTL = 10 * time.Second
 type Leadership struct {
 	session  *concurrency.Session
 	election *concurrency.Election
+	lost     chan struct{} // closed by watch
+	stop     context.CancelFunc
 }
+
+// margin is how long before its lease could expire a leader that has not renewed it gives up: the lease's
+// remaining time as etcd last reported it, less a third of the TTL (for clock rate differences and the time the
+// caller needs to stop acting).
+func margin(ttl time.Duration) time.Duration { return ttl / 3 }
 
 // electionKey is the election's prefix under the store's prefix.
 func electionKey(prefix string) string { return prefix + "/_leader" }
@@ -51,15 +58,54 @@ func Campaign(ctx context.Context, cli *clientv3.Client, prefix, name string, tt
 		s.Close()
 		return nil, fmt.Errorf("leader election: %w", err)
 	}
-	return &Leadership{session: s, election: e}, nil
+	wctx, stop := context.WithCancel(context.Background())
+	renewals, err := cli.KeepAlive(wctx, s.Lease()) // a second listener on the session's own keep-alive
+	if err != nil {
+		stop()
+		s.Close()
+		return nil, fmt.Errorf("leader election: watch the lease: %w", err)
+	}
+	l := &Leadership{session: s, election: e, lost: make(chan struct{}), stop: stop}
+	go l.watch(wctx, renewals, ttl)
+	return l, nil
 }
 
-// Lost is closed when the leadership's lease is gone (it could not be renewed in time, or was revoked).
-func (l *Leadership) Lost() <-chan struct{} { return l.session.Done() }
+// watch closes lost once the lease may be about to expire: when the session ends, or when no renewal came for
+// so long that the lease, by what etcd last said of it, has less than margin left. A leader that cannot reach
+// etcd thus stops acting before etcd can expire its lease and elect another (Patroni's rule: demote before the
+// lock can expire), not after.
+func (l *Leadership) watch(ctx context.Context, renewals <-chan *clientv3.LeaseKeepAliveResponse, ttl time.Duration) {
+	defer close(l.lost)
+	expires := time.Now().Add(ttl) // the lease was granted or renewed at most now
+	for {
+		timer := time.NewTimer(time.Until(expires.Add(-margin(ttl))))
+		select {
+		case r, ok := <-renewals:
+			timer.Stop()
+			if !ok {
+				return // the keep-alive ended: the lease expired or was revoked
+			}
+			expires = time.Now().Add(time.Duration(r.TTL) * time.Second)
+		case <-l.session.Done():
+			timer.Stop()
+			return
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+			return // not renewed in time
+		}
+	}
+}
+
+// Lost is closed when the leader must stop acting: its lease was not renewed for so long that it could expire
+// soon (before etcd expires it), or it is gone (expired, revoked, resigned).
+func (l *Leadership) Lost() <-chan struct{} { return l.lost }
 
 // Resign gives leadership up at once (another controller is elected without waiting for the lease to expire).
 func (l *Leadership) Resign(ctx context.Context) error {
 	err := l.election.Resign(ctx)
+	l.stop()
 	return errors.Join(err, l.session.Close())
 }
 
