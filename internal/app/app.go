@@ -492,6 +492,7 @@ func (a *App) lead(ctx context.Context) error {
 	a.log.Info("elected the controller", "me", name)
 	leading, stop := context.WithCancel(context.Background())
 	a.leading = leading
+	a.Store.Bind(leading) // once leadership is lost, no store request of this process goes on
 	go func() {
 		<-l.Lost()
 		// Another controller may be elected now: stop acting at once (serve exits, see LostLeadership).

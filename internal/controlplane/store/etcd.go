@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -66,6 +67,16 @@ type EtcdConfig struct {
 type etcdBackend struct {
 	cli    *clientv3.Client
 	prefix string
+	base   atomic.Pointer[context.Context] // Bind's context: every request ends with it
+}
+
+// request returns the context of one etcd request: bounded by etcdRequestTimeout and ended with Bind's context.
+func (b *etcdBackend) request() (context.Context, context.CancelFunc) {
+	parent := context.Background()
+	if p := b.base.Load(); p != nil {
+		parent = *p
+	}
+	return context.WithTimeout(parent, etcdRequestTimeout)
 }
 
 // OpenEtcd opens the store kept in etcd under cfg.Prefix; keys seals and opens the sealed buckets as for Open.
@@ -157,7 +168,7 @@ func (b *etcdBackend) update(fn func(rawTx) error) error {
 
 // begin starts a transaction at the current revision.
 func (b *etcdBackend) begin() (*etcdTx, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), etcdRequestTimeout)
+	ctx, cancel := b.request()
 	defer cancel()
 	resp, err := b.cli.Get(ctx, b.revKey())
 	if err != nil {
@@ -195,7 +206,7 @@ func (t *etcdTx) get(bucket, key string) ([]byte, error) {
 		}
 		return *w, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), etcdRequestTimeout)
+	ctx, cancel := t.b.request()
 	defer cancel()
 	resp, err := t.b.cli.Get(ctx, k, clientv3.WithRev(t.rev))
 	if err != nil {
@@ -225,7 +236,7 @@ func (t *etcdTx) scan(bucket, prefix string, fn func(key string, value []byte) e
 	end := clientv3.GetPrefixRangeEnd(from)
 	merged := map[string][]byte{}
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), etcdRequestTimeout)
+		ctx, cancel := t.b.request()
 		resp, err := t.b.cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithRev(t.rev), clientv3.WithLimit(etcdScanPage))
 		cancel()
 		if err != nil {
@@ -292,7 +303,7 @@ func (t *etcdTx) commit() (bool, error) {
 		}
 	}
 	ops = append(ops, clientv3.OpPut(t.b.revKey(), fmt.Sprint(t.rev)))
-	ctx, cancel := context.WithTimeout(context.Background(), etcdRequestTimeout)
+	ctx, cancel := t.b.request()
 	defer cancel()
 	resp, err := t.b.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(t.b.revKey()), "=", t.seenMod)).
@@ -311,4 +322,12 @@ func (s *Store) Etcd() (*clientv3.Client, string) {
 		return b.cli, b.prefix
 	}
 	return nil, ""
+}
+
+// Bind ends every later etcd request of the store when ctx ends (a controller that lost its leadership stops
+// at once instead of waiting for its requests to time out). A bbolt store ignores it.
+func (s *Store) Bind(ctx context.Context) {
+	if b, ok := s.b.(*etcdBackend); ok {
+		b.base.Store(&ctx)
+	}
 }
