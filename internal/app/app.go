@@ -126,6 +126,7 @@ type App struct {
 	ready       atomic.Bool
 	closing     atomic.Bool // Close runs: a lost lease is expected
 	closeOnce   sync.Once
+	front       switchHandler      // what the API address answers with
 	leadership  *leader.Leadership // on etcd: this process is the controller while it holds it
 	leading     context.Context    // everything that acts on the state runs under it: ended when leadership is lost
 	log         *slog.Logger
@@ -144,10 +145,11 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		{"load api token", a.loadToken},
 		{"open state", a.openState},
 		{"share api token", a.shareToken},
+		{"listen", a.listen},
 		{"become the controller", a.lead},
 		{"build components", a.build},
 		{"open server endpoints", a.openEndpoints},
-		{"listen", a.listen},
+		{"serve the api", a.serveAPI},
 	}
 	for _, s := range steps {
 		if err := s.fn(ctx); err != nil {
@@ -384,15 +386,19 @@ func (a *App) openEndpoints(context.Context) error {
 	return a.Service.OpenGroupListeners()
 }
 
+// listen opens the API's address. Until this process is the controller and has built everything, it answers
+// through front: on a state shared in etcd by forwarding to the elected controller (followerProxy), else 503.
 func (a *App) listen(context.Context) error {
 	ln, err := net.Listen("tcp", a.opts.Listen)
 	if err != nil {
 		return err
 	}
-	api := arm.New(arm.Config{Token: a.Token, AdvertiseHost: a.opts.AdvertiseHost, Logger: a.log, Ready: a.ready.Load,
-		Metrics: a.metrics.Handler(), Workspaces: synapse.New(a.LinkCatalog),
-		Admin: admin.New(admin.Config{RotateKey: func(ctx context.Context) (any, error) { return a.RotateSecretsKey(ctx) }})}, a.Service)
-	a.http = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	a.listener = ln // its address, for followerProxy; the TLS listener replaces it below
+	a.front.set(http.HandlerFunc(notYet))
+	if cli, _ := a.Store.Etcd(); cli != nil {
+		a.front.set(a.followerProxy())
+	}
+	a.http = &http.Server{Handler: &a.front, ReadHeaderTimeout: 10 * time.Second}
 	if a.opts.TLSCert != "" || a.opts.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(a.opts.TLSCert, a.opts.TLSKey)
 		if err != nil {
@@ -408,6 +414,14 @@ func (a *App) listen(context.Context) error {
 			a.log.Error("api server", "err", err)
 		}
 	}()
+	return nil
+}
+
+// serveAPI answers the API itself from now on.
+func (a *App) serveAPI(context.Context) error {
+	a.front.set(arm.New(arm.Config{Token: a.Token, AdvertiseHost: a.opts.AdvertiseHost, Logger: a.log, Ready: a.ready.Load,
+		Metrics: a.metrics.Handler(), Workspaces: synapse.New(a.LinkCatalog),
+		Admin: admin.New(admin.Config{RotateKey: func(ctx context.Context) (any, error) { return a.RotateSecretsKey(ctx) }})}, a.Service))
 	return nil
 }
 
@@ -482,8 +496,12 @@ func (a *App) lead(ctx context.Context) error {
 		host, _ := os.Hostname()
 		name = host + " " + a.opts.Listen
 	}
-	l, err := leader.Campaign(ctx, cli, prefix, name, a.opts.LeaderTTL, func(current string) {
-		a.log.Info("waiting to become the controller", "leader", current, "me", name)
+	me, err := json.Marshal(controllerInfo{Name: name, API: a.advertisedURL()})
+	if err != nil {
+		return err
+	}
+	l, err := leader.Campaign(ctx, cli, prefix, string(me), a.opts.LeaderTTL, func(current string) {
+		a.log.Info("waiting to become the controller; the API forwards to the leader meanwhile", "leader", parseControllerInfo(current).Name, "me", name)
 	})
 	if err != nil {
 		return err

@@ -2,20 +2,25 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fogo-db/fogo/internal/app"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/testutil/etcdtest"
+	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
 
 // TestControllersShareStateInEtcd: two fogo processes keep their state in one etcd. The first is elected the
 // controller; the second waits in Start. A server and a database made through the first live in etcd (no
 // state.db), with their secrets sealed under the key file both share. When the first stops, the second is
 // elected within the lease, starts the database's instance again and serves the row written through the first.
+// While it waits, its API forwards to the first.
 func TestControllersShareStateInEtcd(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	keyFile := filepath.Join(t.TempDir(), "secrets.key")
@@ -40,6 +45,8 @@ func TestControllersShareStateInEtcd(t *testing.T) {
 	conn.Close(ctx)
 
 	opts := fogoOptions(t, onEtcd("second"))
+	secondAddr := fmt.Sprintf("127.0.0.1:%d", pgtest.FreePort(t))
+	opts.Listen = secondAddr
 	started := make(chan error, 1)
 	var second *app.App
 	go func() {
@@ -51,6 +58,24 @@ func TestControllersShareStateInEtcd(t *testing.T) {
 	case err := <-started:
 		t.Fatalf("the second controller started while the first leads (err %v)", err)
 	case <-time.After(5 * time.Second): // longer than the lease: the first renews it
+	}
+	// Meanwhile the second controller's API forwards to the first: reads, and a change with its long-running
+	// operation, whose URLs name the address the client used.
+	via := &fogo{t: t, url: "http://" + secondAddr, tok: first.tok}
+	if got := via.do(http.MethodGet, serverPath("east"), nil); got.Status != http.StatusOK || got.Body["name"] != "east" {
+		t.Fatalf("GET through the waiting controller: %d %s", got.Status, got.Raw)
+	}
+	r := via.do(http.MethodPut, serverPath("west"), map[string]any{"location": "westus",
+		"properties": map[string]any{"administratorLogin": login, "administratorLoginPassword": password}})
+	if loc := r.Header.Get("Azure-AsyncOperation"); loc != "" && !strings.Contains(loc, secondAddr) {
+		t.Errorf("the operation URL %q does not name the address the client used (%s)", loc, secondAddr)
+	}
+	via.mustSucceed(r, 201)
+	if got := first.do(http.MethodGet, serverPath("west"), nil); got.Status != http.StatusOK {
+		t.Fatalf("the server made through the waiting controller is not on the leader: %d %s", got.Status, got.Raw)
+	}
+	if got := via.doRaw(http.MethodGet, serverPath("east"), nil, "wrong"); got.Status != http.StatusUnauthorized {
+		t.Errorf("a wrong token through the waiting controller: %d, want 401", got.Status)
 	}
 	if _, err := os.Stat(filepath.Join(opts.DataDir, "state.db")); !os.IsNotExist(err) {
 		t.Errorf("a controller on etcd made a state.db (%v)", err)
