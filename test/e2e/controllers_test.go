@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -10,7 +11,11 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/fogo-db/fogo/internal/app"
+	"github.com/fogo-db/fogo/internal/controlplane/leader"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/testutil/etcdtest"
 	"github.com/fogo-db/fogo/internal/testutil/pgtest"
@@ -138,5 +143,66 @@ func TestControllerStopsWhenEtcdIsGone(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the controller still believes it leads 30s after etcd was killed")
+	}
+}
+
+// TestWaitingControllerWithLeaderUnreachable: a waiting controller whose elected leader does not answer (a host
+// gone, its lease not yet expired) answers 503 TooManyRequests with Retry-After, and takes over once the leader's
+// leadership ends.
+func TestWaitingControllerWithLeaderUnreachable(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// A leader whose API address nothing listens on.
+	ghost, err := leader.Campaign(ctx, cli, "/fogo-test", `{"name":"ghost","api":"http://127.0.0.1:1"}`, 5*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := fogoOptions(t, func(o *app.Options) {
+		o.Etcd = &store.EtcdConfig{Endpoints: etcd.Endpoints(), Prefix: "/fogo-test"}
+		o.Listen = fmt.Sprintf("127.0.0.1:%d", pgtest.FreePort(t))
+	})
+	started := make(chan error, 1)
+	var waiting *app.App
+	go func() {
+		var err error
+		waiting, err = app.Start(ctx, opts)
+		started <- err
+	}()
+	via := &fogo{t: t, url: "http://" + opts.Listen}
+	var r response
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if conn, err := net.Dial("tcp", opts.Listen); err == nil { // listening: forwarding has begun
+			conn.Close()
+			r = via.do(http.MethodGet, serverPath("east"), nil)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the waiting controller never listened")
+		}
+	}
+	if r.Status != http.StatusServiceUnavailable || r.errCode() != "TooManyRequests" || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("through a controller whose leader is unreachable: %d %s (Retry-After %q): %s", r.Status, r.errCode(), r.Header.Get("Retry-After"), r.Raw)
+	}
+	noteCode("TooManyRequests", 503)
+	if err := ghost.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiting controller was not elected after the leader resigned")
+	}
+	f := ready(t, waiting)
+	if got := f.do(http.MethodGet, serverPath("east"), nil); got.Status != http.StatusNotFound {
+		t.Errorf("the elected controller answers %d for a missing server, want 404", got.Status)
 	}
 }
