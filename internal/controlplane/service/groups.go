@@ -100,7 +100,7 @@ func (s *Service) PutGroup(primary armid.ServerID, name string, spec validate.Fa
 			if err := checkExistingGroup(existing, primary, spec); err != nil {
 				return err
 			}
-			if err := s.checkNotBusy(existing); err != nil {
+			if err := checkNotBusy(tx, existing); err != nil {
 				return err
 			}
 		}
@@ -212,11 +212,17 @@ func checkExistingGroup(g *model.FailoverGroup, primary armid.ServerID, spec val
 	return nil
 }
 
-func (s *Service) checkNotBusy(g *model.FailoverGroup) error {
+// checkNotBusy refuses a change of a group whose operation still runs (FailoverGroupBusy).
+func checkNotBusy(tx *store.Tx, g *model.FailoverGroup) error {
 	if g.Operation == "" {
 		return nil
 	}
-	if op, err := s.ops.Get(g.Operation); err == nil && !op.Done() {
+	// Read in tx: the decision "not busy" and the change it allows commit together (on etcd, a concurrent launch
+	// of an operation makes this update run again).
+	var op model.Operation
+	if ok, err := tx.Get(store.Operations, g.Operation, &op); err != nil {
+		return err
+	} else if ok && !op.Done() {
 		return errcatalog.New("FailoverGroupBusy")
 	}
 	return nil
@@ -486,7 +492,7 @@ func (s *Service) DeleteGroup(server armid.ServerID, name string) (Result, error
 		if g.RoleOf(server) == "Secondary" {
 			return errcatalog.New("FailoverGroupUpdateOrDeleteRequestOnSecondary")
 		}
-		if err := s.checkNotBusy(g); err != nil {
+		if err := checkNotBusy(tx, g); err != nil {
 			return err
 		}
 		ch := groupChange{Group: g.Key(), Delete: true}
@@ -548,7 +554,7 @@ func (s *Service) failover(server armid.ServerID, name, kind, initiatedBy string
 		if g.RoleOf(server) == "Primary" {
 			return errcatalog.New("FailoverGroupFailoverRequestOnPrimary")
 		}
-		if err := s.checkNotBusy(g); err != nil {
+		if err := checkNotBusy(tx, g); err != nil {
 			return err
 		}
 		for _, d := range g.Databases {
