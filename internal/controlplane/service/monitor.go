@@ -481,6 +481,9 @@ func (o *Observer) stateOf(ctx context.Context, sec *model.Instance, busy bool) 
 	if err != nil || st.Status != "streaming" {
 		return model.StateSuspended
 	}
+	if sec.NeedsRejoin { // an old primary restarted as a standby, its rejoin not yet recorded: not caught up yet
+		return model.StateSeeding
+	}
 	return model.StateCatchUp
 }
 
