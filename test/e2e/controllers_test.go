@@ -117,29 +117,61 @@ func TestControllersShareStateInEtcd(t *testing.T) {
 }
 
 // TestControllerStopsWhenEtcdIsGone: a controller whose etcd is gone cannot renew its lease; it reports the
-// leadership lost (serve exits then) and stops acting before etcd could expire the lease and elect another:
-// within the TTL of its last renewal, which came at most a third of the TTL before etcd died (before, it
-// noticed only about a second after the lease had expired).
+// leadership lost (serve exits then) and stops acting before etcd could expire the lease and elect another.
+// etcd is killed right after a renewal (seen as the lease's remaining TTL going up), so the lease expires a TTL
+// later; the controller must give up well before that (it does a third of the TTL before). Without that rule it
+// noticed only after the expiry, and this test failed.
 func TestControllerStopsWhenEtcdIsGone(t *testing.T) {
 	etcd := etcdtest.Start(t)
-	const ttl = 3 * time.Second
+	const ttl = 6 * time.Second
 	f := startFogo(t, func(o *app.Options) {
 		o.Etcd = &store.EtcdConfig{Endpoints: etcd.Endpoints(), Prefix: "/fogo-test"}
 		o.LeaderTTL = ttl
 	})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	keys, err := cli.Get(ctx, "/fogo-test/_leader/", clientv3.WithPrefix())
+	if err != nil || len(keys.Kvs) != 1 {
+		t.Fatalf("the election key: %v %v", keys, err)
+	}
+	lease := clientv3.LeaseID(keys.Kvs[0].Lease)
+	remaining := func() int64 {
+		r, err := cli.TimeToLive(ctx, lease)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.TTL
+	}
+	// Wait for a renewal: the remaining TTL goes up (bounded: renewals come every third of the TTL).
+	prev := remaining()
+	for deadline := time.Now().Add(3 * ttl); ; time.Sleep(20 * time.Millisecond) {
+		cur := remaining()
+		if cur > prev {
+			break
+		}
+		prev = cur
+		if time.Now().After(deadline) {
+			t.Fatal("no renewal of the controller lease seen")
+		}
+	}
 	select {
 	case <-f.app.LostLeadership():
 		t.Fatal("leadership lost while etcd runs")
-	case <-time.After(2 * ttl):
+	default:
 	}
 	etcd.Kill()
 	killed := time.Now()
 	select {
 	case <-f.app.LostLeadership():
 		took := time.Since(killed)
-		t.Logf("leadership lost %s after etcd was killed (TTL %s)", took.Round(10*time.Millisecond), ttl)
-		if took >= ttl {
-			t.Errorf("the controller stopped acting %s after etcd died: its lease may have expired (TTL %s) and another been elected before", took, ttl)
+		t.Logf("leadership lost %s after etcd was killed right after a renewal (TTL %s: the lease expires about then + %s)", took.Round(10*time.Millisecond), ttl, ttl)
+		if bound := ttl * 5 / 6; took >= bound {
+			t.Errorf("the controller stopped acting %s after etcd died, right after a renewal: not clearly before its lease could expire (%s after; bound %s)", took, ttl, bound)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the controller still believes it leads 30s after etcd was killed")
