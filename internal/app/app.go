@@ -426,12 +426,14 @@ func (a *App) serveAPI(context.Context) error {
 }
 
 // URL is the API base URL.
-func (a *App) URL() string {
-	scheme := "http"
+func (a *App) URL() string { return a.scheme() + "://" + a.listener.Addr().String() }
+
+// scheme is the API's URL scheme.
+func (a *App) scheme() string {
 	if a.opts.TLSCert != "" {
-		scheme = "https"
+		return "https"
 	}
-	return scheme + "://" + a.listener.Addr().String()
+	return "http"
 }
 
 // WaitReady blocks until the first reconcile pass and operation resume are done.

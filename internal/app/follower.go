@@ -27,7 +27,7 @@ type controllerInfo struct {
 	API  string `json:"api"` // its API's base URL, reachable from the other controllers
 }
 
-// parseControllerInfo decodes an election value (a bare name from an older value is its name).
+// parseControllerInfo decodes an election value (one that is not ours counts as a bare name).
 func parseControllerInfo(v string) controllerInfo {
 	var c controllerInfo
 	if json.Unmarshal([]byte(v), &c) != nil {
@@ -39,11 +39,7 @@ func parseControllerInfo(v string) controllerInfo {
 // advertisedURL is the API's base URL as other controllers reach it: --advertise-host and the port listened on.
 func (a *App) advertisedURL() string {
 	_, port, _ := net.SplitHostPort(a.listener.Addr().String())
-	scheme := "http"
-	if a.opts.TLSCert != "" {
-		scheme = "https"
-	}
-	return scheme + "://" + net.JoinHostPort(a.opts.AdvertiseHost, port)
+	return a.scheme() + "://" + net.JoinHostPort(a.opts.AdvertiseHost, port)
 }
 
 // followerProxy forwards each request to the elected controller's API, found in the election at each request;

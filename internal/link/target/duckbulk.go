@@ -19,21 +19,14 @@ import (
 // the rest of the batch and the checkpoint. Closing it flushes, so the rows are in the table before the next
 // change of the batch is applied.
 func (d duckDialect) upsertRows(ctx context.Context, conn *sql.Conn, t *Table, rows [][]Value) error {
-	return d.appendThrough(ctx, conn, t, t, d.stagingUpsert(t, stagingNames(t)), rows)
+	return d.appendThrough(ctx, conn, t, t, d.stagingUpsert(t), rows)
 }
 
 // deleteRows deletes the rows of t with the given keys (values of t's key columns, in the table's column order)
 // the same way: the keys are appended to the staging relation, and one DELETE removes their rows.
 func (d duckDialect) deleteRows(ctx context.Context, conn *sql.Conn, t *Table, keys [][]Value) error {
 	kt := keyTable(t)
-	names := stagingNames(kt)
-	cols := make([]string, len(kt.Columns))
-	exprs := make([]string, len(kt.Columns))
-	for i, c := range kt.Columns {
-		cols[i] = qi(c.Name)
-		exprs[i] = d.cast(names[i], c.SourceType)
-	}
-	query := "DELETE FROM " + t.qualified() + " WHERE (" + strings.Join(cols, ", ") + ") IN (SELECT " + strings.Join(exprs, ", ") + " FROM " + stagingTable + ")"
+	query := "DELETE FROM " + t.qualified() + " WHERE (" + kt.columnList() + ") IN (SELECT " + d.stagedValues(kt) + " FROM " + stagingTable + ")"
 	return d.appendThrough(ctx, conn, t, kt, query, keys)
 }
 
@@ -128,15 +121,19 @@ func stagingTypes(cols []stagingColumn) ([]duckdb.TypeInfo, error) {
 }
 
 // stagingUpsert returns the query that upserts the staged rows into t.
-func (d duckDialect) stagingUpsert(t *Table, names []string) string {
-	cols := make([]string, len(t.Columns))
+func (d duckDialect) stagingUpsert(t *Table) string {
+	return "INSERT INTO " + t.qualified() + " (" + t.columnList() + ") SELECT " + d.stagedValues(t) +
+		" FROM " + stagingTable + upsertClause(t)
+}
+
+// stagedValues is the staging relation's columns (stagingNames) cast to t's columns, as a select list.
+func (d duckDialect) stagedValues(t *Table) string {
+	names := stagingNames(t)
 	exprs := make([]string, len(t.Columns))
 	for i, c := range t.Columns {
-		cols[i] = qi(c.Name)
 		exprs[i] = d.cast(names[i], c.SourceType)
 	}
-	return "INSERT INTO " + t.qualified() + " (" + strings.Join(cols, ", ") + ") SELECT " + strings.Join(exprs, ", ") +
-		" FROM " + stagingTable + upsertClause(t)
+	return strings.Join(exprs, ", ")
 }
 
 // appendRows appends rows (a missing trailing value is NULL) converted for the staging columns.

@@ -135,18 +135,7 @@ func (s *Store) ResyncPending(ctx context.Context, link string) (pending bool, a
 // SetResyncPending records durably that link's tables are being resynchronised (reason) from a slot whose
 // consistent point is at (zero before the slot exists): until FinishResync, a restart finishes it.
 func (s *Store) SetResyncPending(ctx context.Context, link string, at lsn.LSN, reason string) error {
-	if err := s.ensureTableStates(ctx); err != nil {
-		return err
-	}
-	tx, err := s.beginWrite(ctx, s.db)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if err := s.setTableState(ctx, tx, link, resyncKey, TableState{SyncedAt: at, Failed: reason}); err != nil {
-		return err
-	}
-	return tx.Commit()
+	return s.SetTableStates(ctx, link, map[string]TableState{resyncKey: {SyncedAt: at, Failed: reason}})
 }
 
 // FinishResync ends link's pending resynchronisation: the checkpoint becomes cp (it never moves back) and the

@@ -120,6 +120,15 @@ func (s *Store) DB() *sql.DB { return s.db }
 
 func qi(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
+// columnList is t's quoted column names, comma-separated, in order.
+func (t *Table) columnList() string {
+	cols := make([]string, len(t.Columns))
+	for i, c := range t.Columns {
+		cols[i] = qi(c.Name)
+	}
+	return strings.Join(cols, ", ")
+}
+
 func (t *Table) qualified() string {
 	if t.Schema == "" {
 		return qi(t.Name)
@@ -538,10 +547,6 @@ func keyValues(t *Table, row []Value) []Value {
 // deleteMany deletes the rows of t with the given keys, in statements of at most insertChunk keys.
 func (s *Store) deleteMany(ctx context.Context, tx *sql.Tx, t *Table, keys [][]Value) error {
 	kt := keyTable(t)
-	cols := make([]string, len(kt.Columns))
-	for i, c := range kt.Columns {
-		cols[i] = qi(c.Name)
-	}
 	for len(keys) > 0 {
 		n := min(len(keys), insertChunk)
 		tuples := make([]string, 0, n)
@@ -557,7 +562,7 @@ func (s *Store) deleteMany(ctx context.Context, tx *sql.Tx, t *Table, keys [][]V
 			}
 			tuples = append(tuples, "("+strings.Join(vals, ", ")+")")
 		}
-		q := "DELETE FROM " + t.qualified() + " WHERE (" + strings.Join(cols, ", ") + ") IN (" + strings.Join(tuples, ", ") + ")"
+		q := "DELETE FROM " + t.qualified() + " WHERE (" + kt.columnList() + ") IN (" + strings.Join(tuples, ", ") + ")"
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("%s: apply to %s: %w", s.dialect.name(), t.qualified(), err)
 		}
@@ -669,10 +674,6 @@ func upsertClause(t *Table) string {
 
 // insertMany upserts rows (with distinct keys) of one table with one statement.
 func (s *Store) insertMany(ctx context.Context, tx *sql.Tx, t *Table, rows [][]Value) error {
-	cols := make([]string, len(t.Columns))
-	for i, c := range t.Columns {
-		cols[i] = qi(c.Name)
-	}
 	tuples := make([]string, 0, len(rows))
 	var args []any
 	for _, row := range rows {
@@ -690,7 +691,7 @@ func (s *Store) insertMany(ctx context.Context, tx *sql.Tx, t *Table, rows [][]V
 		}
 		tuples = append(tuples, "("+strings.Join(vals, ", ")+")")
 	}
-	q := "INSERT INTO " + t.qualified() + " (" + strings.Join(cols, ", ") + ") VALUES " + strings.Join(tuples, ", ") + upsertClause(t)
+	q := "INSERT INTO " + t.qualified() + " (" + t.columnList() + ") VALUES " + strings.Join(tuples, ", ") + upsertClause(t)
 	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 		return fmt.Errorf("%s: apply to %s: %w", s.dialect.name(), t.qualified(), err)
 	}
