@@ -6,7 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -117,7 +119,8 @@ func (l *Link) ensurePublication(ctx context.Context, db *pgx.Conn, tables map[s
 	}
 	// Another session may create or drop the publication between the check and the statement (an earlier run's
 	// statement still finishing, a second fogo): CREATE then finds it (42710, or 23505 when both created it at
-	// once) and ALTER misses it (42704); the other statement follows.
+	// once) and ALTER misses it (42704); the other statement follows. Two links publishing the same table at once
+	// can deadlock on its catalog entries (40P01, the statement was rolled back): it is run again.
 	for attempt := 0; ; attempt++ {
 		sql := "CREATE PUBLICATION " + pgx.Identifier{l.slot}.Sanitize() + " FOR TABLE " + list
 		if exists {
@@ -128,9 +131,15 @@ func (l *Link) ensurePublication(ctx context.Context, db *pgx.Conn, tables map[s
 			return nil
 		}
 		var pgErr *pgconn.PgError
-		if attempt < 3 && errors.As(err, &pgErr) && (pgErr.Code == "42710" || pgErr.Code == "23505" || pgErr.Code == "42704") {
-			exists = pgErr.Code != "42704"
-			continue
+		if attempt < 3 && errors.As(err, &pgErr) {
+			switch pgErr.Code {
+			case "42710", "23505", "42704":
+				exists = pgErr.Code != "42704"
+				continue
+			case "40P01":
+				time.Sleep(time.Duration(10+rand.IntN(40)) * time.Millisecond) // not in step with the other session
+				continue
+			}
 		}
 		return fmt.Errorf("link %s: publication: %w", l.cfg.Name, err)
 	}
