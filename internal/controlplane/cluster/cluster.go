@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -198,7 +197,7 @@ func (m *Manager) settings(rec *model.Instance, upstream *model.Instance) instan
 // Provision makes rec a running primary holding database `database` owned by the login (idempotent).
 func (m *Manager) Provision(ctx context.Context, rec *model.Instance, login, verifier string) error {
 	h := m.Handle(rec)
-	if err := m.cfg.Bin.MkdirOwned(filepath.Dir(rec.Dir)); err != nil {
+	if err := h.MakeHome(); err != nil {
 		return fmt.Errorf("provision %s: create directory: %w", rec.ID, err)
 	}
 	steps := []struct {
@@ -222,7 +221,7 @@ func (m *Manager) Provision(ctx context.Context, rec *model.Instance, login, ver
 // Seed makes rec a streaming standby of upstream: physical slot, base backup, configuration, start (idempotent).
 func (m *Manager) Seed(ctx context.Context, rec, upstream *model.Instance) error {
 	h, up := m.Handle(rec), m.Handle(upstream)
-	if err := m.cfg.Bin.MkdirOwned(filepath.Dir(rec.Dir)); err != nil {
+	if err := h.MakeHome(); err != nil {
 		return fmt.Errorf("seed %s: create directory: %w", rec.ID, err)
 	}
 	if !rec.Seeded {
@@ -307,7 +306,9 @@ func (m *Manager) EnsureRunning(ctx context.Context, rec *model.Instance) error 
 	if _, running := h.Running(); running {
 		return nil
 	}
-	if _, err := os.Stat(filepath.Join(rec.Dir, "PG_VERSION")); err != nil {
+	if provisioned, err := h.HasData(); err != nil {
+		return fmt.Errorf("start %s: %w", rec.ID, err)
+	} else if !provisioned {
 		return nil // never provisioned: the owning operation will do it
 	}
 	var up *model.Instance
@@ -389,7 +390,7 @@ func (m *Manager) Destroy(ctx context.Context, rec *model.Instance) error {
 	if err := h.Stop(ctx, instance.ShutdownImmediate); err != nil {
 		return fmt.Errorf("destroy %s: stop: %w", rec.ID, err)
 	}
-	if err := os.RemoveAll(filepath.Dir(rec.Dir)); err != nil {
+	if err := h.RemoveHome(); err != nil {
 		return fmt.Errorf("destroy %s: remove files: %w", rec.ID, err)
 	}
 	return m.store.Update(func(tx *store.Tx) error {

@@ -3,11 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/fogo-db/fogo/internal/controlplane/model"
@@ -53,67 +48,10 @@ func (m *Manager) StopFenced(ctx context.Context, rec *model.Instance) (string, 
 			return "", fmt.Errorf("stop %s: %w", rec.ID, ctx.Err())
 		}
 	}
-	if err := killPostmaster(ctx, h, fenceKillTimeout); err != nil {
+	if err := h.Kill(ctx, fenceKillTimeout); err != nil {
 		return "", fmt.Errorf("stop %s: fast and immediate shutdowns did not finish and %w", rec.ID, err)
 	}
 	m.log.Warn("fenced instance did not shut down; its postmaster and backends were killed", "instance", rec.ID,
 		"database", rec.Database)
 	return StoppedKilled, nil
-}
-
-// killPostmaster sends SIGKILL to the postmaster and to its children (listed first: once the postmaster is gone
-// they are reparented and no longer recognisable), then waits until the postmaster is gone.
-func killPostmaster(ctx context.Context, h *instance.Instance, timeout time.Duration) error {
-	pid, running := h.Running()
-	if !running {
-		return nil
-	}
-	children := childrenOf(pid)
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		return fmt.Errorf("SIGKILL of postmaster %d failed: %w", pid, err)
-	}
-	for _, c := range children {
-		_ = syscall.Kill(c, syscall.SIGKILL)
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		if _, running := h.Running(); !running {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("postmaster %d still runs %s after SIGKILL", pid, timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// childrenOf lists the processes whose parent is pid (from /proc).
-func childrenOf(pid int) []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the command (which may hold spaces) start after the last ')': state, ppid, ...
-		s := string(stat)
-		j := strings.LastIndexByte(s, ')')
-		if j < 0 {
-			continue
-		}
-		fields := strings.Fields(s[j+1:])
-		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
-			out = append(out, child)
-		}
-	}
-	return out
 }

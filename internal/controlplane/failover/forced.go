@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -81,7 +79,9 @@ func CheckCopy(rec *model.Instance, h *instance.Instance) error {
 	if !rec.Seeded {
 		return fmt.Errorf("%w: it was never seeded", errNotPromotable)
 	}
-	if _, err := os.Stat(filepath.Join(rec.Dir, "PG_VERSION")); err != nil {
+	if ok, err := h.HasData(); err != nil {
+		return fmt.Errorf("its data directory cannot be checked: %w", err)
+	} else if !ok {
 		return fmt.Errorf("%w: its data directory is missing", errNotPromotable)
 	}
 	if !h.IsStandby() {
@@ -223,7 +223,7 @@ func (x *execution) undoForced(ctx context.Context, olds, news []*model.Instance
 				return fmt.Errorf("%w (and the failover cannot be undone: the geo-secondary of %s may have left recovery)", cause, n.Database)
 			}
 			// A promotion asked for but not taken up must not happen at the next start.
-			if err := os.Remove(filepath.Join(n.Dir, "promote")); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := x.o.cl.Handle(n).CancelPromote(); err != nil {
 				return fmt.Errorf("%w (and the failover cannot be undone: %v)", cause, err)
 			}
 		}

@@ -3,7 +3,6 @@ package instance
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -29,8 +28,10 @@ const (
 
 // Instance is one data directory and the port its postmaster listens on.
 type Instance struct {
-	Dir           string
-	Bin           *pgbin.Bin
+	Dir string
+	Bin *pgbin.Bin
+	// On is the machine holding Dir; nil is this machine (through Bin).
+	On            Host
 	Host          string
 	Port          int
 	SuperUser     string
@@ -50,18 +51,21 @@ func (i *Instance) env() []string {
 
 // Init runs initdb once (SCRAM authentication, data checksums, the superuser with its password).
 func (i *Instance) Init(ctx context.Context) error {
-	if _, err := os.Stat(i.initMarker()); err == nil {
+	h := i.machine()
+	if done, err := h.Exists(i.initMarker()); err != nil {
+		return fmt.Errorf("initdb %s: %w", i.Dir, err)
+	} else if done {
 		return nil
 	}
-	if err := os.RemoveAll(i.Dir); err != nil { // a half-done initdb from a crash
+	if err := h.RemoveAll(i.Dir); err != nil { // a half-done initdb from a crash
 		return fmt.Errorf("initdb %s: clear partial directory: %w", i.Dir, err)
 	}
 	pwfile := filepath.Join(i.home(), "initdb.pw")
-	if err := i.Bin.WriteFileOwned(pwfile, []byte(i.SuperPassword+"\n"), 0o600); err != nil {
+	if err := h.WriteFile(pwfile, []byte(i.SuperPassword+"\n"), 0o600); err != nil {
 		return fmt.Errorf("initdb %s: write password file: %w", i.Dir, err)
 	}
-	defer os.Remove(pwfile)
-	_, err := i.Bin.Run(ctx, nil, "initdb", "-D", i.Dir, "-U", i.SuperUser, "--pwfile="+pwfile,
+	defer h.Remove(pwfile)
+	_, err := h.Run(ctx, nil, "initdb", "-D", i.Dir, "-U", i.SuperUser, "--pwfile="+pwfile,
 		"--auth=scram-sha-256", "--data-checksums", "--encoding=UTF8", "--locale=C.UTF-8")
 	if err != nil {
 		return fmt.Errorf("initdb %s: %w", i.Dir, err)
@@ -69,26 +73,31 @@ func (i *Instance) Init(ctx context.Context) error {
 	if err := i.writePassFile(); err != nil {
 		return err
 	}
-	return i.Bin.WriteFileOwned(i.initMarker(), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600)
+	return h.WriteFile(i.initMarker(), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600)
 }
 
 // writePassFile stores the superuser password for libpq (primary_conninfo) outside the data directory.
 func (i *Instance) writePassFile() error {
 	line := fmt.Sprintf("*:*:*:%s:%s\n", i.SuperUser, strings.NewReplacer(`\`, `\\`, `:`, `\:`).Replace(i.SuperPassword))
-	if err := i.Bin.WriteFileOwned(i.passFile(), []byte(line), 0o600); err != nil {
+	if err := i.machine().WriteFile(i.passFile(), []byte(line), 0o600); err != nil {
 		return fmt.Errorf("write passfile: %w", err)
 	}
 	return nil
 }
 
 // Running reports the postmaster's pid if it is alive (from postmaster.pid; works after kill -9). A lock file left
-// by a crash whose PID now belongs to another process (pid reuse) is not "running" (see identify).
+// by a crash whose PID now belongs to another process (pid reuse) is not "running" (see identify). When the host
+// cannot be asked (another machine, unreachable), the answer is "running": only a host that answers can prove
+// that an instance is stopped.
 func (i *Instance) Running() (int, bool) {
-	lf, ok := i.readLockFile()
-	if !ok || i.identify(lf) != ownerOurs {
+	pm, err := i.machine().Postmaster(i.Dir)
+	if err != nil {
+		return 0, true
+	}
+	if pm.Owner != OwnerOurs {
 		return 0, false
 	}
-	return lf.pid, true
+	return pm.PID, true
 }
 
 // waitLockReleased waits, up to timeout, until no process of ours holds postmaster.pid: a postmaster killed with -9
@@ -98,18 +107,18 @@ func (i *Instance) Running() (int, bool) {
 func (i *Instance) waitLockReleased(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		lf, ok := i.readLockFile()
-		if !ok {
-			return nil
+		pm, err := i.machine().Postmaster(i.Dir)
+		if err != nil {
+			return fmt.Errorf("data directory %s: %w", i.Dir, err)
 		}
-		switch i.identify(lf) {
-		case ownerNone:
+		switch pm.Owner {
+		case OwnerNone:
 			return nil
-		case ownerForeign:
-			return i.removeStaleLockFile()
+		case OwnerForeign:
+			return i.machine().RemoveStaleLock(i.Dir)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("data directory %s is still locked by process %d", i.Dir, lf.pid)
+			return fmt.Errorf("data directory %s is still locked by process %d", i.Dir, pm.PID)
 		}
 		select {
 		case <-ctx.Done():
@@ -119,11 +128,30 @@ func (i *Instance) waitLockReleased(ctx context.Context, timeout time.Duration) 
 	}
 }
 
-// IsStandby reports whether the data directory is configured as a standby (standby.signal; works stopped).
+// IsStandby reports whether the data directory is configured as a standby (standby.signal; works stopped). A
+// host that cannot be asked gives false: nothing proves it is a copy that may be promoted.
 func (i *Instance) IsStandby() bool {
-	_, err := os.Stat(filepath.Join(i.Dir, "standby.signal"))
-	return err == nil
+	ok, err := i.standby()
+	return err == nil && ok
 }
+
+func (i *Instance) standby() (bool, error) {
+	return i.machine().Exists(filepath.Join(i.Dir, "standby.signal"))
+}
+
+// HasData reports whether the data directory holds a cluster (PG_VERSION; works stopped).
+func (i *Instance) HasData() (bool, error) {
+	return i.machine().Exists(filepath.Join(i.Dir, "PG_VERSION"))
+}
+
+// MakeHome creates the directory around the data directory.
+func (i *Instance) MakeHome() error { return i.machine().MkdirAll(i.home()) }
+
+// RemoveHome deletes the data directory and everything around it.
+func (i *Instance) RemoveHome() error { return i.machine().RemoveAll(i.home()) }
+
+// CancelPromote removes a promotion asked for (pg_ctl promote's signal file) that the standby has not taken up.
+func (i *Instance) CancelPromote() error { return i.machine().Remove(filepath.Join(i.Dir, "promote")) }
 
 // Start starts the postmaster and waits until it accepts connections. Already running is fine. A start right
 // after a kill -9 may find the old processes still detaching from shared memory, so it is retried briefly.
@@ -136,7 +164,7 @@ func (i *Instance) Start(ctx context.Context) error {
 	}
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
-		_, err = i.Bin.Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-l", i.logFile(), "-w", "-t", "120", "start")
+		_, err = i.machine().Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-l", i.logFile(), "-w", "-t", "120", "start")
 		if err == nil {
 			return i.WaitReady(ctx)
 		}
@@ -172,18 +200,17 @@ func (i *Instance) WaitReady(ctx context.Context) error {
 
 // Stop shuts the instance down in mode and waits. Not running is fine.
 func (i *Instance) Stop(ctx context.Context, mode ShutdownMode) error {
-	pid, running := i.Running()
-	if !running {
+	if _, running := i.Running(); !running {
 		return nil
 	}
 	// Signal the postmaster as pg_ctl does, but watch for the end every few milliseconds: pg_ctl -w polls
 	// ten times a second, which is up to 100 ms of write unavailability in a planned failover.
-	if sig, ok := shutdownSignals[mode]; ok && syscall.Kill(pid, sig) == nil {
+	if sig, ok := shutdownSignals[mode]; ok && i.machine().Signal(i.Dir, sig) == nil {
 		if err := i.waitStopped(ctx, 120*time.Second); err == nil {
 			return nil
 		}
 	}
-	_, err := i.Bin.Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-m", string(mode), "-w", "-t", "120", "stop")
+	_, err := i.machine().Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-m", string(mode), "-w", "-t", "120", "stop")
 	if err != nil {
 		if _, running := i.Running(); !running {
 			return nil
@@ -230,7 +257,9 @@ func (i *Instance) TryShuttingDownFastImmediate(ctx context.Context, fastTimeout
 
 // Promote makes a standby a primary and waits until it accepts writes. A primary is left alone.
 func (i *Instance) Promote(ctx context.Context) error {
-	if !i.IsStandby() {
+	if standby, err := i.standby(); err != nil {
+		return fmt.Errorf("promote %s: %w", i.Dir, err)
+	} else if !standby {
 		return nil
 	}
 	// pg_ctl promote -w (and pg_promote(wait)) poll ten times a second; a session watches more closely.
@@ -245,7 +274,7 @@ func (i *Instance) Promote(ctx context.Context) error {
 	if _, running := i.Running(); !running {
 		return fmt.Errorf("promote %s: not running", i.Dir)
 	}
-	if _, err := i.Bin.Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-w", "-t", "120", "promote"); err != nil {
+	if _, err := i.machine().Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-w", "-t", "120", "promote"); err != nil {
 		if !i.IsStandby() {
 			return nil
 		}
@@ -256,7 +285,7 @@ func (i *Instance) Promote(ctx context.Context) error {
 
 // LogTail returns the end of the instance's log file.
 func (i *Instance) LogTail(n int) string {
-	b, err := pgbin.ReadFile(i.logFile())
+	b, err := i.machine().ReadFile(i.logFile())
 	if err != nil {
 		return "(no log)"
 	}

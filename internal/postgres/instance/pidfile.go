@@ -27,8 +27,8 @@ type lockFile struct {
 	start int64 // 0 when the line is missing (a lock file still being written)
 }
 
-func (i *Instance) readLockFile() (lockFile, bool) {
-	raw, err := pgbin.ReadFile(filepath.Join(i.Dir, "postmaster.pid"))
+func readLockFile(dir string) (lockFile, bool) {
+	raw, err := pgbin.ReadFile(filepath.Join(dir, "postmaster.pid"))
 	if err != nil {
 		return lockFile{}, false
 	}
@@ -47,15 +47,16 @@ func (i *Instance) readLockFile() (lockFile, bool) {
 	return lf, true
 }
 
-// owner is who holds the lock file's PID.
-type owner int
+// Owner is who holds the lock file's PID.
+type Owner int
 
+// Owners of a lock file's PID.
 const (
-	ownerNone    owner = iota // no lock file, or its PID is not alive
-	ownerOurs                 // this data directory's postmaster
-	ownerZombie               // this data directory's postmaster, killed but not yet reaped
-	ownerForeign              // another process: the lock file is stale
-	ownerUnsure               // looks like ours by its command line, but its start time disagrees
+	OwnerNone    Owner = iota // no lock file, or its PID is not alive
+	OwnerOurs                 // this data directory's postmaster
+	OwnerZombie               // this data directory's postmaster, killed but not yet reaped
+	OwnerForeign              // another process: the lock file is stale
+	OwnerUnsure               // looks like ours by its command line, but its start time disagrees
 )
 
 // startSlack is how far the process's start time may be from the lock file's: the postmaster writes time(NULL)
@@ -67,35 +68,35 @@ const startSlack = 3
 // alone: another instance's postmaster, or any unrelated process, has another one. When it cannot be read (a
 // container without CAP_SYS_PTRACE), the command line must carry `-D <this directory>` and the process must have
 // started when the lock file says. A zombie has neither; its start time must match.
-func (i *Instance) identify(lf lockFile) owner {
+func identify(dir string, lf lockFile) Owner {
 	if err := syscall.Kill(lf.pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return ownerNone
+		return OwnerNone
 	}
 	started, state, err := procStart(lf.pid)
 	if err != nil {
-		return ownerNone // gone since kill(0)
+		return OwnerNone // gone since kill(0)
 	}
 	startMatches := lf.start > 0 && started-float64(lf.start) <= startSlack && float64(lf.start)-started <= startSlack
 	if state == 'Z' {
 		if startMatches {
-			return ownerZombie
+			return OwnerZombie
 		}
-		return ownerForeign
+		return OwnerForeign
 	}
 	if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", lf.pid)); err == nil {
-		if sameDir(cwd, i.Dir) {
-			return ownerOurs
+		if sameDir(cwd, dir) {
+			return OwnerOurs
 		}
-		return ownerForeign
+		return OwnerForeign
 	}
 	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", lf.pid))
-	if err != nil || !cmdlineHasDataDir(cmd, i.Dir) {
-		return ownerForeign
+	if err != nil || !cmdlineHasDataDir(cmd, dir) {
+		return OwnerForeign
 	}
 	if !startMatches {
-		return ownerUnsure
+		return OwnerUnsure
 	}
-	return ownerOurs
+	return OwnerOurs
 }
 
 // cmdlineHasDataDir reports whether a NUL-separated command line is a postgres with `-D dir` (or -Ddir).
@@ -179,15 +180,15 @@ func readBootTime() (int64, error) {
 
 // removeStaleLockFile deletes postmaster.pid when the process it names is certainly not this directory's
 // postmaster: PostgreSQL refuses to start while the PID in its lock file is alive, whoever it belongs to.
-func (i *Instance) removeStaleLockFile() error {
-	lf, ok := i.readLockFile()
-	if !ok || i.identify(lf) != ownerForeign {
+func removeStaleLockFile(dir string) error {
+	lf, ok := readLockFile(dir)
+	if !ok || identify(dir, lf) != OwnerForeign {
 		return nil
 	}
-	if again, ok := i.readLockFile(); !ok || again != lf {
+	if again, ok := readLockFile(dir); !ok || again != lf {
 		return nil // rewritten meanwhile: a postmaster started
 	}
-	if err := os.Remove(filepath.Join(i.Dir, "postmaster.pid")); err != nil && !os.IsNotExist(err) {
+	if err := os.Remove(filepath.Join(dir, "postmaster.pid")); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("remove stale postmaster.pid (PID %d is another process): %w", lf.pid, err)
 	}
 	return nil

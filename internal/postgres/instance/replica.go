@@ -2,6 +2,7 @@ package instance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,20 +11,18 @@ import (
 	"time"
 
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
-
-	"github.com/fogo-db/fogo/internal/postgres/pgbin"
 )
 
 // BaseBackup fills the (empty or partial) data directory with a copy of source, streaming WAL through the
 // physical slot (which the caller created on the source). A partial copy from an interrupted attempt is wiped.
 func (i *Instance) BaseBackup(ctx context.Context, source ConnInfo, slot string) error {
-	if err := os.RemoveAll(i.Dir); err != nil {
+	if err := i.machine().RemoveAll(i.Dir); err != nil {
 		return fmt.Errorf("base backup: clear %s: %w", i.Dir, err)
 	}
-	if err := i.Bin.MkdirOwned(i.home()); err != nil {
+	if err := i.MakeHome(); err != nil {
 		return err
 	}
-	_, err := i.Bin.Run(ctx, i.env(), "pg_basebackup", "-D", i.Dir, "-d", source.String(),
+	_, err := i.machine().Run(ctx, i.env(), "pg_basebackup", "-D", i.Dir, "-d", source.String(),
 		"-X", "stream", "-S", slot, "-c", "fast", "--no-password")
 	if err != nil {
 		return fmt.Errorf("base backup from %s:%d: %w", source.Host, source.Port, err)
@@ -55,7 +54,9 @@ func (i *Instance) Rewind(ctx context.Context, source ConnInfo) (RewindResult, e
 	// A backup_label means an earlier rewind (or base backup) finished but the instance has not yet recovered
 	// past it. Rewinding again would run crash recovery over that state and break it; starting it as a standby
 	// completes it.
-	if _, err := os.Stat(filepath.Join(i.Dir, "backup_label")); err == nil {
+	if labelled, err := i.machine().Exists(filepath.Join(i.Dir, "backup_label")); err != nil {
+		return res, fmt.Errorf("rewind: %w", err)
+	} else if labelled {
 		res.AlreadyRewound = true
 		return res, nil
 	}
@@ -64,24 +65,24 @@ func (i *Instance) Rewind(ctx context.Context, source ConnInfo) (RewindResult, e
 	}
 	control := filepath.Join(i.Dir, "global", "pg_control")
 	backup := filepath.Join(i.home(), "pg_control.before-rewind")
-	saved, err := pgbin.ReadFile(control)
+	saved, err := i.machine().ReadFile(control)
 	if err != nil {
 		return res, fmt.Errorf("rewind: read pg_control: %w", err)
 	}
-	if err := i.Bin.WriteFileOwned(backup, saved, 0o600); err != nil {
+	if err := i.machine().WriteFile(backup, saved, 0o600); err != nil {
 		return res, fmt.Errorf("rewind: back up pg_control: %w", err)
 	}
 	// pg_rewind replays a crashed directory's WAL in single-user mode first, which refuses to run with a
 	// recovery signal present ("standby mode is not supported by single-user servers"). The caller writes
 	// the standby configuration again after the rewind.
 	for _, sig := range []string{"standby.signal", "recovery.signal"} {
-		if err := os.Remove(filepath.Join(i.Dir, sig)); err != nil && !os.IsNotExist(err) {
+		if err := i.machine().Remove(filepath.Join(i.Dir, sig)); err != nil {
 			return res, fmt.Errorf("rewind: remove %s: %w", sig, err)
 		}
 	}
-	out, err := i.Bin.Run(ctx, i.env(), "pg_rewind", "--target-pgdata="+i.Dir, "--source-server="+source.String())
+	out, err := i.machine().Run(ctx, i.env(), "pg_rewind", "--target-pgdata="+i.Dir, "--source-server="+source.String())
 	if err != nil {
-		if werr := i.Bin.WriteFileOwned(control, saved, 0o600); werr != nil {
+		if werr := i.machine().WriteFile(control, saved, 0o600); werr != nil {
 			return res, fmt.Errorf("rewind: %w (and restoring pg_control failed: %v)", err, werr)
 		}
 		return res, fmt.Errorf("rewind: %w", err)
@@ -106,7 +107,7 @@ type ControlData struct {
 
 // ControlData runs pg_controldata.
 func (i *Instance) ControlData(ctx context.Context) (ControlData, error) {
-	out, err := i.Bin.Run(ctx, nil, "pg_controldata", "-D", i.Dir)
+	out, err := i.machine().Run(ctx, nil, "pg_controldata", "-D", i.Dir)
 	if err != nil {
 		return ControlData{}, fmt.Errorf("pg_controldata %s: %w", i.Dir, err)
 	}
@@ -145,16 +146,16 @@ func (i *Instance) RemoveSlotDirsOffline(prefix string) error {
 	if _, running := i.Running(); running {
 		return fmt.Errorf("remove slots of %s: instance is running", i.Dir)
 	}
-	entries, err := os.ReadDir(filepath.Join(i.Dir, "pg_replslot"))
+	names, err := i.machine().ReadDir(filepath.Join(i.Dir, "pg_replslot"))
 	if err != nil {
-		if os.IsNotExist(err) {
+		if errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
 		return err
 	}
-	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), prefix) {
-			if err := os.RemoveAll(filepath.Join(i.Dir, "pg_replslot", e.Name())); err != nil {
+	for _, name := range names {
+		if strings.HasPrefix(name, prefix) {
+			if err := i.machine().RemoveAll(filepath.Join(i.Dir, "pg_replslot", name)); err != nil {
 				return err
 			}
 		}

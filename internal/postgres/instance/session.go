@@ -63,7 +63,7 @@ func (s *Session) CurrentWALLSN(ctx context.Context) (lsn.LSN, error) {
 // Promote signals the promotion (pg_ctl promote without -W's 100 ms polling) and watches pg_is_in_recovery()
 // on this session until the instance accepts writes.
 func (s *Session) Promote(ctx context.Context) error {
-	if _, err := s.i.Bin.Run(ctx, nil, "pg_ctl", "-D", s.i.Dir, "-W", "promote"); err != nil && s.i.IsStandby() {
+	if _, err := s.i.machine().Run(ctx, nil, "pg_ctl", "-D", s.i.Dir, "-W", "promote"); err != nil && s.i.IsStandby() {
 		return fmt.Errorf("promote %s: %w", s.i.Dir, err)
 	}
 	deadline := time.Now().Add(120 * time.Second)

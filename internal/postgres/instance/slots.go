@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -106,30 +105,21 @@ func (i *Instance) WriteSlotFiles(slot string, f SlotFiles) error {
 	}
 	snaps := filepath.Join(i.Dir, "pg_logical", "snapshots")
 	for name, data := range f.Snapshots {
-		if err := i.Bin.WriteFileOwned(filepath.Join(snaps, name), data, 0o600); err != nil {
+		if err := i.machine().WriteFile(filepath.Join(snaps, name), data, 0o600); err != nil {
 			return err
 		}
 	}
-	if err := syncDir(snaps); err != nil {
+	if err := i.machine().SyncDir(snaps); err != nil {
 		return err
 	}
 	dir := filepath.Join(i.Dir, "pg_replslot", slot)
-	if err := i.Bin.MkdirOwned(dir); err != nil {
+	if err := i.machine().MkdirAll(dir); err != nil {
 		return err
 	}
-	if err := i.Bin.WriteFileOwned(filepath.Join(dir, "state"), f.State, 0o600); err != nil {
+	if err := i.machine().WriteFile(filepath.Join(dir, "state"), f.State, 0o600); err != nil {
 		return err
 	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return i.machine().SyncDir(dir)
 }
 
 // SlotStatus is one replication slot's hold on WAL, from pg_replication_slots.
