@@ -89,6 +89,7 @@ func serveCommand() *cobra.Command {
 	etcd.register(f)
 	f.StringVar(&o.ControllerName, "controller-name", "", "with --etcd-endpoints: this controller's name in the election (default host name and --listen)")
 	f.DurationVar(&o.LeaderTTL, "leader-ttl", 10*time.Second, "with --etcd-endpoints: the controller lease; a controller that cannot renew it for this long is replaced")
+	f.StringVar(&o.ClusterCA, "cluster-ca", "", "with --etcd-endpoints: CA certificate that signed the agents' host API certificates (see fogo certs; default the system's roots)")
 	return cmd
 }
 

@@ -83,6 +83,9 @@ type Options struct {
 	Etcd           *store.EtcdConfig
 	ControllerName string        // default host name and API address
 	LeaderTTL      time.Duration // the controller lease (default leader.DefaultTTL)
+	// ClusterCA is the CA file that signs the agents' host API certificates (cluster mode; default the system's
+	// roots).
+	ClusterCA string
 }
 
 // DefaultMaxSlotWALKeepSize is the default bound on the WAL one slot may hold: a geo-secondary or a link that
@@ -296,9 +299,13 @@ func (a *App) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	agents, err := a.agents()
+	if err != nil {
+		return err
+	}
 	a.Cluster = cluster.New(cluster.Config{
 		DataDir: a.opts.DataDir, InstancesDir: a.opts.InstancesDir, PortLow: a.opts.PortLow, PortHigh: a.opts.PortHigh, Bin: a.bin,
-		SuperPassword: superPassword, Logger: a.log, ExtraInstanceConfs: extra,
+		SuperPassword: superPassword, Logger: a.log, ExtraInstanceConfs: extra, Agents: agents,
 	}, a.Store)
 	runCtx, cancel := context.WithCancel(a.leading)
 	a.cancel = cancel

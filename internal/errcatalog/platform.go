@@ -10,6 +10,7 @@ var platformEntries = []Entry{
 	{Code: "InvalidRequestContent", Status: 400, Template: "The request content was invalid and could not be deserialized: '{0}'."},
 	{Code: "InvalidSubscriptionId", Status: 400, Template: "The provided subscription identifier '{0}' is malformed or invalid."},
 	{Code: "InvalidResourceGroupName", Status: 400, Template: "Resource group name '{0}' is invalid."},
+	{Code: "RegionDoesNotAllowProvisioning", Status: 400, Template: "Location '{0}' is not accepting creation of new Windows Azure SQL Database servers at this time."},
 	{Code: "LocationRequired", Status: 400, Template: "The location property is required for this definition."},
 	{Code: "InvalidParameterValue", Status: 400, Template: "Invalid value given for parameter {0}. Specify a valid parameter value."},
 	{Code: "InvalidLoginName", Status: 400, Template: "The login name '{0}' is not valid: it must start with a letter or underscore, contain only letters, digits and underscores, be at most 63 characters, and not be a reserved name."},

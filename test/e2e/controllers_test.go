@@ -36,8 +36,29 @@ func TestControllersShareStateInEtcd(t *testing.T) {
 		}
 	}
 	first := startFogo(t, onEtcd("first"))
+	agentOn := func(o *app.AgentOptions) {
+		o.Etcd = &store.EtcdConfig{Endpoints: etcd.Endpoints(), Prefix: "/fogo-test"}
+		o.SecretsKeyFile = keyFile
+	}
+	eastAgent := startAgent(t, "east-1", "East US", agentOn)
+	startAgent(t, "west-1", "westus", agentOn)
+	// No agent in a region: the server is refused with the catalogue's code, and nothing is created.
+	r := first.do(http.MethodPut, serverPath("north"), map[string]any{"location": "northeurope",
+		"properties": map[string]any{"administratorLogin": login, "administratorLoginPassword": password}})
+	if r.Status != http.StatusBadRequest || r.errCode() != "RegionDoesNotAllowProvisioning" {
+		t.Fatalf("a server in a region without agents: %d %s", r.Status, r.Raw)
+	}
+	if got := first.do(http.MethodGet, serverPath("north"), nil); got.Status != http.StatusNotFound {
+		t.Fatalf("the refused server exists: %d %s", got.Status, got.Raw)
+	}
 	first.createServer("east", "eastus")
+	if got := first.do(http.MethodGet, serverPath("east"), nil); propString(got.Body, "host") != "east-1" {
+		t.Fatalf("server east is not placed on the eastus agent: %s", got.Raw)
+	}
 	first.createDB("east", "shop", "eastus")
+	if n := countDataDirs(eastAgent.InstancesDir()); n != 1 {
+		t.Fatalf("the database's instance is not in the agent's directory (%d data directories there)", n)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	conn, err := first.connect(ctx, "east", "shop")
@@ -70,7 +91,7 @@ func TestControllersShareStateInEtcd(t *testing.T) {
 	if got := via.do(http.MethodGet, serverPath("east"), nil); got.Status != http.StatusOK || got.Body["name"] != "east" {
 		t.Fatalf("GET through the waiting controller: %d %s", got.Status, got.Raw)
 	}
-	r := via.do(http.MethodPut, serverPath("west"), map[string]any{"location": "westus",
+	r = via.do(http.MethodPut, serverPath("west"), map[string]any{"location": "westus",
 		"properties": map[string]any{"administratorLogin": login, "administratorLoginPassword": password}})
 	if loc := r.Header.Get("Azure-AsyncOperation"); loc != "" && !strings.Contains(loc, secondAddr) {
 		t.Errorf("the operation URL %q does not name the address the client used (%s)", loc, secondAddr)

@@ -38,18 +38,21 @@ func (a *API) endpoint(port int) string {
 }
 
 func (a *API) renderServer(s *model.Server) resource {
-	tags := s.Tags
+	props := map[string]any{
+		"administratorLogin":       s.AdminLogin,
+		"version":                  "12.0",
+		"state":                    s.State,
+		"fullyQualifiedDomainName": a.cfg.AdvertiseHost,
+		"publicNetworkAccess":      "Enabled",
+		"endpoint":                 a.endpoint(s.GatewayPort),
+		"postgresVersion":          s.Version,
+	}
+	if s.Host != "" {
+		props["host"] = s.Host // cluster mode: the agent whose host runs the server's instances
+	}
 	return resource{
-		ID: s.ID.String(), Name: s.ID.Name, Type: "Microsoft.Sql/servers", Location: s.Location, Kind: "v12.0", Tags: tags,
-		Properties: map[string]any{
-			"administratorLogin":       s.AdminLogin,
-			"version":                  "12.0",
-			"state":                    s.State,
-			"fullyQualifiedDomainName": a.cfg.AdvertiseHost,
-			"publicNetworkAccess":      "Enabled",
-			"endpoint":                 a.endpoint(s.GatewayPort),
-			"postgresVersion":          s.Version,
-		},
+		ID: s.ID.String(), Name: s.ID.Name, Type: "Microsoft.Sql/servers", Location: s.Location, Kind: "v12.0", Tags: s.Tags,
+		Properties: props,
 	}
 }
 

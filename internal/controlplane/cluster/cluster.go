@@ -34,6 +34,9 @@ type Config struct {
 	SuperPassword      string
 	Logger             *slog.Logger
 	ExtraInstanceConfs map[string]string
+	// Agents, when set, is cluster mode: servers are placed on the agents' hosts and their instances reached
+	// through the agents.
+	Agents *Agents
 }
 
 // Manager acts on instances.
@@ -46,6 +49,7 @@ type Manager struct {
 	locks map[string]*sync.Mutex
 
 	startHook atomic.Pointer[StartHook]
+	agents    agentDirectory
 }
 
 // StartHook is called before EnsureRunning starts an instance (tests only: a start that hangs or fails).
@@ -111,22 +115,40 @@ func (m *Manager) SuperPassword() string { return m.cfg.SuperPassword }
 
 // Handle returns the instance handle for a record.
 func (m *Manager) Handle(rec *model.Instance) *instance.Instance {
-	return &instance.Instance{
+	i := &instance.Instance{
 		Dir: rec.Dir, Bin: m.cfg.Bin, Host: "127.0.0.1", Port: rec.Port,
 		SuperUser: SuperUser, SuperPassword: m.cfg.SuperPassword,
 	}
+	if rec.Host != "" {
+		cl, ag := m.hostClient(rec.Host)
+		i.On, i.Host = cl, ag.Address
+	}
+	return i
 }
 
 // NewInstanceRecord allocates an ID, a data directory and a port for a new instance, and stores the record.
 func (m *Manager) NewInstanceRecord(tx *store.Tx, server armid.ServerID, database, role string) (*model.Instance, error) {
 	id := "i" + randomHex(5)
-	port, err := m.AllocatePort(tx, "instance:"+id)
+	var srv model.Server
+	if err := tx.MustGet(store.Servers, server.Key(), &srv); err != nil {
+		return nil, fmt.Errorf("server %s: %w", server.Name, err)
+	}
+	home, ag, err := m.instanceHome(tx, srv.Host, id)
+	if err != nil {
+		return nil, err
+	}
+	var port int
+	if ag != nil {
+		port, err = m.allocateHostPort(tx, ag, "instance:"+id)
+	} else {
+		port, err = m.AllocatePort(tx, "instance:"+id)
+	}
 	if err != nil {
 		return nil, err
 	}
 	rec := &model.Instance{
-		ID: id, Server: server, Database: database, Role: role, Port: port,
-		Dir:      filepath.Join(m.instancesDir(), id, "pgdata"),
+		ID: id, Server: server, Database: database, Role: role, Port: port, Host: srv.Host,
+		Dir:      filepath.Join(home, "pgdata"),
 		SlotName: "fogo_" + id,
 	}
 	return rec, tx.Put(store.Instances, id, rec)
@@ -186,6 +208,11 @@ func randomHex(n int) string {
 // settings builds the configuration of an instance from its record.
 func (m *Manager) settings(rec *model.Instance, upstream *model.Instance) instance.Settings {
 	s := instance.Settings{Port: rec.Port, ListenAddresses: "127.0.0.1", Extra: m.cfg.ExtraInstanceConfs}
+	if rec.Host != "" {
+		if _, ag := m.hostClient(rec.Host); ag.Address != "" && ag.Address != "127.0.0.1" {
+			s.ListenAddresses += "," + ag.Address // the other fogo hosts reach it there
+		}
+	}
 	if rec.Role == model.RoleStandby && upstream != nil {
 		s.Standby = true
 		s.PrimaryConnInfo = m.Handle(upstream).ReplicationConnInfo(rec.ID)
@@ -394,14 +421,14 @@ func (m *Manager) Destroy(ctx context.Context, rec *model.Instance) error {
 		return fmt.Errorf("destroy %s: remove files: %w", rec.ID, err)
 	}
 	return m.store.Update(func(tx *store.Tx) error {
-		if err := ReleasePort(tx, rec.Port); err != nil {
+		if err := tx.Delete(store.Ports, portKey(rec.Host, rec.Port)); err != nil {
 			return err
 		}
 		return tx.Delete(store.Instances, rec.ID)
 	})
 }
 
-// StopAll stops every instance (graceful shutdown of fogo).
+// StopAll stops every instance on this machine (graceful shutdown of fogo).
 func (m *Manager) StopAll(ctx context.Context) {
 	var recs []model.Instance
 	_ = m.store.View(func(tx *store.Tx) (err error) {
@@ -410,6 +437,9 @@ func (m *Manager) StopAll(ctx context.Context) {
 	})
 	var wg sync.WaitGroup
 	for i := range recs {
+		if recs[i].Host != "" {
+			continue // an agent's host owns its instances: they outlive any controller
+		}
 		wg.Add(1)
 		go func(rec *model.Instance) {
 			defer wg.Done()

@@ -19,6 +19,25 @@ type Server struct {
 	State         string    `json:"state"` // Ready | Deleting
 	GatewayPort   int       `json:"gatewayPort"`
 	CreatedAt     time.Time `json:"createdAt"`
+	// Host is the agent whose host runs the server's instances (cluster mode; "" in the embedded mode).
+	Host string `json:"host,omitempty"`
+}
+
+// Agent is a database host registered in cluster mode (fogo agent): where placement may put servers, and how
+// the controller reaches the host and its instances.
+type Agent struct {
+	Name   string `json:"name"`
+	Region string `json:"region"`
+	// Address is the host's address on the network between fogo's hosts: its instances listen on it.
+	Address string `json:"address"`
+	// URL is the agent's host API (https://address:port).
+	URL string `json:"url"`
+	// InstancesDir holds the data directories of the instances placed on the host.
+	InstancesDir string `json:"instancesDir"`
+	// PortLow and PortHigh bound the ports its instances listen on.
+	PortLow      int       `json:"portLow"`
+	PortHigh     int       `json:"portHigh"`
+	RegisteredAt time.Time `json:"registeredAt"`
 }
 
 // Database states shown as properties.status.
@@ -59,7 +78,9 @@ type Instance struct {
 	Database string         `json:"database"`
 	Dir      string         `json:"dir"`
 	Port     int            `json:"port"`
-	Role     string         `json:"role"`
+	// Host is the agent whose host holds Dir (cluster mode; "" is the controller's own machine).
+	Host string `json:"host,omitempty"`
+	Role string `json:"role"`
 	// Upstream is the instance this standby streams from; SlotName the physical slot it uses there.
 	Upstream string `json:"upstream,omitempty"`
 	SlotName string `json:"slotName,omitempty"`

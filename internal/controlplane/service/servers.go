@@ -25,7 +25,11 @@ type Result struct {
 func (s *Service) PutServer(ctx context.Context, id armid.ServerID, spec validate.ServerSpec) (*model.Server, Result, error) {
 	var srv model.Server
 	var res Result
-	err := s.st.Update(func(tx *store.Tx) error {
+	live, err := s.cl.LiveAgents(ctx)
+	if err != nil {
+		return nil, res, err
+	}
+	err = s.st.Update(func(tx *store.Tx) error {
 		srv, res = model.Server{}, Result{} // fn may run again (the etcd store retries a conflicting update)
 		ok, err := tx.Get(store.Servers, id.Key(), &srv)
 		if err != nil {
@@ -37,6 +41,10 @@ func (s *Service) PutServer(ctx context.Context, id armid.ServerID, spec validat
 		if err := checkServerNameFree(tx, id); err != nil {
 			return err
 		}
+		host, err := s.cl.PlaceServer(tx, spec.Location, live)
+		if err != nil {
+			return err
+		}
 		port, err := s.cl.AllocatePort(tx, "server:"+id.Key())
 		if err != nil {
 			return err
@@ -44,7 +52,7 @@ func (s *Service) PutServer(ctx context.Context, id armid.ServerID, spec validat
 		srv = model.Server{
 			ID: id, Location: spec.Location, Tags: spec.Tags, AdminLogin: spec.AdministratorLogin,
 			AdminVerifier: scram.Verifier(spec.AdministratorLoginPassword), Version: "15",
-			State: "Ready", GatewayPort: port, CreatedAt: now(),
+			State: "Ready", GatewayPort: port, CreatedAt: now(), Host: host,
 		}
 		res.Created = true
 		return tx.Put(store.Servers, id.Key(), &srv)

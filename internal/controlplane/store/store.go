@@ -36,9 +36,11 @@ const (
 	LinkConnections = "linkConnections"
 	// Secrets holds credentials fogo generates (sealed).
 	Secrets = "secrets"
+	// Agents holds the database hosts registered in cluster mode (model.Agent).
+	Agents = "agents"
 )
 
-var allBuckets = []string{Servers, Databases, Instances, Groups, Operations, Ports, Meta, LinkedServices, LinkConnections, Secrets}
+var allBuckets = []string{Servers, Databases, Instances, Groups, Operations, Ports, Meta, LinkedServices, LinkConnections, Secrets, Agents}
 
 // sealedBuckets are the buckets whose values are sealed whole. Nothing else in the store is secret: operations keep
 // resource ids, plans and ARM errors; instances keep directories, ports and roles; link connections keep names and

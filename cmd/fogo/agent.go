@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/fogo-db/fogo/internal/app"
+)
+
+func agentCommand() *cobra.Command {
+	var o app.AgentOptions
+	var portRange, logLevel string
+	var etcd etcdFlags
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run fogo's agent on a database host (cluster mode): the PostgreSQL instances the controller places here",
+		Long: `The agent registers this host in etcd under a lease (its liveness) and serves the host's side of the
+instances placed on it to the elected controller: a server whose location is --region is placed on a live agent
+of that region. Instances keep running when the agent stops or restarts.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			low, high, err := parsePortRange(portRange)
+			if err != nil {
+				return err
+			}
+			o.PortLow, o.PortHigh = low, high
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if o.Etcd, err = etcd.config(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			a, err := app.StartAgent(ctx, o)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			fmt.Fprintf(os.Stderr, "fogo agent %s serves its host API on %s\n", o.Name, a.URL())
+			select {
+			case <-ctx.Done():
+				fmt.Fprintln(os.Stderr, "fogo agent is stopping (its instances keep running)")
+				return nil
+			case <-a.Lost():
+				return errors.New("lost the agent lease (etcd unreachable or this process frozen for longer than its TTL)")
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Name, "name", "", "this host's name among fogo's agents (letters, digits, '-', '_', '.')")
+	f.StringVar(&o.Region, "region", "", "the region this host is in: servers whose location is this region are placed here")
+	f.StringVar(&o.AdvertiseHost, "advertise-host", "", "this host's address on the network between fogo's hosts (instances listen on it)")
+	f.StringVar(&o.Listen, "listen", "", "address of the host API (default ADVERTISE-HOST:7500)")
+	f.StringVar(&o.DataDir, "data-dir", "./fogo-agent-data", "directory for the agent's files and the instances")
+	f.StringVar(&o.InstancesDir, "instances-dir", "", "directory of the instances' data directories (default DATA-DIR/instances)")
+	f.StringVar(&o.PGBin, "pg-bin", "", "directory of the PostgreSQL 15 server binaries (default: discovered)")
+	f.StringVar(&portRange, "port-range", "7401-7999", "ports for the PostgreSQL instances on this host (LOW-HIGH)")
+	f.StringVar(&o.TLSCert, "tls-cert", "", "TLS certificate of the host API (with --tls-key; see fogo certs)")
+	f.StringVar(&o.TLSKey, "tls-key", "", "TLS key of the host API")
+	f.BoolVar(&o.AllowPlaintext, "allow-plaintext", false, "serve the host API without TLS (loopback or an already private network only)")
+	f.StringVar(&o.SecretsKeyFile, "secrets-key-file", "", "the controllers' secrets key file (default DATA-DIR/secrets.key); the agent never creates it")
+	f.DurationVar(&o.TTL, "lease-ttl", 10*time.Second, "the agent's lease in etcd: an agent that cannot renew it for this long is taken for gone")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	etcd.register(f)
+	return cmd
+}

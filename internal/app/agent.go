@@ -1,0 +1,307 @@
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/agent"
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
+	"github.com/fogo-db/fogo/internal/postgres/pgbin"
+)
+
+// AgentOptions are the settings of `fogo agent`.
+type AgentOptions struct {
+	Name   string
+	Region string
+	// AdvertiseHost is the host's address on the network between fogo's hosts: its instances listen on it and
+	// its host API is reached on it.
+	AdvertiseHost string
+	// Listen is the host API's address (default AdvertiseHost:7500).
+	Listen            string
+	DataDir           string
+	InstancesDir      string
+	PGBin             string
+	PortLow, PortHigh int
+	// TLSCert and TLSKey serve the host API with TLS (required unless AllowPlaintext).
+	TLSCert, TLSKey string
+	// AllowPlaintext serves the host API without TLS: for a host API on loopback, or a network already private.
+	AllowPlaintext bool
+	SecretsKeyFile string
+	Etcd           *store.EtcdConfig
+	// TTL is the agent's lease (default agent.DefaultTTL).
+	TTL    time.Duration
+	Logger *slog.Logger
+}
+
+// Agent is a running `fogo agent`.
+type Agent struct {
+	opts     AgentOptions
+	log      *slog.Logger
+	bin      *pgbin.Bin
+	st       *store.Store
+	token    string
+	listener net.Listener
+	http     *http.Server
+	reg      *agent.Registration
+	rec      model.Agent
+}
+
+// StartAgent brings an agent up: it registers the host and serves its host API until Close.
+func StartAgent(ctx context.Context, opts AgentOptions) (*Agent, error) {
+	a := &Agent{opts: opts, log: opts.Logger}
+	if a.log == nil {
+		a.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"check options", a.checkOptions},
+		{"prepare directories", a.prepareDirs},
+		{"open state", a.openState},
+		{"listen", a.listen},
+		{"record the host", a.record},
+		{"register", a.register},
+	}
+	for _, s := range steps {
+		if err := s.fn(ctx); err != nil {
+			a.Close()
+			return nil, fmt.Errorf("agent %s: %s: %w", opts.Name, s.name, err)
+		}
+	}
+	a.log.Info("agent registered", "agent", a.rec.Name, "region", a.rec.Region, "url", a.rec.URL,
+		"instances_dir", a.rec.InstancesDir, "ports", fmt.Sprintf("%d-%d", a.rec.PortLow, a.rec.PortHigh))
+	return a, nil
+}
+
+func (a *Agent) checkOptions(context.Context) error {
+	o := &a.opts
+	if err := checkAgentName(o.Name); err != nil {
+		return err
+	}
+	if o.Region == "" {
+		return errors.New("--region is required: servers whose location is this region are placed on this host")
+	}
+	if o.AdvertiseHost == "" {
+		return errors.New("--advertise-host is required: the address the other fogo hosts reach this one on")
+	}
+	if o.Etcd == nil {
+		return errors.New("--etcd-endpoints is required: agents exist in cluster mode only")
+	}
+	if o.Listen == "" {
+		o.Listen = net.JoinHostPort(o.AdvertiseHost, "7500")
+	}
+	if o.PortLow == 0 {
+		o.PortLow, o.PortHigh = 7401, 7999
+	}
+	if o.PortLow <= 0 || o.PortHigh < o.PortLow || o.PortHigh > 65535 {
+		return fmt.Errorf("port range %d-%d is not valid", o.PortLow, o.PortHigh)
+	}
+	if (o.TLSCert == "") != (o.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if o.TLSCert == "" && !o.AllowPlaintext {
+		return errors.New("the host API carries the instances' files and commands: give --tls-cert and --tls-key (see `fogo certs`), or --allow-plaintext on a private network")
+	}
+	if o.DataDir == "" {
+		o.DataDir = "./fogo-agent-data"
+	}
+	return nil
+}
+
+// checkAgentName accepts names that are safe as etcd key parts and in messages.
+func checkAgentName(name string) error {
+	if name == "" || len(name) > 63 {
+		return errors.New("--name is required (1 to 63 characters)")
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("--name %q: use letters, digits, '-', '_' and '.' only", name)
+		}
+	}
+	return nil
+}
+
+func (a *Agent) prepareDirs(context.Context) error {
+	abs, err := filepath.Abs(a.opts.DataDir)
+	if err != nil {
+		return err
+	}
+	a.opts.DataDir = abs
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return err
+	}
+	if a.bin, err = pgbin.Discover(a.opts.PGBin); err != nil {
+		return err
+	}
+	a.opts.InstancesDir, err = instancesDir(a.bin, abs, a.opts.InstancesDir, a.log)
+	return err
+}
+
+// openState opens the shared state with the secrets key every fogo process of the cluster holds; an agent never
+// creates the key (a controller does, on the first start).
+func (a *Agent) openState(context.Context) error {
+	keyFile := KeyFilePath(a.opts.DataDir, a.opts.SecretsKeyFile)
+	if _, err := os.Stat(keyFile); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("secrets key file %s is missing: copy the controllers' key file to this host (--secrets-key-file)", keyFile)
+	}
+	s, err := openSealedState(a.opts.DataDir, a.opts.SecretsKeyFile, a.opts.Etcd, a.log)
+	if err != nil {
+		return err
+	}
+	a.st = s.st
+	a.token, err = sharedSecret(a.st, agentTokenKey)
+	return err
+}
+
+func (a *Agent) listen(context.Context) error {
+	ln, err := net.Listen("tcp", a.opts.Listen)
+	if err != nil {
+		return err
+	}
+	scheme := "http"
+	a.http = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: &agent.Server{
+		Name: a.opts.Name, Root: a.opts.InstancesDir, Host: instance.LocalHost{Bin: a.bin}, Token: a.token, Log: a.log,
+	}}
+	if a.opts.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(a.opts.TLSCert, a.opts.TLSKey)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("load tls certificate: %w", err)
+		}
+		a.http.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		ln = tls.NewListener(ln, a.http.TLSConfig)
+		scheme = "https"
+	}
+	a.listener = ln
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	a.rec.URL = scheme + "://" + net.JoinHostPort(a.opts.AdvertiseHost, port)
+	go func() {
+		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("host api", "err", err)
+		}
+	}()
+	return nil
+}
+
+// record writes the host's durable record: what placement and the controller read.
+func (a *Agent) record(context.Context) error {
+	a.rec = model.Agent{
+		Name: a.opts.Name, Region: a.opts.Region, Address: a.opts.AdvertiseHost, URL: a.rec.URL,
+		InstancesDir: a.opts.InstancesDir, PortLow: a.opts.PortLow, PortHigh: a.opts.PortHigh, RegisteredAt: time.Now().UTC(),
+	}
+	return a.st.Update(func(tx *store.Tx) error {
+		var old model.Agent
+		if ok, err := tx.Get(store.Agents, a.rec.Name, &old); err != nil {
+			return err
+		} else if ok && old.InstancesDir != a.rec.InstancesDir {
+			// The instances placed on this host live in the old directory: moving it is the operator's job.
+			return fmt.Errorf("agent %s was registered with instances directory %s, not %s", a.rec.Name, old.InstancesDir, a.rec.InstancesDir)
+		}
+		return tx.Put(store.Agents, a.rec.Name, &a.rec)
+	})
+}
+
+func (a *Agent) register(ctx context.Context) error {
+	cli, prefix := a.st.Etcd()
+	reg, err := agent.Register(ctx, cli, prefix, a.opts.Name, a.opts.TTL, map[string]string{"url": a.rec.URL, "region": a.rec.Region})
+	if err != nil {
+		return err
+	}
+	a.reg = reg
+	return nil
+}
+
+// URL is the host API's URL.
+func (a *Agent) URL() string { return a.rec.URL }
+
+// Lost is closed when the agent's lease could not be kept alive.
+func (a *Agent) Lost() <-chan struct{} { return a.reg.Done() }
+
+// Close stops serving and ends the registration. The instances keep running: an agent restart does not stop them.
+func (a *Agent) Close() {
+	if a.reg != nil {
+		_ = a.reg.Close()
+	}
+	if a.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = a.http.Shutdown(ctx)
+		cancel()
+	}
+	if a.st != nil {
+		a.st.Close()
+	}
+}
+
+// agentTokenKey is the secret that authenticates controllers to the agents' host APIs.
+const agentTokenKey = "agent-token"
+
+// sharedSecret returns the random secret kept sealed under key in the store, creating it on first use.
+func sharedSecret(st *store.Store, key string) (string, error) {
+	type sec struct {
+		Value string `json:"value"`
+	}
+	var s sec
+	err := st.Update(func(tx *store.Tx) error {
+		s = sec{}
+		if ok, err := tx.Get(store.Secrets, key, &s); err != nil || ok {
+			return err
+		}
+		buf := make([]byte, 32)
+		if _, err := rand.Read(buf); err != nil {
+			return err
+		}
+		s.Value = hex.EncodeToString(buf)
+		return tx.Put(store.Secrets, key, &s)
+	})
+	if err != nil {
+		return "", fmt.Errorf("shared secret %s: %w", key, err)
+	}
+	return s.Value, nil
+}
+
+// agents is how the controller reaches the agents: in cluster mode (state in etcd) every server is placed on an
+// agent's host; with bbolt there are none.
+func (a *App) agents() (*cluster.Agents, error) {
+	cli, prefix := a.Store.Etcd()
+	if cli == nil {
+		return nil, nil
+	}
+	token, err := sharedSecret(a.Store, agentTokenKey)
+	if err != nil {
+		return nil, err
+	}
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if a.opts.ClusterCA != "" {
+		pem, err := os.ReadFile(a.opts.ClusterCA)
+		if err != nil {
+			return nil, fmt.Errorf("cluster CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("cluster CA %s: no PEM certificate in it", a.opts.ClusterCA)
+		}
+		tlsConf.RootCAs = pool
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsConf
+	return &cluster.Agents{Etcd: cli, Prefix: prefix, Token: token, HTTP: &http.Client{Transport: tr}}, nil
+}
+
+// InstancesDir is where the agent keeps its instances' data directories.
+func (a *Agent) InstancesDir() string { return a.opts.InstancesDir }

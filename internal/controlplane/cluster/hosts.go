@@ -1,0 +1,199 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/fogo-db/fogo/internal/agent"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/errcatalog"
+)
+
+// Agents is how a controller in cluster mode reaches the agents of the database hosts.
+type Agents struct {
+	Etcd   *clientv3.Client
+	Prefix string
+	// Token authenticates the controller to every agent's host API.
+	Token string
+	// HTTP reaches the host APIs (it trusts the cluster's CA).
+	HTTP *http.Client
+}
+
+// agentCacheTTL is how long an agent's record is used before it is read again (an agent restarted with another
+// address is followed within it).
+const agentCacheTTL = 10 * time.Second
+
+type cachedAgent struct {
+	rec  model.Agent
+	read time.Time
+}
+
+// agentDirectory caches agent records by name.
+type agentDirectory struct {
+	mu   sync.Mutex
+	recs map[string]cachedAgent
+}
+
+// ClusterMode reports whether instances run on agents' hosts.
+func (m *Manager) ClusterMode() bool { return m.cfg.Agents != nil }
+
+// agent returns the record of the named agent (cached briefly).
+func (m *Manager) agent(name string) (*model.Agent, error) {
+	m.agents.mu.Lock()
+	c, ok := m.agents.recs[name]
+	m.agents.mu.Unlock()
+	if ok && time.Since(c.read) < agentCacheTTL {
+		return &c.rec, nil
+	}
+	var rec model.Agent
+	if err := m.store.View(func(tx *store.Tx) error { return tx.MustGet(store.Agents, name, &rec) }); err != nil {
+		return nil, fmt.Errorf("agent %s: %w", name, err)
+	}
+	m.agents.mu.Lock()
+	if m.agents.recs == nil {
+		m.agents.recs = map[string]cachedAgent{}
+	}
+	m.agents.recs[name] = cachedAgent{rec: rec, read: time.Now()}
+	m.agents.mu.Unlock()
+	return &rec, nil
+}
+
+// hostClient is the host API client of the named agent. An agent that is not known yields a client whose every
+// call fails with the reason.
+func (m *Manager) hostClient(name string) (*agent.Client, *model.Agent) {
+	rec, err := m.agent(name)
+	if err != nil || m.cfg.Agents == nil {
+		return &agent.Client{Name: name, HTTP: unreachable(err)}, &model.Agent{Name: name}
+	}
+	return &agent.Client{Name: name, URL: rec.URL, Token: m.cfg.Agents.Token, HTTP: m.cfg.Agents.HTTP}, rec
+}
+
+// unreachable is an HTTP client that fails every request with err.
+func unreachable(err error) *http.Client {
+	if err == nil {
+		err = errors.New("cluster mode is not configured")
+	}
+	return &http.Client{Transport: failingTransport{err}}
+}
+
+type failingTransport struct{ err error }
+
+func (f failingTransport) RoundTrip(*http.Request) (*http.Response, error) { return nil, f.err }
+
+// LiveAgents lists the agents whose lease is alive.
+func (m *Manager) LiveAgents(ctx context.Context) (map[string]bool, error) {
+	if m.cfg.Agents == nil {
+		return nil, nil
+	}
+	return agent.Live(ctx, m.cfg.Agents.Etcd, m.cfg.Agents.Prefix)
+}
+
+// RegionKey is how regions compare: "East US" and "eastus" are one.
+func RegionKey(location string) string { return strings.ReplaceAll(strings.ToLower(location), " ", "") }
+
+// PlaceServer chooses the host of a new server in location: among the live agents registered in that region, the
+// one running the fewest servers (then by name). live comes from LiveAgents, read before the transaction. In the
+// embedded mode it returns "".
+func (m *Manager) PlaceServer(tx *store.Tx, location string, live map[string]bool) (string, error) {
+	if m.cfg.Agents == nil {
+		return "", nil
+	}
+	agents, err := store.List[model.Agent](tx, store.Agents, "")
+	if err != nil {
+		return "", err
+	}
+	servers, err := store.List[model.Server](tx, store.Servers, "")
+	if err != nil {
+		return "", err
+	}
+	load := map[string]int{}
+	for _, s := range servers {
+		load[s.Host]++
+	}
+	var candidates, elsewhere []string
+	for _, a := range agents {
+		switch {
+		case RegionKey(a.Region) != RegionKey(location):
+			if live[a.Name] {
+				elsewhere = append(elsewhere, a.Region)
+			}
+		case live[a.Name]:
+			candidates = append(candidates, a.Name)
+		}
+	}
+	if len(candidates) == 0 {
+		sort.Strings(elsewhere)
+		detail := "no fogo agent is registered and alive there"
+		if len(elsewhere) > 0 {
+			detail += "; live agents are in: " + strings.Join(dedupe(elsewhere), ", ")
+		}
+		return "", errcatalog.Newf("RegionDoesNotAllowProvisioning",
+			"Location '%s' is not accepting creation of new servers at this time: %s. Start `fogo agent --region %s` on a host there.",
+			location, detail, RegionKey(location))
+	}
+	sort.Slice(candidates, func(i, j int) bool {
+		if load[candidates[i]] != load[candidates[j]] {
+			return load[candidates[i]] < load[candidates[j]]
+		}
+		return candidates[i] < candidates[j]
+	})
+	return candidates[0], nil
+}
+
+func dedupe(s []string) []string {
+	var out []string
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// portKey is the store key of a leased port: the port alone on the controller's machine, host/port on an agent's.
+func portKey(host string, port int) string {
+	if host == "" {
+		return strconv.Itoa(port)
+	}
+	return host + "/" + strconv.Itoa(port)
+}
+
+// allocateHostPort leases the lowest port of the agent's range that no instance record of that host holds.
+// Whether something else listens on it is the agent's host to find out: the instance then fails to start, and
+// its error says so.
+func (m *Manager) allocateHostPort(tx *store.Tx, ag *model.Agent, owner string) (int, error) {
+	leased := map[string]bool{}
+	if err := tx.Scan(store.Ports, ag.Name+"/", func(key string, _ []byte) error { leased[key] = true; return nil }); err != nil {
+		return 0, fmt.Errorf("allocate port on %s: %w", ag.Name, err)
+	}
+	for p := ag.PortLow; p <= ag.PortHigh; p++ {
+		if !leased[portKey(ag.Name, p)] {
+			return p, tx.Put(store.Ports, portKey(ag.Name, p), owner)
+		}
+	}
+	return 0, fmt.Errorf("allocate port on %s %d-%d: %w", ag.Name, ag.PortLow, ag.PortHigh, ErrNoFreePort)
+}
+
+// instanceHome is where a new instance's directory goes: under the agent's instances directory for a server
+// placed on an agent, under the controller's otherwise.
+func (m *Manager) instanceHome(tx *store.Tx, host, id string) (string, *model.Agent, error) {
+	if host == "" {
+		return filepath.Join(m.instancesDir(), id), nil, nil
+	}
+	var ag model.Agent
+	if err := tx.MustGet(store.Agents, host, &ag); err != nil {
+		return "", nil, fmt.Errorf("agent %s: %w", host, err)
+	}
+	return filepath.Join(ag.InstancesDir, id), &ag, nil
+}
