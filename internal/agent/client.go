@@ -60,6 +60,9 @@ func (c *Client) call(ctx context.Context, op string, req request) (*response, e
 		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
 			return nil, fmt.Errorf("agent %s: %s", c.Name, res.Status)
 		}
+		if res.StatusCode == http.StatusForbidden {
+			return nil, fmt.Errorf("agent %s refused: %s", c.Name, e.Error)
+		}
 		if e.NotExist {
 			return nil, fmt.Errorf("agent %s: %s: %w", c.Name, e.Error, os.ErrNotExist)
 		}
