@@ -51,8 +51,8 @@ of that region. Instances keep running when the agent stops or restarts.`,
 			case <-ctx.Done():
 				fmt.Fprintln(os.Stderr, "fogo agent is stopping (its instances keep running)")
 				return nil
-			case <-a.Lost():
-				return errors.New("lost the agent lease (etcd unreachable or this process frozen for longer than its TTL)")
+			case <-a.Fenced():
+				return errors.New("lost the agent lease (etcd unreachable, or this process frozen, for half its TTL): the primaries on this host were stopped, and the agent exits; start it again once etcd is reachable")
 			}
 		},
 	}

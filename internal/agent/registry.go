@@ -90,3 +90,19 @@ func Live(ctx context.Context, cli *clientv3.Client, prefix string) (map[string]
 	}
 	return live, nil
 }
+
+// LeaseTTL is the TTL the named agent's lease was granted with (0 when the agent is not live).
+func LeaseTTL(ctx context.Context, cli *clientv3.Client, prefix, name string) (time.Duration, error) {
+	res, err := cli.Get(ctx, livenessPrefix(prefix)+name)
+	if err != nil {
+		return 0, err
+	}
+	if len(res.Kvs) == 0 {
+		return 0, nil
+	}
+	ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(res.Kvs[0].Lease))
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(ttl.GrantedTTL) * time.Second, nil
+}

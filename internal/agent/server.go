@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/fogo-db/fogo/internal/postgres/instance"
@@ -43,12 +44,18 @@ type Server struct {
 	Host  instance.LocalHost
 	Token string
 	Log   *slog.Logger
+	// Fenced, once set, refuses every request: the agent lost its lease and fences its primaries.
+	Fenced atomic.Bool
 }
 
 // ServeHTTP answers one host API request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, apiPrefix) {
 		writeError(w, http.StatusNotFound, errors.New("no such host API operation"))
+		return
+	}
+	if s.Fenced.Load() {
+		writeError(w, http.StatusServiceUnavailable, errors.New("the agent lost its lease and fenced its primaries; it acts on nothing until it registers again"))
 		return
 	}
 	if !s.authorized(r) {

@@ -20,6 +20,7 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/lease"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
 	"github.com/fogo-db/fogo/internal/postgres/pgbin"
 )
@@ -59,11 +60,14 @@ type Agent struct {
 	http     *http.Server
 	reg      *agent.Registration
 	rec      model.Agent
+	api      *agent.Server
+	fenced   chan struct{} // closed once the primaries are fenced after the lease was lost
+	stop     context.CancelFunc
 }
 
 // StartAgent brings an agent up: it registers the host and serves its host API until Close.
 func StartAgent(ctx context.Context, opts AgentOptions) (*Agent, error) {
-	a := &Agent{opts: opts, log: opts.Logger}
+	a := &Agent{opts: opts, log: opts.Logger, fenced: make(chan struct{})}
 	if a.log == nil {
 		a.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
@@ -77,6 +81,7 @@ func StartAgent(ctx context.Context, opts AgentOptions) (*Agent, error) {
 		{"listen", a.listen},
 		{"record the host", a.record},
 		{"register", a.register},
+		{"guard the lease", a.guard},
 	}
 	for _, s := range steps {
 		if err := s.fn(ctx); err != nil {
@@ -175,9 +180,8 @@ func (a *Agent) listen(context.Context) error {
 		return err
 	}
 	scheme := "http"
-	a.http = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: &agent.Server{
-		Name: a.opts.Name, Root: a.opts.InstancesDir, Host: instance.LocalHost{Bin: a.bin}, Token: a.token, Log: a.log,
-	}}
+	a.api = &agent.Server{Name: a.opts.Name, Root: a.opts.InstancesDir, Host: instance.LocalHost{Bin: a.bin}, Token: a.token, Log: a.log}
+	a.http = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: a.api}
 	if a.opts.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(a.opts.TLSCert, a.opts.TLSKey)
 		if err != nil {
@@ -227,14 +231,54 @@ func (a *Agent) register(ctx context.Context) error {
 	return nil
 }
 
+// guard fences the host's primaries once the agent's lease may be about to expire: it was not renewed for so
+// long (etcd unreachable, the agent frozen) that less than half its TTL is left by what etcd last said. The
+// controller promotes another copy of a primary whose host does not answer only once this lease has expired, so
+// the primaries here stop taking writes before that can happen. The host API refuses everything from then on,
+// and Fenced is closed when the primaries are stopped (serve exits; a supervisor starts it again, and it
+// registers once etcd is back).
+func (a *Agent) guard(context.Context) error {
+	cli, _ := a.st.Etcd()
+	ctx, stop := context.WithCancel(context.Background())
+	a.stop = stop
+	ttl := a.opts.TTL
+	if ttl <= 0 {
+		ttl = agent.DefaultTTL
+	}
+	lost, err := lease.Guard(ctx, cli, a.reg.Lease(), ttl, ttl/2, a.reg.Done())
+	if err != nil {
+		return err
+	}
+	go func() {
+		<-lost
+		if ctx.Err() != nil {
+			return // Close
+		}
+		a.api.Fenced.Store(true)
+		a.log.Error("the agent's lease could not be renewed: fencing the primaries on this host", "agent", a.opts.Name)
+		fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		stopped, err := agent.FencePrimaries(fctx, a.opts.InstancesDir, a.bin, a.log)
+		cancel()
+		if err != nil {
+			a.log.Error("fence the primaries", "err", err)
+		}
+		a.log.Warn("primaries fenced", "stopped", len(stopped))
+		close(a.fenced)
+	}()
+	return nil
+}
+
 // URL is the host API's URL.
 func (a *Agent) URL() string { return a.rec.URL }
 
-// Lost is closed when the agent's lease could not be kept alive.
-func (a *Agent) Lost() <-chan struct{} { return a.reg.Done() }
+// Fenced is closed once the agent, having lost its lease, has stopped the primaries on its host.
+func (a *Agent) Fenced() <-chan struct{} { return a.fenced }
 
 // Close stops serving and ends the registration. The instances keep running: an agent restart does not stop them.
 func (a *Agent) Close() {
+	if a.stop != nil {
+		a.stop()
+	}
 	if a.reg != nil {
 		_ = a.reg.Close()
 	}

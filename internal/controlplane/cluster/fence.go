@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/agent"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
 )
@@ -15,6 +16,9 @@ const (
 	StoppedFast      = "fast"      // fast shutdown
 	StoppedImmediate = "immediate" // immediate shutdown
 	StoppedKilled    = "killed"    // SIGKILL of the postmaster and its processes
+	// StoppedLeaseExpired: its host does not answer, and its agent's lease expired; an agent fences its
+	// primaries before its lease can expire, so the instance takes no writes.
+	StoppedLeaseExpired = "lease expired"
 )
 
 // Bounds of the fence's stop escalation. A postmaster that does not act on SIGINT or SIGQUIT within them is
@@ -30,6 +34,11 @@ var (
 // backends keep committing for their clients). Each stage is bounded, so the whole call takes seconds, never
 // minutes. It returns how the instance stopped; an error means it still runs.
 func (m *Manager) StopFenced(ctx context.Context, rec *model.Instance) (string, error) {
+	if rec.Host != "" {
+		if how, decided, err := m.fencedByLease(ctx, rec); decided {
+			return how, err
+		}
+	}
 	h := m.Handle(rec)
 	if _, running := h.Running(); !running {
 		return StoppedAlready, nil
@@ -55,3 +64,47 @@ func (m *Manager) StopFenced(ctx context.Context, rec *model.Instance) (string, 
 		"database", rec.Database)
 	return StoppedKilled, nil
 }
+
+// fencedByLease decides the fence of an instance on an agent's host that does not answer (the host is down or
+// cut off): the instance may still take writes from clients that reach it, so it counts as stopped only once its
+// agent's lease has expired — an agent stops its primaries before its lease can expire. It waits for that, up to
+// the lease's TTL and a margin; decided is false when the host answers (stop it through the agent).
+func (m *Manager) fencedByLease(ctx context.Context, rec *model.Instance) (how string, decided bool, err error) {
+	cl, _ := m.hostClient(rec.Host)
+	pctx, cancel := context.WithTimeout(ctx, agentPingTimeout)
+	perr := cl.Ping(pctx)
+	cancel()
+	if perr == nil || m.cfg.Agents == nil {
+		return "", false, nil
+	}
+	a := m.cfg.Agents
+	ttl, err := agent.LeaseTTL(ctx, a.Etcd, a.Prefix, rec.Host)
+	if err != nil {
+		return "", true, fmt.Errorf("stop %s: agent %s does not answer (%v), and its lease cannot be read: %w", rec.ID, rec.Host, perr, err)
+	}
+	deadline := time.Now().Add(ttl + agentLeaseSlack)
+	for {
+		live, err := m.LiveAgents(ctx)
+		if err == nil && !live[rec.Host] {
+			m.log.Warn("fenced by lease: the host does not answer and its agent's lease expired", "instance", rec.ID,
+				"database", rec.Database, "agent", rec.Host)
+			return StoppedLeaseExpired, true, nil
+		}
+		if time.Now().After(deadline) {
+			return "", true, fmt.Errorf("stop %s: agent %s does not answer (%v) and still holds its lease: the instance may "+
+				"still take writes, so nothing may replace it", rec.ID, rec.Host, perr)
+		}
+		select {
+		case <-ctx.Done():
+			return "", true, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// agentPingTimeout bounds the question "does the agent answer?"; agentLeaseSlack is how long past its TTL an
+// agent's lease is waited for (etcd expires leases on its own clock, checked every half second).
+var (
+	agentPingTimeout = 2 * time.Second
+	agentLeaseSlack  = 3 * time.Second
+)

@@ -55,7 +55,11 @@ func (x *execution) forced(ctx context.Context) error {
 		return err
 	}
 	if err := x.fenceForced(ctx, olds); err != nil {
-		return err
+		var ae *errcatalog.Error
+		if errors.As(err, &ae) || x.plan.Promoting {
+			return err
+		}
+		return x.undoForced(ctx, olds, news, fenceRefusal(err))
 	}
 	if err := x.promoteForced(ctx, news); err != nil {
 		return x.undoForced(ctx, olds, news, err)
@@ -149,13 +153,20 @@ func (x *execution) fenceForced(ctx context.Context, olds []*model.Instance) err
 	var mu sync.Mutex
 	var warnings []string
 	warn := func(w string) { mu.Lock(); warnings = append(warnings, w); mu.Unlock() }
-	_ = eachInstance(olds, func(o *model.Instance) error {
+	err := eachInstance(olds, func(o *model.Instance) error {
 		cur, err := x.o.cl.GetInstance(o.ID)
 		if err != nil || !cur.NeedsRejoin {
 			return nil // rejoined already (a resumed operation): it is a standby now
 		}
 		how, err := x.o.cl.StopFenced(ctx, cur)
 		switch {
+		case err != nil && cur.Host != "":
+			// On an agent's host the instance listens on the network: clients may reach it directly, so
+			// being unroutable is no fence. Nothing is promoted while it may take writes.
+			return fmt.Errorf("the old primary of database '%s' cannot be fenced: %w", o.Database, err)
+		case how == cluster.StoppedLeaseExpired:
+			warn(fmt.Sprintf("the old primary of database '%s' did not answer; its host's agent let its lease "+
+				"expire, which it does only after stopping its primaries", o.Database))
 		case err != nil:
 			warn(fmt.Sprintf("the old primary of database '%s' could not be stopped (%v); it stays fenced and "+
 				"unroutable, and fogo keeps trying to stop it", o.Database, err))
@@ -171,7 +182,7 @@ func (x *execution) fenceForced(ctx context.Context, olds []*model.Instance) err
 			return err
 		}
 	}
-	return nil
+	return err
 }
 
 // promoteForced records the intent and promotes every geo-secondary (idempotent), starting it if it does not run.
@@ -271,4 +282,9 @@ func (x *execution) undoForced(ctx context.Context, olds, news []*model.Instance
 func isPrimaryDown(err error) bool {
 	e, ok := errcatalog.As(err)
 	return ok && e.Code == "DatabaseUnavailable"
+}
+
+// fenceRefusal is the catalogue's refusal of a forced failover whose old primary cannot be fenced.
+func fenceRefusal(cause error) error {
+	return errcatalog.Newf("DatabaseUnavailable", "The forced failover cannot go on: %v.", cause)
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/lease"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -26,7 +27,7 @@ const DefaultTTL = 10 * time.Second
 type Leadership struct {
 	session  *concurrency.Session
 	election *concurrency.Election
-	lost     chan struct{} // closed by watch
+	lost     <-chan struct{} // closed by lease.Guard
 	stop     context.CancelFunc
 }
 
@@ -59,43 +60,13 @@ func Campaign(ctx context.Context, cli *clientv3.Client, prefix, name string, tt
 		return nil, fmt.Errorf("leader election: %w", err)
 	}
 	wctx, stop := context.WithCancel(context.Background())
-	renewals, err := cli.KeepAlive(wctx, s.Lease()) // a second listener on the session's own keep-alive
+	lost, err := lease.Guard(wctx, cli, s.Lease(), ttl, margin(ttl), s.Done())
 	if err != nil {
 		stop()
 		s.Close()
 		return nil, fmt.Errorf("leader election: watch the lease: %w", err)
 	}
-	l := &Leadership{session: s, election: e, lost: make(chan struct{}), stop: stop}
-	go l.watch(wctx, renewals, ttl)
-	return l, nil
-}
-
-// watch closes lost once the lease may be about to expire: when the session ends, or when no renewal came for
-// so long that the lease, by what etcd last said of it, has less than margin left. A leader that cannot reach
-// etcd thus stops acting before etcd can expire its lease and elect another (Patroni's rule: demote before the
-// lock can expire), not after.
-func (l *Leadership) watch(ctx context.Context, renewals <-chan *clientv3.LeaseKeepAliveResponse, ttl time.Duration) {
-	defer close(l.lost)
-	expires := time.Now().Add(ttl) // the lease was granted or renewed at most now
-	for {
-		timer := time.NewTimer(time.Until(expires.Add(-margin(ttl))))
-		select {
-		case r, ok := <-renewals:
-			timer.Stop()
-			if !ok {
-				return // the keep-alive ended: the lease expired or was revoked
-			}
-			expires = time.Now().Add(time.Duration(r.TTL) * time.Second)
-		case <-l.session.Done():
-			timer.Stop()
-			return
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case <-timer.C:
-			return // not renewed in time
-		}
-	}
+	return &Leadership{session: s, election: e, lost: lost, stop: stop}, nil
 }
 
 // Lost is closed when the leader must stop acting: its lease was not renewed for so long that it could expire
