@@ -36,7 +36,8 @@ func TestCertsCommand(t *testing.T) {
 		t.Fatalf("%s %v", out, err)
 	}
 	out, err = run("--out", dir, "--host", "db1=10.0.0.1,10.0.1.1", "--host", "db2=10.0.0.2,db2.example.com")
-	if err != nil || strings.Count(out, "kept") != 2 || !strings.Contains(out, "reissued") || !strings.Contains(out, "10.0.1.1") {
+	if err != nil || strings.Count(out, "kept") != 2 || !strings.Contains(out, "reissued") ||
+		!strings.Contains(out, "10.0.1.1") {
 		t.Fatalf("%s %v", out, err)
 	}
 	if _, err := run("--out", dir, "--host", "../x=10.0.0.1"); err == nil || !strings.Contains(err.Error(), "../x") {

@@ -188,7 +188,8 @@ func TestIdempotentAndReissue(t *testing.T) {
 		t.Fatalf("result %+v", res)
 	}
 	leaf(t, res.Hosts[2].CertFile, res.Hosts[2].KeyFile)
-	if _, err := leaf(t, res.Hosts[0].CertFile, res.Hosts[0].KeyFile).Verify(x509.VerifyOptions{Roots: pool(t, dir)}); err != nil {
+	db1 := leaf(t, res.Hosts[0].CertFile, res.Hosts[0].KeyFile)
+	if _, err := db1.Verify(x509.VerifyOptions{Roots: pool(t, dir)}); err != nil {
 		t.Error(err)
 	}
 }
