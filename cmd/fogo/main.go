@@ -1,5 +1,5 @@
 // Command fogo runs self-hosted failover groups for PostgreSQL (`fogo serve`) and talks to a running fogo
-// (server, db, failover-group commands) and measures it (bench).
+// (server, db, failover-group commands), measures it (bench) and creates a cluster's certificates (certs).
 package main
 
 import (
@@ -16,7 +16,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCommand(), agentCommand(), benchCommand())
+	root.AddCommand(serveCommand(), agentCommand(), certsCommand(), benchCommand())
 	addClientCommands(root)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "ERROR:", err)

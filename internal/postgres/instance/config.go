@@ -2,6 +2,7 @@ package instance
 
 import (
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -15,8 +16,15 @@ type Settings struct {
 	Standby         bool
 	PrimaryConnInfo string
 	PrimarySlotName string
-	// Extra are more GUCs (e.g. the fence default_transaction_read_only=on).
+	// Extra are more GUCs (e.g. the fence default_transaction_read_only=on); they override fogo's own.
 	Extra map[string]string
+	// TLS, when set, serves TLS (ssl=on, TLS 1.2 or later) with these files, copied next to the data directory.
+	// When nil, the TLS settings are left out (PostgreSQL's default: no TLS).
+	TLS *TLSFiles
+	// AllowFrom are networks besides loopback that may log in (SCRAM) and replicate as the superuser: over TLS
+	// only (hostssl) when TLS is set, else over plain TCP (host), for trusted networks only. ListenAddresses must
+	// include an address they can reach.
+	AllowFrom []netip.Prefix
 }
 
 // baseSettings are what every fogo instance needs (DESIGN.md, "Running Postgres").
@@ -49,9 +57,13 @@ func confValue(v string) string {
 
 const includeLine = "include_if_exists = 'fogo.conf'\n"
 
-// Configure writes fogo.conf, pg_hba.conf, the passfile and standby.signal as settings say. It takes effect at
-// the next start, or at a reload for reloadable settings.
+// Configure writes fogo.conf, pg_hba.conf, the passfile, the TLS files and standby.signal as settings say. It
+// takes effect at the next start, or at a reload for reloadable settings.
 func (i *Instance) Configure(s Settings) error {
+	hba, err := hbaConf(i.SuperUser, s.AllowFrom, s.TLS != nil) // checked before anything is written
+	if err != nil {
+		return fmt.Errorf("configure %s: %w", i.Dir, err)
+	}
 	if err := i.ensureInclude(); err != nil {
 		return fmt.Errorf("configure %s: %w", i.Dir, err)
 	}
@@ -72,6 +84,15 @@ func (i *Instance) Configure(s Settings) error {
 		conf["primary_conninfo"] = s.PrimaryConnInfo + " passfile=" + ConnValue(i.passFile())
 		conf["primary_slot_name"] = s.PrimarySlotName
 	}
+	if s.TLS != nil {
+		ssl, err := i.installTLS(s.TLS)
+		if err != nil {
+			return fmt.Errorf("configure %s: %w", i.Dir, err)
+		}
+		for k, v := range ssl {
+			conf[k] = v
+		}
+	}
 	for k, v := range s.Extra {
 		conf[k] = v
 	}
@@ -88,11 +109,6 @@ func (i *Instance) Configure(s Settings) error {
 	if err := i.machine().WriteFile(filepath.Join(i.Dir, "fogo.conf"), []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("configure %s: write fogo.conf: %w", i.Dir, err)
 	}
-	hba := "# Written by fogo.\n" +
-		"host all all 127.0.0.1/32 scram-sha-256\n" +
-		"host all all ::1/128 scram-sha-256\n" +
-		fmt.Sprintf("host replication %s 127.0.0.1/32 scram-sha-256\n", i.SuperUser) +
-		fmt.Sprintf("host replication %s ::1/128 scram-sha-256\n", i.SuperUser)
 	if err := i.machine().WriteFile(filepath.Join(i.Dir, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 		return fmt.Errorf("configure %s: write pg_hba.conf: %w", i.Dir, err)
 	}

@@ -36,6 +36,12 @@ type Instance struct {
 	Port          int
 	SuperUser     string
 	SuperPassword string
+	// RootCert, when set, is a CA file on the machine that makes the connection: connections to this instance
+	// (Connect, ConnString, SourceConnInfo, ReplicationConnInfo) then require TLS and check that the server's
+	// certificate comes from that CA and names Host (sslmode=verify-full). For SourceConnInfo and
+	// ReplicationConnInfo the file is read by the postgres OS user (pg_basebackup, pg_rewind, the walreceiver),
+	// e.g. the connecting instance's InstalledCAFile. When empty, connections are as before (no TLS required).
+	RootCert string
 }
 
 // home is the directory around the data directory: log file, passfile, init marker.
@@ -298,7 +304,12 @@ func (i *Instance) LogTail(n int) string {
 
 // Connect opens a session as the superuser over TCP.
 func (i *Instance) Connect(ctx context.Context, database string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig("")
+	conn := "" // as before: pgx's defaults
+	if ssl := i.sslParams(); ssl != "" {
+		// The host is in the string so that pgx builds its TLS configuration (server name) for it.
+		conn = fmt.Sprintf("host=%s port=%d %s", ConnValue(i.host()), i.Port, ssl)
+	}
+	cfg, err := pgx.ParseConfig(conn)
 	if err != nil {
 		return nil, err
 	}
@@ -308,10 +319,27 @@ func (i *Instance) Connect(ctx context.Context, database string) (*pgx.Conn, err
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
-// ConnString is a libpq keyword/value connection string to database on this instance as the superuser.
+// ConnString is a libpq keyword/value connection string to database on this instance as the superuser: without
+// TLS (sslmode=disable), or with it verified when RootCert is set.
 func (i *Instance) ConnString(database string) string {
-	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=10 application_name=fogo_link",
-		ConnValue(i.host()), i.Port, ConnValue(i.SuperUser), ConnValue(i.SuperPassword), ConnValue(database))
+	ssl := i.sslParams()
+	if ssl == "" {
+		ssl = "sslmode=disable"
+	}
+	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s %s connect_timeout=10 application_name=fogo_link",
+		ConnValue(i.host()), i.Port, ConnValue(i.SuperUser), ConnValue(i.SuperPassword), ConnValue(database), ssl)
+}
+
+// sslParams are the libpq parameters that verify this instance's certificate against RootCert, or "" without it.
+func (i *Instance) sslParams() string {
+	return sslParams(i.RootCert)
+}
+
+func sslParams(rootCert string) string {
+	if rootCert == "" {
+		return ""
+	}
+	return "sslmode=verify-full sslrootcert=" + ConnValue(rootCert)
 }
 
 // ConnValue quotes a value for a libpq keyword/value connection string: in single quotes, with ' and \ escaped by
@@ -332,21 +360,31 @@ type ConnInfo struct {
 	Host string
 	Port int
 	User string
+	// RootCert, when set, requires TLS verified against this CA file (see Instance.RootCert).
+	RootCert string
 }
 
 // String is the libpq keyword form (no password).
 func (c ConnInfo) String() string {
-	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", ConnValue(c.Host), c.Port, ConnValue(c.User))
+	s := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", ConnValue(c.Host), c.Port, ConnValue(c.User))
+	if ssl := sslParams(c.RootCert); ssl != "" {
+		s += " " + ssl
+	}
+	return s
 }
 
 // SourceConnInfo is the connection used by pg_basebackup and pg_rewind against this instance.
 func (i *Instance) SourceConnInfo() ConnInfo {
-	return ConnInfo{Host: i.host(), Port: i.Port, User: i.SuperUser}
+	return ConnInfo{Host: i.host(), Port: i.Port, User: i.SuperUser, RootCert: i.RootCert}
 }
 
 // ReplicationConnInfo is the primary_conninfo a standby of this instance uses; the password comes from the
 // standby's passfile (outside its data directory), and application_name identifies the standby.
 func (i *Instance) ReplicationConnInfo(applicationName string) string {
-	return fmt.Sprintf("host=%s port=%d user=%s application_name=%s", ConnValue(i.host()), i.Port, ConnValue(i.SuperUser),
+	s := fmt.Sprintf("host=%s port=%d user=%s application_name=%s", ConnValue(i.host()), i.Port, ConnValue(i.SuperUser),
 		ConnValue(applicationName))
+	if ssl := i.sslParams(); ssl != "" {
+		s += " " + ssl
+	}
+	return s
 }
