@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 func agentCommand() *cobra.Command {
 	var o app.AgentOptions
 	var portRange, logLevel string
+	var allowFrom []string
 	var etcd etcdFlags
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -31,6 +33,13 @@ of that region. Instances keep running when the agent stops or restarts.`,
 				return err
 			}
 			o.PortLow, o.PortHigh = low, high
+			for _, n := range allowFrom {
+				p, err := netip.ParsePrefix(n)
+				if err != nil {
+					return fmt.Errorf("--allow-from %q: want a network such as 10.1.0.0/16: %w", n, err)
+				}
+				o.AllowFrom = append(o.AllowFrom, p)
+			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level: %w", err)
@@ -65,8 +74,10 @@ of that region. Instances keep running when the agent stops or restarts.`,
 	f.StringVar(&o.InstancesDir, "instances-dir", "", "directory of the instances' data directories (default DATA-DIR/instances)")
 	f.StringVar(&o.PGBin, "pg-bin", "", "directory of the PostgreSQL 15 server binaries (default: discovered)")
 	f.StringVar(&portRange, "port-range", "7401-7999", "ports for the PostgreSQL instances on this host (LOW-HIGH)")
-	f.StringVar(&o.TLSCert, "tls-cert", "", "TLS certificate of the host API (with --tls-key; see fogo certs)")
-	f.StringVar(&o.TLSKey, "tls-key", "", "TLS key of the host API")
+	f.StringVar(&o.TLSCert, "tls-cert", "", "this host's TLS certificate (see fogo certs): the host API and the instances serve it (with --tls-key and --tls-ca)")
+	f.StringVar(&o.TLSKey, "tls-key", "", "TLS key of this host's certificate")
+	f.StringVar(&o.TLSCA, "tls-ca", "", "the cluster's CA certificate (fogo certs' ca.pem): instances here verify the other hosts against it")
+	f.StringSliceVar(&allowFrom, "allow-from", nil, "networks (CIDR) whose clients may log in to this host's instances directly, besides the fogo hosts")
 	f.BoolVar(&o.AllowPlaintext, "allow-plaintext", false, "serve the host API without TLS (loopback or an already private network only)")
 	f.StringVar(&o.SecretsKeyFile, "secrets-key-file", "", "the controllers' secrets key file (default DATA-DIR/secrets.key); the agent never creates it")
 	f.DurationVar(&o.TTL, "lease-ttl", 10*time.Second, "the agent's lease in etcd: an agent that cannot renew it for this long is taken for gone")

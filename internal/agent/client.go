@@ -15,9 +15,9 @@ import (
 	"github.com/fogo-db/fogo/internal/postgres/instance"
 )
 
-// callTimeout bounds every host API call but a program run (which its context bounds): an agent that does not
-// answer within it is treated as unreachable.
-const callTimeout = 15 * time.Second
+// callTimeout bounds every host API call but a program run (which its context bounds) and a file write (which
+// gets a second more per 10 MB): an agent that does not answer within it is treated as unreachable.
+const callTimeout = 10 * time.Second
 
 // Client reaches one agent's host API; it is the instance.Host of the instances placed on that agent.
 type Client struct {
@@ -105,7 +105,9 @@ func (c *Client) ReadFile(path string) ([]byte, error) {
 
 // WriteFile writes a file on the agent's host.
 func (c *Client) WriteFile(path string, data []byte, mode os.FileMode) error {
-	_, err := c.call(context.Background(), opWriteFile, request{Path: path, Data: data, Mode: uint32(mode.Perm())})
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout+time.Duration(len(data)/(10<<20))*time.Second)
+	defer cancel()
+	_, err := c.call(ctx, opWriteFile, request{Path: path, Data: data, Mode: uint32(mode.Perm())})
 	return err
 }
 

@@ -75,6 +75,9 @@ func (r *Registration) Lease() clientv3.LeaseID { return r.session.Lease() }
 // Done is closed when the lease could not be kept alive (it may have expired).
 func (r *Registration) Done() <-chan struct{} { return r.session.Done() }
 
+// Orphan stops renewing the lease without revoking it (it expires by itself).
+func (r *Registration) Orphan() { r.session.Orphan() }
+
 // Close deletes the liveness key and ends the lease.
 func (r *Registration) Close() error { return r.session.Close() }
 

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -38,8 +39,12 @@ type AgentOptions struct {
 	InstancesDir      string
 	PGBin             string
 	PortLow, PortHigh int
-	// TLSCert and TLSKey serve the host API with TLS (required unless AllowPlaintext).
-	TLSCert, TLSKey string
+	// TLSCert and TLSKey are the host's certificate (see fogo certs): the host API and the instances serve TLS
+	// with it (required unless AllowPlaintext). TLSCA is the cluster's CA: the instances' own connections to
+	// other hosts (replication, rewind) verify against it.
+	TLSCert, TLSKey, TLSCA string
+	// AllowFrom are networks, besides the fogo hosts, whose clients may log in to the instances directly.
+	AllowFrom []netip.Prefix
 	// AllowPlaintext serves the host API without TLS: for a host API on loopback, or a network already private.
 	AllowPlaintext bool
 	SecretsKeyFile string
@@ -117,8 +122,8 @@ func (a *Agent) checkOptions(context.Context) error {
 	if o.PortLow <= 0 || o.PortHigh < o.PortLow || o.PortHigh > 65535 {
 		return fmt.Errorf("port range %d-%d is not valid", o.PortLow, o.PortHigh)
 	}
-	if (o.TLSCert == "") != (o.TLSKey == "") {
-		return errors.New("--tls-cert and --tls-key go together")
+	if (o.TLSCert == "") != (o.TLSKey == "") || (o.TLSCert == "") != (o.TLSCA == "") {
+		return errors.New("--tls-cert, --tls-key and --tls-ca go together")
 	}
 	if o.TLSCert == "" && !o.AllowPlaintext {
 		return errors.New("the host API carries the instances' files and commands: give --tls-cert and --tls-key (see `fogo certs`), or --allow-plaintext on a private network")
@@ -154,7 +159,14 @@ func (a *Agent) prepareDirs(context.Context) error {
 	if a.bin, err = pgbin.Discover(a.opts.PGBin); err != nil {
 		return err
 	}
-	a.opts.InstancesDir, err = instancesDir(a.bin, abs, a.opts.InstancesDir, a.log)
+	if a.opts.InstancesDir, err = instancesDir(a.bin, abs, a.opts.InstancesDir, a.log); err != nil {
+		return err
+	}
+	if a.opts.TLSCert != "" {
+		// The instances serve TLS with the host's certificate, installed once where the postgres user reads it.
+		_, err = instance.InstallHostTLS(instance.LocalHost{Bin: a.bin}, cluster.HostTLSDir(a.opts.InstancesDir),
+			instance.TLSFiles{CertFile: a.opts.TLSCert, KeyFile: a.opts.TLSKey, CAFile: a.opts.TLSCA})
+	}
 	return err
 }
 
@@ -208,6 +220,10 @@ func (a *Agent) record(context.Context) error {
 	a.rec = model.Agent{
 		Name: a.opts.Name, Region: a.opts.Region, Address: a.opts.AdvertiseHost, URL: a.rec.URL,
 		InstancesDir: a.opts.InstancesDir, PortLow: a.opts.PortLow, PortHigh: a.opts.PortHigh, RegisteredAt: time.Now().UTC(),
+		TLS: a.opts.TLSCert != "",
+	}
+	for _, p := range a.opts.AllowFrom {
+		a.rec.AllowFrom = append(a.rec.AllowFrom, p.Masked().String())
 	}
 	return a.st.Update(func(tx *store.Tx) error {
 		var old model.Agent
@@ -280,7 +296,12 @@ func (a *Agent) Close() {
 		a.stop()
 	}
 	if a.reg != nil {
-		_ = a.reg.Close()
+		select {
+		case <-a.fenced:
+			a.reg.Orphan() // etcd is unreachable: revoking the lease would only wait for it; it expires by itself
+		default:
+			_ = a.reg.Close()
+		}
 	}
 	if a.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -291,6 +312,9 @@ func (a *Agent) Close() {
 		a.st.Close()
 	}
 }
+
+// agentDialTimeout bounds connecting to an agent's host API.
+const agentDialTimeout = 2 * time.Second
 
 // agentTokenKey is the secret that authenticates controllers to the agents' host APIs.
 const agentTokenKey = "agent-token"
@@ -332,20 +356,32 @@ func (a *App) agents() (*cluster.Agents, error) {
 	}
 	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
 	if a.opts.ClusterCA != "" {
-		pem, err := os.ReadFile(a.opts.ClusterCA)
+		pool, err := loadCAPool(a.opts.ClusterCA)
 		if err != nil {
-			return nil, fmt.Errorf("cluster CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("cluster CA %s: no PEM certificate in it", a.opts.ClusterCA)
+			return nil, err
 		}
 		tlsConf.RootCAs = pool
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsConf
-	return &cluster.Agents{Etcd: cli, Prefix: prefix, Token: token, HTTP: &http.Client{Transport: tr}}, nil
+	// A host that is gone should cost seconds, not the default half minute per call.
+	tr.DialContext = (&net.Dialer{Timeout: agentDialTimeout, KeepAlive: 15 * time.Second}).DialContext
+	tr.TLSHandshakeTimeout = agentDialTimeout
+	return &cluster.Agents{Etcd: cli, Prefix: prefix, Token: token, HTTP: &http.Client{Transport: tr}, RootCert: a.opts.ClusterCA}, nil
 }
 
 // InstancesDir is where the agent keeps its instances' data directories.
 func (a *Agent) InstancesDir() string { return a.opts.InstancesDir }
+
+// loadCAPool reads a CA certificate file into a pool.
+func loadCAPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cluster CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("cluster CA %s: no PEM certificate in it", path)
+	}
+	return pool, nil
+}

@@ -46,6 +46,20 @@ func newGatewayEndpoints(o Options, log *slog.Logger) (*gatewayEndpoints, error)
 		}
 		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	if o.ClusterCA != "" {
+		pool, err := loadCAPool(o.ClusterCA)
+		if err != nil {
+			return nil, err
+		}
+		// Instances on the agents' hosts are reached over TLS, verified against the cluster's CA.
+		cfg.BackendTLS = func(addr string) *tls.Config {
+			h, _, err := net.SplitHostPort(addr)
+			if ip := net.ParseIP(h); err != nil || (ip != nil && ip.IsLoopback()) {
+				return nil
+			}
+			return &tls.Config{RootCAs: pool, ServerName: h, MinVersion: tls.VersionTLS12}
+		}
+	}
 	host := o.GatewayListenHost
 	if host == "" {
 		host = "127.0.0.1"
@@ -127,7 +141,7 @@ type serverResolver struct {
 }
 
 func (r serverResolver) Resolve(_ context.Context, database string) (string, error) {
-	port, status, err := r.g.svc.ResolveDatabase(r.server, database)
+	addr, status, err := r.g.svc.ResolveDatabase(r.server, database)
 	switch {
 	case errors.Is(err, service.ErrUnknownDatabase):
 		return "", &gateway.RouteError{Code: "3D000", Message: fmt.Sprintf("database %q does not exist on server %q", database, r.server.Name)}
@@ -139,5 +153,5 @@ func (r serverResolver) Resolve(_ context.Context, database string) (string, err
 	case status != model.DBOnline:
 		return "", &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf("database %q is %s", database, status)}
 	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
+	return addr, nil
 }

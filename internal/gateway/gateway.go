@@ -49,7 +49,10 @@ type Config struct {
 	// ReservedUsers are login names refused at every endpoint (fogo's internal superuser): every session reaches
 	// PostgreSQL from the gateway's loopback address, so pg_hba.conf cannot tell a client from fogo itself.
 	ReservedUsers []string
-	Logger        *slog.Logger
+	// BackendTLS, when set, gives the TLS configuration for the session to a backend address (nil: plain TCP):
+	// instances on other hosts are reached over TLS, their certificate verified.
+	BackendTLS func(addr string) *tls.Config
+	Logger     *slog.Logger
 }
 
 // Stats are an endpoint's counters: Cut counts sessions ended by Cut.
@@ -299,6 +302,13 @@ func (e *Endpoint) dialStartup(addr string, startup []byte) (net.Conn, []byte, e
 		return nil, nil, err
 	}
 	_ = backend.SetDeadline(time.Now().Add(e.cfg.DialTimeout))
+	if e.cfg.BackendTLS != nil {
+		if tc := e.cfg.BackendTLS(addr); tc != nil {
+			if backend, err = startBackendTLS(backend, tc); err != nil {
+				return backend, nil, err
+			}
+		}
+	}
 	if _, err := backend.Write(startup); err != nil {
 		return backend, nil, err
 	}
@@ -308,6 +318,29 @@ func (e *Endpoint) dialStartup(addr string, startup []byte) (net.Conn, []byte, e
 	}
 	_ = backend.SetDeadline(time.Time{})
 	return backend, msg, nil
+}
+
+// startBackendTLS asks the backend for TLS (SSLRequest) and completes the handshake: a backend that declines is
+// an error, never a fall back to plain text.
+func startBackendTLS(backend net.Conn, tc *tls.Config) (net.Conn, error) {
+	req := make([]byte, 8)
+	binary.BigEndian.PutUint32(req[0:4], 8)
+	binary.BigEndian.PutUint32(req[4:8], sslRequest)
+	if _, err := backend.Write(req); err != nil {
+		return backend, err
+	}
+	answer := make([]byte, 1)
+	if _, err := io.ReadFull(backend, answer); err != nil {
+		return backend, err
+	}
+	if answer[0] != 'S' {
+		return backend, fmt.Errorf("backend %s declined TLS", backend.RemoteAddr())
+	}
+	t := tls.Client(backend, tc)
+	if err := t.Handshake(); err != nil {
+		return backend, fmt.Errorf("TLS with backend %s: %w", backend.RemoteAddr(), err)
+	}
+	return t, nil
 }
 
 // readMessage reads one typed backend message (type, length, body).

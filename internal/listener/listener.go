@@ -34,7 +34,7 @@ import (
 
 // Routes answers where a group's database lives now.
 type Routes interface {
-	ResolveGroupDatabase(groupKey, database string, readOnly bool) (int, error)
+	ResolveGroupDatabase(groupKey, database string, readOnly bool) (addr string, err error)
 }
 
 // Config tunes the listeners.
@@ -150,11 +150,11 @@ func (l *Listeners) CutStale(group string) int {
 		}
 		readOnly := kind == ReadOnly
 		cut := ep.Cut(func(s gateway.SessionInfo) bool {
-			port, err := l.routes.ResolveGroupDatabase(group, s.Database, readOnly)
+			addr, err := l.routes.ResolveGroupDatabase(group, s.Database, readOnly)
 			if err != nil {
 				return errors.Is(err, service.ErrFenced) || (readOnly && errors.Is(err, service.ErrNoReadableSecondary))
 			}
-			return s.Backend != backendAddr(port)
+			return s.Backend != addr
 		})
 		if cut > 0 {
 			l.cfg.Logger.Warn("listener: cut sessions relayed to an instance that no longer has their role", "group", group,
@@ -191,8 +191,6 @@ func (l *Listeners) routed(group, database, addr string) {
 		l.cutStaleInBackground(group)
 	}
 }
-
-func backendAddr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 // Held reports whether the group is held.
 func (l *Listeners) Held(group string) bool { return l.gate(group).isHeld() }
@@ -311,13 +309,13 @@ func (r resolver) Resolve(ctx context.Context, database string) (string, error) 
 				"fogo listener: a failover of group %q is still in progress after %s; retry", r.group, r.l.cfg.HoldTimeout)}
 		}
 	}
-	port, err := r.l.routes.ResolveGroupDatabase(r.group, database, r.readOnly)
+	addr, err := r.l.routes.ResolveGroupDatabase(r.group, database, r.readOnly)
 	switch {
 	case err == nil:
 		if !r.readOnly {
-			r.l.routed(r.group, database, backendAddr(port))
+			r.l.routed(r.group, database, addr)
 		}
-		return backendAddr(port), nil
+		return addr, nil
 	case errors.Is(err, service.ErrUnknownDatabase):
 		return "", &gateway.RouteError{Code: "3D000", Message: fmt.Sprintf("database %q is not in failover group %q", database, r.group)}
 	case errors.Is(err, service.ErrNoReadableSecondary):

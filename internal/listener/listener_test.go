@@ -129,16 +129,24 @@ func (r *fakeRoutes) set(port int, err error) {
 	r.mu.Unlock()
 }
 
-func (r *fakeRoutes) ResolveGroupDatabase(_, database string, readOnly bool) (int, error) {
+func (r *fakeRoutes) ResolveGroupDatabase(_, database string, readOnly bool) (string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if database != "db" {
-		return 0, service.ErrUnknownDatabase
+		return "", service.ErrUnknownDatabase
 	}
 	if readOnly && r.ro != nil {
-		return r.ro.port, r.ro.err
+		return loopback(r.ro.port), r.ro.err
 	}
-	return r.port, r.err
+	return loopback(r.port), r.err
+}
+
+// loopback is a backend address on this machine ("" for port 0: no route).
+func loopback(port int) string {
+	if port == 0 {
+		return ""
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
 
 func freePort(t *testing.T) int {

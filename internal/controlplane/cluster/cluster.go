@@ -122,6 +122,9 @@ func (m *Manager) Handle(rec *model.Instance) *instance.Instance {
 	if rec.Host != "" {
 		cl, ag := m.hostClient(rec.Host)
 		i.On, i.Host = cl, ag.Address
+		if ag.TLS && m.cfg.Agents != nil {
+			i.RootCert = m.cfg.Agents.RootCert
+		}
 	}
 	return i
 }
@@ -209,13 +212,11 @@ func randomHex(n int) string {
 func (m *Manager) settings(rec *model.Instance, upstream *model.Instance) instance.Settings {
 	s := instance.Settings{Port: rec.Port, ListenAddresses: "127.0.0.1", Extra: m.cfg.ExtraInstanceConfs}
 	if rec.Host != "" {
-		if _, ag := m.hostClient(rec.Host); ag.Address != "" && ag.Address != "127.0.0.1" {
-			s.ListenAddresses += "," + ag.Address // the other fogo hosts reach it there
-		}
+		m.hostSettings(rec.Host, &s)
 	}
 	if rec.Role == model.RoleStandby && upstream != nil {
 		s.Standby = true
-		s.PrimaryConnInfo = m.Handle(upstream).ReplicationConnInfo(rec.ID)
+		s.PrimaryConnInfo = m.handleFrom(upstream, rec.Host).ReplicationConnInfo(rec.ID)
 		s.PrimarySlotName = rec.SlotName
 	}
 	return s
@@ -263,7 +264,7 @@ func (m *Manager) Seed(ctx context.Context, rec, upstream *model.Instance) error
 		if err := up.EnsurePhysicalSlot(ctx, rec.SlotName); err != nil {
 			return fmt.Errorf("seed %s: create slot on %s: %w", rec.ID, upstream.ID, err)
 		}
-		if err := h.BaseBackup(ctx, up.SourceConnInfo(), rec.SlotName); err != nil {
+		if err := h.BaseBackup(ctx, m.handleFrom(upstream, rec.Host).SourceConnInfo(), rec.SlotName); err != nil {
 			return fmt.Errorf("seed %s: base backup from %s: %w", rec.ID, upstream.ID, err)
 		}
 		// A copy of the primary must not keep the primary's physical slots: they would pin WAL here forever.
@@ -298,7 +299,7 @@ func (m *Manager) Rejoin(ctx context.Context, rec, upstream *model.Instance) err
 	if err := up.Checkpoint(ctx); err != nil {
 		return fmt.Errorf("rejoin %s: checkpoint on %s: %w", rec.ID, upstream.ID, err)
 	}
-	res, err := h.Rewind(ctx, up.SourceConnInfo())
+	res, err := h.Rewind(ctx, m.handleFrom(upstream, rec.Host).SourceConnInfo())
 	if err != nil {
 		return fmt.Errorf("rejoin %s: rewind from %s: %w", rec.ID, upstream.ID, err)
 	}

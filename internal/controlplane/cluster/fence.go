@@ -70,10 +70,7 @@ func (m *Manager) StopFenced(ctx context.Context, rec *model.Instance) (string, 
 // agent's lease has expired — an agent stops its primaries before its lease can expire. It waits for that, up to
 // the lease's TTL and a margin; decided is false when the host answers (stop it through the agent).
 func (m *Manager) fencedByLease(ctx context.Context, rec *model.Instance) (how string, decided bool, err error) {
-	cl, _ := m.hostClient(rec.Host)
-	pctx, cancel := context.WithTimeout(ctx, agentPingTimeout)
-	perr := cl.Ping(pctx)
-	cancel()
+	perr := m.HostAnswers(ctx, rec)
 	if perr == nil || m.cfg.Agents == nil {
 		return "", false, nil
 	}
@@ -108,3 +105,16 @@ var (
 	agentPingTimeout = 2 * time.Second
 	agentLeaseSlack  = 3 * time.Second
 )
+
+// HostAnswers asks the agent of an instance's host whether it answers, within a short bound (nil for an instance
+// on this machine). The reconciler asks first: every call to a host that is gone would otherwise wait its own
+// timeout while holding the group's lock, which a failover needs.
+func (m *Manager) HostAnswers(ctx context.Context, rec *model.Instance) error {
+	if rec.Host == "" {
+		return nil
+	}
+	cl, _ := m.hostClient(rec.Host)
+	pctx, cancel := context.WithTimeout(ctx, agentPingTimeout)
+	defer cancel()
+	return cl.Ping(pctx)
+}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -18,6 +20,7 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/errcatalog"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
 )
 
 // Agents is how a controller in cluster mode reaches the agents of the database hosts.
@@ -28,6 +31,9 @@ type Agents struct {
 	Token string
 	// HTTP reaches the host APIs (it trusts the cluster's CA).
 	HTTP *http.Client
+	// RootCert is the cluster's CA file on this machine: connections to instances on TLS hosts verify their
+	// certificate against it.
+	RootCert string
 }
 
 // agentCacheTTL is how long an agent's record is used before it is read again (an agent restarted with another
@@ -196,4 +202,75 @@ func (m *Manager) instanceHome(tx *store.Tx, host, id string) (string, *model.Ag
 		return "", nil, fmt.Errorf("agent %s: %w", host, err)
 	}
 	return filepath.Join(ag.InstancesDir, id), &ag, nil
+}
+
+// hostTLSDir is where an agent installs its host's TLS files for its instances.
+func hostTLSDir(ag *model.Agent) string { return filepath.Join(ag.InstancesDir, ".tls") }
+
+// HostTLSDir is where the agent with this instances directory installs its host's TLS files.
+func HostTLSDir(instancesDir string) string {
+	return hostTLSDir(&model.Agent{InstancesDir: instancesDir})
+}
+
+// hostSettings adds what an instance on an agent's host needs: it listens on the host's address too, serves
+// TLS with the host's certificate when the host has one, and admits the fogo hosts and the agent's networks.
+func (m *Manager) hostSettings(host string, s *instance.Settings) {
+	_, ag := m.hostClient(host)
+	if ag.Address != "" && ag.Address != "127.0.0.1" {
+		s.ListenAddresses += "," + ag.Address // the other fogo hosts reach it there
+	}
+	if ag.TLS {
+		dir := hostTLSDir(ag)
+		s.TLS = &instance.TLSFiles{CertFile: filepath.Join(dir, "server.crt"), KeyFile: filepath.Join(dir, "server.key"),
+			CAFile: filepath.Join(dir, "ca.crt"), InPlace: true}
+	}
+	s.AllowFrom = m.allowFrom(ag)
+}
+
+// allowFrom is who may log in to an instance on ag's host: every registered fogo host (the controllers run on
+// agent hosts or are listed in an agent's networks) and the agent's own networks.
+func (m *Manager) allowFrom(ag *model.Agent) []netip.Prefix {
+	var agents []model.Agent
+	_ = m.store.View(func(tx *store.Tx) (err error) {
+		agents, err = store.List[model.Agent](tx, store.Agents, "")
+		return err
+	})
+	seen := map[netip.Prefix]bool{}
+	var out []netip.Prefix
+	add := func(p netip.Prefix) {
+		if p.IsValid() && !seen[p.Masked()] {
+			seen[p.Masked()] = true
+			out = append(out, p.Masked())
+		}
+	}
+	for _, a := range agents {
+		if addr, err := netip.ParseAddr(a.Address); err == nil && !addr.IsLoopback() {
+			add(netip.PrefixFrom(addr, addr.BitLen()))
+		}
+	}
+	for _, n := range ag.AllowFrom {
+		if p, err := netip.ParsePrefix(n); err == nil {
+			add(p)
+		} else if m.log != nil {
+			m.log.Warn("agent network ignored", "agent", ag.Name, "network", n, "err", err)
+		}
+	}
+	return out
+}
+
+// handleFrom is instance up as reached from the named host: a TLS connection made there by PostgreSQL's own
+// processes (the walreceiver, pg_basebackup, pg_rewind) verifies against the CA installed on that host.
+func (m *Manager) handleFrom(up *model.Instance, host string) *instance.Instance {
+	h := m.Handle(up)
+	if h.RootCert == "" || host == "" {
+		return h
+	}
+	_, ag := m.hostClient(host)
+	h.RootCert = filepath.Join(hostTLSDir(ag), "ca.crt")
+	return h
+}
+
+// Addr is where an instance is reached (host:port): loopback on this machine, the agent's address on its host.
+func (m *Manager) Addr(rec *model.Instance) string {
+	return net.JoinHostPort(m.Handle(rec).Host, strconv.Itoa(rec.Port))
 }

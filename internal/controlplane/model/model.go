@@ -38,6 +38,11 @@ type Agent struct {
 	PortLow      int       `json:"portLow"`
 	PortHigh     int       `json:"portHigh"`
 	RegisteredAt time.Time `json:"registeredAt"`
+	// TLS says the host's instances serve TLS with the host's certificate (installed under InstancesDir/.tls),
+	// and the fogo hosts connect to them verifying it.
+	TLS bool `json:"tls,omitempty"`
+	// AllowFrom are networks, besides the fogo hosts' own addresses, whose clients may log in to the instances.
+	AllowFrom []string `json:"allowFrom,omitempty"`
 }
 
 // Database states shown as properties.status.

@@ -315,12 +315,10 @@ func (o *Observer) unavailablePrimary(ctx context.Context, g *model.FailoverGrou
 		if err != nil {
 			return d.Name
 		}
-		h := o.cl.Handle(rec)
-		if _, running := h.Running(); !running {
-			return d.Name
-		}
+		// The query alone decides: an instance that answers runs, and asking its host first would only add a
+		// wait when that host is gone.
 		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-		inRecovery, err := h.IsInRecovery(pctx)
+		inRecovery, err := o.cl.Handle(rec).IsInRecovery(pctx)
 		cancel()
 		if err != nil || inRecovery {
 			return d.Name
@@ -372,6 +370,9 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 	cur, err := o.cl.GetInstance(rec.ID)
 	if err != nil {
 		return nil
+	}
+	if err := o.cl.HostAnswers(ctx, cur); err != nil {
+		return fmt.Errorf("its host does not answer: %w", err)
 	}
 	if cur.NeedsRejoin && cur.Upstream == "" {
 		lifted, err := o.liftStaleFence(ctx, cur)

@@ -20,9 +20,9 @@ var (
 	ErrNoReadableSecondary = errors.New("no readable geo-secondary is available")
 )
 
-// ResolveDatabase returns the loopback port of the instance behind database `name` on a server, for the
+// ResolveDatabase returns the address (host:port) of the instance behind database `name` on a server, for the
 // server's gateway endpoint, with the database's status. A fenced former primary is never routed to.
-func (s *Service) ResolveDatabase(server armid.ServerID, name string) (port int, status string, err error) {
+func (s *Service) ResolveDatabase(server armid.ServerID, name string) (addr string, status string, err error) {
 	err = s.st.View(func(tx *store.Tx) error {
 		db, ok, err := getDatabase(tx, armid.DatabaseID{Server: server, Name: name})
 		if err != nil {
@@ -39,16 +39,16 @@ func (s *Service) ResolveDatabase(server armid.ServerID, name string) (port int,
 		if inst.NeedsRejoin {
 			return ErrFenced
 		}
-		port = inst.Port
+		addr = s.cl.Addr(&inst)
 		return nil
 	})
-	return port, status, err
+	return addr, status, err
 }
 
-// ResolveGroupDatabase returns the loopback port a group listener sends a session for `database` to: the
+// ResolveGroupDatabase returns the address (host:port) a group listener sends a session for `database` to: the
 // primary instance now recorded in the store (read-write), or the geo-secondary when it runs as a standby
 // (read-only; the primary instead when the read-only policy is Enabled and no secondary is available).
-func (s *Service) ResolveGroupDatabase(groupKey, database string, readOnly bool) (int, error) {
+func (s *Service) ResolveGroupDatabase(groupKey, database string, readOnly bool) (string, error) {
 	var g model.FailoverGroup
 	var primary, secondary model.Instance
 	err := s.st.View(func(tx *store.Tx) error {
@@ -79,22 +79,22 @@ func (s *Service) ResolveGroupDatabase(groupKey, database string, readOnly bool)
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	if !readOnly {
 		if primary.NeedsRejoin {
-			return 0, ErrFenced
+			return "", ErrFenced
 		}
-		return primary.Port, nil
+		return s.cl.Addr(&primary), nil
 	}
 	if secondary.ID != "" && secondary.Seeded && !secondary.NeedsRejoin {
 		h := s.cl.Handle(&secondary)
 		if _, running := h.Running(); running && h.IsStandby() {
-			return secondary.Port, nil
+			return s.cl.Addr(&secondary), nil
 		}
 	}
 	if g.ReadOnlyPolicy == "Enabled" && !primary.NeedsRejoin {
-		return primary.Port, nil
+		return s.cl.Addr(&primary), nil
 	}
-	return 0, ErrNoReadableSecondary
+	return "", ErrNoReadableSecondary
 }

@@ -17,6 +17,9 @@ type TLSFiles struct {
 	CertFile string // the server certificate (its SANs must name the address clients connect to)
 	KeyFile  string // its private key
 	CAFile   string // the CA clients' certificates are checked against, if they send one
+	// InPlace says the files are already installed on the instance's machine where the postgres OS user reads
+	// them (an agent installs its host's files once): they are served from there, not copied.
+	InPlace bool
 }
 
 // Where Configure installs the TLS files, under the instance's home (the parent of the data directory).
@@ -38,45 +41,63 @@ func (i *Instance) InstalledCAFile() string { return filepath.Join(i.tlsDir(), t
 // installTLS checks the files (the key matches the certificate, the CA file holds a certificate), copies them
 // into the instance's tls directory and returns the GUCs that serve them.
 func (i *Instance) installTLS(t *TLSFiles) (map[string]string, error) {
-	cert, err := os.ReadFile(t.CertFile)
+	if t.InPlace {
+		return tlsSettings(t.CertFile, t.KeyFile, t.CAFile), nil
+	}
+	in, err := InstallHostTLS(i.machine(), i.tlsDir(), *t)
+	if err != nil {
+		return nil, err
+	}
+	return tlsSettings(in.CertFile, in.KeyFile, in.CAFile), nil
+}
+
+// tlsSettings are the GUCs that serve TLS with these files.
+func tlsSettings(cert, key, ca string) map[string]string {
+	return map[string]string{
+		"ssl":                      "on",
+		"ssl_cert_file":            cert,
+		"ssl_key_file":             key,
+		"ssl_ca_file":              ca,
+		"ssl_min_protocol_version": tlsMinProtocol,
+	}
+}
+
+// InstallHostTLS installs a host's TLS files for every instance of the host in dir (an agent's, at its start):
+// owned by the postgres OS user, the key 0600. It returns them as in-place TLSFiles.
+func InstallHostTLS(h Host, dir string, src TLSFiles) (*TLSFiles, error) {
+	cert, err := os.ReadFile(src.CertFile)
 	if err != nil {
 		return nil, fmt.Errorf("read TLS certificate: %w", err)
 	}
-	key, err := os.ReadFile(t.KeyFile)
+	key, err := os.ReadFile(src.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("read TLS key: %w", err)
 	}
-	ca, err := os.ReadFile(t.CAFile)
+	ca, err := os.ReadFile(src.CAFile)
 	if err != nil {
 		return nil, fmt.Errorf("read TLS CA: %w", err)
 	}
 	if _, err := tls.X509KeyPair(cert, key); err != nil {
-		return nil, fmt.Errorf("TLS certificate %s and key %s: %w", t.CertFile, t.KeyFile, err)
+		return nil, fmt.Errorf("TLS certificate %s and key %s: %w", src.CertFile, src.KeyFile, err)
 	}
 	if !x509.NewCertPool().AppendCertsFromPEM(ca) {
-		return nil, fmt.Errorf("TLS CA %s: no PEM certificate", t.CAFile)
+		return nil, fmt.Errorf("TLS CA %s: no PEM certificate", src.CAFile)
 	}
-	dir := i.tlsDir()
-	if err := i.machine().MkdirAll(dir); err != nil {
+	if err := h.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
-	files := []struct {
-		name string
+	out := &TLSFiles{CertFile: filepath.Join(dir, tlsCertName), KeyFile: filepath.Join(dir, tlsKeyName),
+		CAFile: filepath.Join(dir, tlsCAName), InPlace: true}
+	for _, f := range []struct {
+		path string
 		data []byte
 		mode os.FileMode
-	}{{tlsCertName, cert, 0o644}, {tlsKeyName, key, 0o600}, {tlsCAName, ca, 0o644}}
-	for _, f := range files {
-		if err := i.machine().WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
-			return nil, fmt.Errorf("write %s: %w", f.name, err)
+	}{{out.CertFile, cert, 0o644}, {out.KeyFile, key, 0o600}, {out.CAFile, ca, 0o644}} {
+		if err := h.WriteFile(f.path, f.data, f.mode); err != nil {
+			return nil, fmt.Errorf("write %s: %w", f.path, err)
 		}
 	}
-	return map[string]string{
-		"ssl":                      "on",
-		"ssl_cert_file":            filepath.Join(dir, tlsCertName),
-		"ssl_key_file":             filepath.Join(dir, tlsKeyName),
-		"ssl_ca_file":              filepath.Join(dir, tlsCAName),
-		"ssl_min_protocol_version": tlsMinProtocol,
-	}, nil
+	return out, nil
 }
 
 // hbaConf is pg_hba.conf: password (SCRAM) logins and replication for superUser from loopback, and from every
