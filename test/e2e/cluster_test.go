@@ -305,6 +305,7 @@ func TestClusterFailoverAcrossHosts(t *testing.T) {
 		firstEast = time.Now()
 		return true
 	})
+	time.Sleep(2 * time.Second) // the prober goes on: a write on west now would be a second writable primary
 	succ := direct.successes(t)
 	lastWest := succ[len(succ)-1]
 	t.Logf("cut at %s: west's last direct write +%s, its agent exited +%s, first write on east +%s",

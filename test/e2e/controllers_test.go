@@ -48,6 +48,7 @@ func TestControllersShareStateInEtcd(t *testing.T) {
 	if r.Status != http.StatusBadRequest || r.errCode() != "RegionDoesNotAllowProvisioning" {
 		t.Fatalf("a server in a region without agents: %d %s", r.Status, r.Raw)
 	}
+	noteCode("RegionDoesNotAllowProvisioning", 400)
 	if got := first.do(http.MethodGet, serverPath("north"), nil); got.Status != http.StatusNotFound {
 		t.Fatalf("the refused server exists: %d %s", got.Status, got.Raw)
 	}
