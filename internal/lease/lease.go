@@ -22,6 +22,10 @@ func Guard(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, ttl, 
 		stop()
 		return nil, err
 	}
+	// Renew more often than the keep-alive's third of the TTL, so that one renewal lost to an etcd member going
+	// away (the client moves to another) does not eat the whole margin.
+	extra := make(chan time.Time, 1)
+	go renewOften(wctx, cli, id, max(ttl/6, 500*time.Millisecond), extra)
 	lost := make(chan struct{})
 	go func() {
 		defer stop()
@@ -30,6 +34,11 @@ func Guard(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, ttl, 
 		for {
 			timer := time.NewTimer(time.Until(expires.Add(-margin)))
 			select {
+			case e := <-extra:
+				timer.Stop()
+				if e.After(expires) {
+					expires = e
+				}
 			case r, ok := <-renewals:
 				timer.Stop()
 				if !ok {
@@ -48,4 +57,29 @@ func Guard(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, ttl, 
 		}
 	}()
 	return lost, nil
+}
+
+// renewOften renews the lease every interval (each attempt bounded by it) and sends when it will expire by the
+// answer; a lease that etcd says is gone ends it (the keep-alive's channel reports that).
+func renewOften(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, interval time.Duration, out chan<- time.Time) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		start := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, interval)
+		r, err := cli.KeepAliveOnce(rctx, id)
+		cancel()
+		if err != nil {
+			continue
+		}
+		select {
+		case out <- start.Add(time.Duration(r.TTL) * time.Second): // counted from the request: etcd renewed it after
+		default:
+		}
+	}
 }

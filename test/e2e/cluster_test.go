@@ -20,6 +20,7 @@ import (
 	"github.com/fogo-db/fogo/internal/app"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/pki"
+	"github.com/fogo-db/fogo/internal/postgres/instance"
 	"github.com/fogo-db/fogo/internal/testutil/netns"
 	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
@@ -49,6 +50,9 @@ type clusterHosts struct {
 	east, west *agentProc
 	cli        *clientv3.Client
 	certDir    string
+	members    []*netns.EtcdMember
+	// ctlOptions start another controller on the same state (after the first lost its leadership).
+	ctlOptions func(*app.Options)
 }
 
 func startCluster(t *testing.T, agentTTL time.Duration, mod func(*app.Options)) *clusterHosts {
@@ -58,7 +62,7 @@ func startCluster(t *testing.T, agentTTL time.Duration, mod func(*app.Options)) 
 	nw := netns.New(t, 5)
 	members := netns.StartEtcd(t, nw.Host(1), nw.Host(2), nw.Host(3))
 	endpoints := netns.Endpoints(members)
-	c := &clusterHosts{nw: nw, certDir: t.TempDir()}
+	c := &clusterHosts{nw: nw, certDir: t.TempDir(), members: members}
 	if _, err := pki.EnsureCluster(c.certDir, []pki.Host{
 		{Name: "east-1", Addrs: []string{nw.Host(4).Addr().String()}},
 		{Name: "west-1", Addrs: []string{nw.Host(5).Addr().String()}},
@@ -72,13 +76,14 @@ func startCluster(t *testing.T, agentTTL time.Duration, mod func(*app.Options)) 
 	t.Cleanup(func() { cli.Close() })
 	c.cli = cli
 	keyFile := filepath.Join(t.TempDir(), "secrets.key")
-	c.ctl = startFogo(t, func(o *app.Options) {
+	c.ctlOptions = func(o *app.Options) {
 		o.Etcd = &store.EtcdConfig{Endpoints: endpoints, Prefix: clusterPrefix}
 		o.SecretsKeyFile, o.ClusterCA, o.LeaderTTL = keyFile, filepath.Join(c.certDir, pki.CACertName), 6*time.Second
 		if mod != nil {
 			mod(o)
 		}
-	})
+	}
+	c.ctl = startFogo(t, c.ctlOptions)
 	bin := buildFogo(t)
 	common := []string{
 		"--etcd-endpoints", strings.Join(endpoints, ","), "--etcd-prefix", clusterPrefix,
@@ -103,6 +108,9 @@ func (c *clusterHosts) newAgent(t *testing.T, h *netns.Host, bin, name, region s
 	}, common...)
 	t.Cleanup(func() {
 		p.kill()
+		if t.Failed() {
+			t.Logf("agent %s log:\n%s", name, p.logTail())
+		}
 		stopInstancesUnder(t, pgtest.Bin(t), filepath.Join(dir, "instances"))
 	})
 	return p
@@ -342,4 +350,78 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// TestClusterEtcdLoss: losing one etcd member of three changes nothing (a planned failover goes through);
+// losing the majority stops every primary within the agents' lease — no instance takes writes, none is promoted,
+// the controller gives up its leadership: the documented price of never having two writable primaries. With the
+// majority back and the agents started again (a supervisor would), a new controller brings the primary back and
+// every write acknowledged before the loss is there.
+func TestClusterEtcdLoss(t *testing.T) {
+	const agentTTL = 6 * time.Second
+	c := startCluster(t, agentTTL, nil)
+	f := c.ctl
+	f.createServer("east", "eastus")
+	f.createServer("west", "westus")
+	f.createDB("east", "shop", "eastus")
+	mustExec(t, f, "east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text); CREATE TABLE probe(at timestamptz)")
+	f.mustSucceed(f.createGroup("east", "west", "fg", "shop"), 201)
+	f.waitGroupState("east", "fg", "CATCH_UP")
+
+	// One member lost: a planned failover still goes through.
+	c.members[2].Kill()
+	mustExec(t, f, "east", "shop", "INSERT INTO ledger(note) VALUES ('one-member-down')")
+	f.mustSucceed(f.do(http.MethodPost, fgPath("west", "fg")+"/failover", nil), 200, 202)
+	f.onePrimaryAt(t, "west", "east", "shop", 60*time.Second)
+	f.waitRowOn(t, "west", "shop", "one-member-down")
+	mustExec(t, f, "west", "shop", "INSERT INTO ledger(note) VALUES ('before-majority-loss')")
+
+	// The majority lost: the primary on west stops taking writes before any lease can expire.
+	primary := f.app.Cluster.Handle(f.instanceOf(t, "west", "shop"))
+	standby := f.app.Cluster.Handle(f.instanceOf(t, "east", "shop"))
+	direct := startProber(t, c.west.host, c.west.host.Addr().String(), primary.Port, "shop")
+	waitFor(t, 30*time.Second, "the direct prober's first write on west", func() bool { return len(direct.successes(t)) > 0 })
+	lostAt := time.Now()
+	c.members[1].Kill()
+	for _, a := range []*agentProc{c.west, c.east} {
+		select {
+		case <-a.exited:
+		case <-time.After(agentTTL + 10*time.Second):
+			t.Fatalf("agent %s did not fence and exit without etcd:\n%s", a.name, a.logTail())
+		}
+	}
+	select {
+	case <-f.app.LostLeadership():
+	case <-time.After(agentTTL + 10*time.Second):
+		t.Fatal("the controller kept its leadership without an etcd majority")
+	}
+	time.Sleep(2 * time.Second)
+	succ := direct.successes(t)
+	if d := succ[len(succ)-1].Sub(lostAt); d >= 2*agentTTL/3 {
+		t.Fatalf("west took a direct write %s after the etcd majority was lost (lease TTL %s)", d, agentTTL)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, h := range []*instance.Instance{primary, standby} {
+		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+		if in, err := h.IsInRecovery(cctx); err == nil && !in {
+			t.Fatalf("the instance on %s:%d accepts writes without an etcd majority", h.Host, h.Port)
+		}
+		ccancel()
+	}
+	t.Logf("etcd majority lost: west's last direct write +%s", succ[len(succ)-1].Sub(lostAt))
+
+	// The majority back, the agents started again, a new controller: the primary is back on west.
+	c.members[1].Restart(t)
+	c.members[2].Restart(t)
+	c.members[1].WaitHealthy(t)
+	c.east.start()
+	c.west.start()
+	f.app.Close() // its endpoints' ports are the state's: the new controller opens them
+	f2 := startFogo(t, c.ctlOptions)
+	f2.onePrimaryAt(t, "west", "east", "shop", 90*time.Second)
+	mustExec(t, f2, "west", "shop", "INSERT INTO ledger(note) VALUES ('after-majority-back')")
+	f2.waitRowOn(t, "west", "shop", "before-majority-loss")
+	f2.waitGroupState("west", "fg", "CATCH_UP")
+	f2.waitRowOn(t, "east", "shop", "after-majority-back")
 }
