@@ -10,12 +10,16 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/sql/armsql"
 	"github.com/fogo-db/fogo/internal/agent"
 	"github.com/fogo-db/fogo/internal/app"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
@@ -28,18 +32,20 @@ import (
 // clusterPrefix is the etcd prefix of the cluster tests' state.
 const clusterPrefix = "/fogo"
 
-// agentProc is a `fogo agent` process inside a namespace "host".
-type agentProc struct {
+// hostProc is a fogo process (an agent or a controller) inside a namespace "host".
+type hostProc struct {
 	t       *testing.T
 	host    *netns.Host
 	name    string
 	bin     string
 	args    []string
+	env     []string
 	dataDir string
 	logFile string
 	cmd     *exec.Cmd
 	exited  chan struct{}
-	cli     *clientv3.Client
+	// ready reports whether the started process is up (an agent: its lease is live; a controller: it answers).
+	ready func() error
 }
 
 // clusterHosts is a cluster on one machine: three etcd members (h1-h3), agents on h4 (eastus) and h5 (westus),
@@ -47,60 +53,85 @@ type agentProc struct {
 type clusterHosts struct {
 	nw         *netns.Net
 	ctl        *fogo
-	east, west *agentProc
+	east, west *hostProc
 	cli        *clientv3.Client
 	certDir    string
 	members    []*netns.EtcdMember
+	endpoints  []string
+	keyFile    string
+	bin        string
 	// ctlOptions start another controller on the same state (after the first lost its leadership).
 	ctlOptions func(*app.Options)
 }
 
 func startCluster(t *testing.T, agentTTL time.Duration, mod func(*app.Options)) *clusterHosts {
 	t.Helper()
+	c := newClusterBase(t)
+	c.ctlOptions = func(o *app.Options) {
+		o.Etcd = &store.EtcdConfig{Endpoints: c.endpoints, Prefix: clusterPrefix}
+		o.SecretsKeyFile, o.ClusterCA, o.LeaderTTL = c.keyFile, c.caFile(), 6*time.Second
+		if mod != nil {
+			mod(o)
+		}
+	}
+	c.ctl = startFogo(t, c.ctlOptions)
+	c.startAgents(t, agentTTL, c.nw.BridgeAddr.String()+"/32")
+	return c
+}
+
+// newClusterBase makes the hosts, etcd on h1-h3, the certificates of the agents' hosts (h4, h5) and a client.
+func newClusterBase(t *testing.T) *clusterHosts {
+	t.Helper()
 	netns.Require(t)
 	pgtest.Bin(t)
 	nw := netns.New(t, 5)
 	members := netns.StartEtcd(t, nw.Host(1), nw.Host(2), nw.Host(3))
-	endpoints := netns.Endpoints(members)
-	c := &clusterHosts{nw: nw, certDir: t.TempDir(), members: members}
+	c := &clusterHosts{nw: nw, certDir: t.TempDir(), members: members, endpoints: netns.Endpoints(members),
+		keyFile: filepath.Join(t.TempDir(), "secrets.key"), bin: buildFogo(t)}
 	if _, err := pki.EnsureCluster(c.certDir, []pki.Host{
 		{Name: "east-1", Addrs: []string{nw.Host(4).Addr().String()}},
 		{Name: "west-1", Addrs: []string{nw.Host(5).Addr().String()}},
 	}); err != nil {
 		t.Fatal(err)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
 	c.cli = cli
-	keyFile := filepath.Join(t.TempDir(), "secrets.key")
-	c.ctlOptions = func(o *app.Options) {
-		o.Etcd = &store.EtcdConfig{Endpoints: endpoints, Prefix: clusterPrefix}
-		o.SecretsKeyFile, o.ClusterCA, o.LeaderTTL = keyFile, filepath.Join(c.certDir, pki.CACertName), 6*time.Second
-		if mod != nil {
-			mod(o)
-		}
-	}
-	c.ctl = startFogo(t, c.ctlOptions)
-	bin := buildFogo(t)
-	common := []string{
-		"--etcd-endpoints", strings.Join(endpoints, ","), "--etcd-prefix", clusterPrefix,
-		"--secrets-key-file", keyFile, "--tls-ca", filepath.Join(c.certDir, pki.CACertName),
-		"--allow-from", nw.BridgeAddr.String() + "/32", "--lease-ttl", agentTTL.String(), "--log-level", "warn",
-	}
-	c.east = c.newAgent(t, nw.Host(4), bin, "east-1", "eastus", common)
-	c.west = c.newAgent(t, nw.Host(5), bin, "west-1", "westus", common)
-	c.east.start()
-	c.west.start()
 	return c
 }
 
-func (c *clusterHosts) newAgent(t *testing.T, h *netns.Host, bin, name, region string, common []string) *agentProc {
+func (c *clusterHosts) caFile() string { return filepath.Join(c.certDir, pki.CACertName) }
+
+// startAgents starts east-1 (eastus) on h4 and west-1 (westus) on h5; their instances admit allowFrom.
+func (c *clusterHosts) startAgents(t *testing.T, agentTTL time.Duration, allowFrom ...string) {
+	t.Helper()
+	common := []string{
+		"--etcd-endpoints", strings.Join(c.endpoints, ","), "--etcd-prefix", clusterPrefix,
+		"--secrets-key-file", c.keyFile, "--tls-ca", c.caFile(),
+		"--allow-from", strings.Join(allowFrom, ","), "--lease-ttl", agentTTL.String(), "--log-level", "warn",
+	}
+	c.east = c.newAgent(t, c.nw.Host(4), c.bin, "east-1", "eastus", common)
+	c.west = c.newAgent(t, c.nw.Host(5), c.bin, "west-1", "westus", common)
+	c.east.start()
+	c.west.start()
+}
+
+func (c *clusterHosts) newAgent(t *testing.T, h *netns.Host, bin, name, region string, common []string) *hostProc {
 	dir := pgtest.TempDir(t)
 	low := 30000 + 100*int(h.Addr().As4()[3]) // ports are per namespace: only the host's own range matters
-	p := &agentProc{t: t, host: h, name: name, bin: bin, dataDir: dir, logFile: filepath.Join(dir, "agent.log"), cli: c.cli}
+	p := &hostProc{t: t, host: h, name: name, bin: bin, dataDir: dir, logFile: filepath.Join(dir, "agent.log")}
+	p.ready = func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		live, err := agent.Live(ctx, c.cli, clusterPrefix)
+		if err == nil && !live[name] {
+			err = fmt.Errorf("agent %s is not live", name)
+		}
+		return err
+	}
 	p.args = append([]string{"agent", "--name", name, "--region", region,
 		"--advertise-host", h.Addr().String(), "--data-dir", dir,
 		"--port-range", fmt.Sprintf("%d-%d", low, low+49),
@@ -116,14 +147,15 @@ func (c *clusterHosts) newAgent(t *testing.T, h *netns.Host, bin, name, region s
 	return p
 }
 
-// start runs the agent and waits until its lease is live.
-func (p *agentProc) start() {
+// start runs the process and waits until it is ready.
+func (p *hostProc) start() {
 	p.t.Helper()
 	logf, err := os.OpenFile(p.logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		p.t.Fatal(err)
 	}
 	p.cmd = p.host.Command(context.Background(), p.bin, p.args...)
+	p.cmd.Env = append(os.Environ(), p.env...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
@@ -134,25 +166,29 @@ func (p *agentProc) start() {
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(p.cmd, p.exited)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		live, err := agent.Live(ctx, p.cli, clusterPrefix)
-		cancel()
-		if err == nil && live[p.name] {
+		err := p.ready()
+		if err == nil {
 			return
 		}
 		select {
 		case <-p.exited:
-			p.t.Fatalf("agent %s exited at start:\n%s", p.name, p.logTail())
+			p.t.Fatalf("%s exited at start:\n%s", p.name, p.logTail())
 		default:
 		}
 		if time.Now().After(deadline) {
-			p.t.Fatalf("agent %s never registered (%v):\n%s", p.name, err, p.logTail())
+			p.t.Fatalf("%s never became ready (%v):\n%s", p.name, err, p.logTail())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 }
 
-func (p *agentProc) kill() {
+// logHas reports whether the process's log holds s.
+func (p *hostProc) logHas(s string) bool {
+	b, _ := os.ReadFile(p.logFile)
+	return strings.Contains(string(b), s)
+}
+
+func (p *hostProc) kill() {
 	if p.cmd == nil || p.exited == nil {
 		return
 	}
@@ -163,7 +199,7 @@ func (p *agentProc) kill() {
 	}
 }
 
-func (p *agentProc) logTail() string {
+func (p *hostProc) logTail() string {
 	b, _ := os.ReadFile(p.logFile)
 	if len(b) > 4000 {
 		b = b[len(b)-4000:]
@@ -383,7 +419,7 @@ func TestClusterEtcdLoss(t *testing.T) {
 	waitFor(t, 30*time.Second, "the direct prober's first write on west", func() bool { return len(direct.successes(t)) > 0 })
 	lostAt := time.Now()
 	c.members[1].Kill()
-	for _, a := range []*agentProc{c.west, c.east} {
+	for _, a := range []*hostProc{c.west, c.east} {
 		select {
 		case <-a.exited:
 		case <-time.After(agentTTL + 10*time.Second):
@@ -424,4 +460,180 @@ func TestClusterEtcdLoss(t *testing.T) {
 	f2.waitRowOn(t, "west", "shop", "before-majority-loss")
 	f2.waitGroupState("west", "fg", "CATCH_UP")
 	f2.waitRowOn(t, "east", "shop", "after-majority-back")
+}
+
+// newController makes a `fogo serve` controller on host h: its API, endpoints and listeners on h's address.
+func (c *clusterHosts) newController(t *testing.T, h *netns.Host, name, token string, env ...string) *hostProc {
+	dir := pgtest.TempDir(t)
+	addr := h.Addr().String()
+	p := &hostProc{t: t, host: h, name: name, bin: c.bin, dataDir: dir, logFile: filepath.Join(dir, "serve.log"),
+		env: append([]string{"FOGO_API_TOKEN=" + token}, env...)}
+	p.args = []string{"serve", "--data-dir", dir, "--listen", addr + ":7400", "--advertise-host", addr,
+		"--gateway-listen-host", addr, "--port-range", "32000-32099", "--min-grace-period-minutes", "1",
+		"--planned-catch-up-timeout", "20s", "--controller-name", name, "--leader-ttl", "6s",
+		"--etcd-endpoints", strings.Join(c.endpoints, ","), "--etcd-prefix", clusterPrefix,
+		"--secrets-key-file", c.keyFile, "--cluster-ca", c.caFile(), "--log-level", "info"}
+	p.ready = func() error {
+		hc := &http.Client{Timeout: 2 * time.Second}
+		resp, err := hc.Get("http://" + addr + ":7400/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("healthz: %s", resp.Status)
+		}
+		return nil
+	}
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("controller %s log:\n%s", name, p.logTail())
+		}
+	})
+	return p
+}
+
+// ledgerWriter commits rows through the first of addrs that takes them, every 50 ms, and remembers the ids of
+// the acknowledged ones.
+type ledgerWriter struct {
+	mu    sync.Mutex
+	acked []int64
+	stop  context.CancelFunc
+	done  chan struct{}
+}
+
+func startLedgerWriter(addrs []string, db string) *ledgerWriter {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &ledgerWriter{stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for ctx.Err() == nil {
+			for _, a := range addrs {
+				cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+				conn, err := dial(cctx, a, db)
+				if err == nil {
+					var id int64
+					err = conn.QueryRow(cctx, "INSERT INTO ledger(note) VALUES ('writer') RETURNING id").Scan(&id)
+					conn.Close(cctx)
+					if err == nil {
+						w.mu.Lock()
+						w.acked = append(w.acked, id)
+						w.mu.Unlock()
+					}
+				}
+				ccancel()
+				if err == nil {
+					break
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	return w
+}
+
+func (w *ledgerWriter) finish() []int64 {
+	w.stop()
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]int64(nil), w.acked...)
+}
+
+// TestClusterLeaderKilledMidFailover: two controllers (processes on h1 and h2) and two agents; everything is
+// made through the official Azure SDK talking to the waiting controller, which forwards to the leader. A planned
+// failover is started while a writer commits through the read-write listener; the leader is killed (-9) right
+// before the promotion, after it demoted the old primary. The other controller is elected, resumes the operation
+// and completes it: the SDK's poller (still on the second controller) sees it succeed, the new primary holds every
+// acknowledged write, and the old primary rejoins.
+func TestClusterLeaderKilledMidFailover(t *testing.T) {
+	c := newClusterBase(t)
+	token := "cluster-token-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	h1, h2 := c.nw.Host(1), c.nw.Host(2)
+	ctl1 := c.newController(t, h1, "ctl-1", token, "FOGO_TEST_PAUSE_BEFORE_STEP="+"PlannedFailover:promote")
+	ctl1.start() // first: it creates the secrets key
+	ctl2 := c.newController(t, h2, "ctl-2", token)
+	ctl2.start()
+	c.startAgents(t, 6*time.Second, h1.Addr().String()+"/32", h2.Addr().String()+"/32", c.nw.BridgeAddr.String()+"/32")
+	via2 := &fogo{t: t, url: "http://" + h2.Addr().String() + ":7400", tok: token}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	opts := sdkOptions(via2)
+	opts.Retry = policy.RetryOptions{MaxRetries: 20, RetryDelay: 500 * time.Millisecond, MaxRetryDelay: 2 * time.Second,
+		StatusCodes: []int{http.StatusServiceUnavailable, http.StatusBadGateway, http.StatusGatewayTimeout}}
+	cred := staticToken(token)
+	servers, _ := armsql.NewServersClient(sub, cred, opts)
+	dbs, _ := armsql.NewDatabasesClient(sub, cred, opts)
+	groups, _ := armsql.NewFailoverGroupsClient(sub, cred, opts)
+	for name, loc := range map[string]string{"east": "eastus", "west": "westus"} {
+		p, err := servers.BeginCreateOrUpdate(ctx, rg, name, armsql.Server{Location: to.Ptr(loc),
+			Properties: &armsql.ServerProperties{AdministratorLogin: to.Ptr(login), AdministratorLoginPassword: to.Ptr(password)}}, nil)
+		if err == nil {
+			_, err = p.PollUntilDone(ctx, fastPoll)
+		}
+		if err != nil {
+			t.Fatalf("create server %s: %v", name, err)
+		}
+	}
+	dp, err := dbs.BeginCreateOrUpdate(ctx, rg, "east", "shop", armsql.Database{Location: to.Ptr("eastus")}, nil)
+	if err == nil {
+		_, err = dp.PollUntilDone(ctx, fastPoll)
+	}
+	if err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	mustExec(t, via2, "east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
+	gp, err := groups.BeginCreateOrUpdate(ctx, rg, "east", "fg", armsql.FailoverGroup{Properties: &armsql.FailoverGroupProperties{
+		ReadWriteEndpoint: &armsql.FailoverGroupReadWriteEndpoint{FailoverPolicy: to.Ptr(armsql.ReadWriteEndpointFailoverPolicyManual)},
+		PartnerServers:    []*armsql.PartnerInfo{{ID: to.Ptr(serverPath("west"))}},
+		Databases:         []*string{to.Ptr(dbPath("east", "shop"))},
+	}}, nil)
+	if err == nil {
+		_, err = gp.PollUntilDone(ctx, fastPoll)
+	}
+	if err != nil {
+		t.Fatalf("create group: %v", err)
+	}
+	via2.waitGroupState("east", "fg", "CATCH_UP")
+
+	// The read-write listener is on whichever controller leads: the writer tries both.
+	_, rwPort, _ := strings.Cut(via2.listenerOf("east", "fg", "readWriteEndpoint"), ":")
+	w := startLedgerWriter([]string{h1.Addr().String() + ":" + rwPort, h2.Addr().String() + ":" + rwPort}, "shop")
+	defer w.finish()
+	waitFor(t, 30*time.Second, "the writer's first commit", func() bool { w.mu.Lock(); defer w.mu.Unlock(); return len(w.acked) > 0 })
+	fp, err := groups.BeginFailover(ctx, rg, "west", "fg", nil)
+	if err != nil {
+		t.Fatalf("begin failover: %v", err)
+	}
+	waitFor(t, 60*time.Second, "the leader pausing before the promotion", func() bool { return ctl1.logHas("pausing before step") })
+	killedAt := time.Now()
+	ctl1.kill()
+	if _, err := fp.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatalf("the failover, after its controller was killed: %v\ncontroller ctl-2:\n%s", err, ctl2.logTail())
+	}
+	t.Logf("the failover completed %s after the leader was killed", time.Since(killedAt))
+	if role := via2.groupProps("west", "fg")["replicationRole"]; role != "Primary" {
+		t.Fatalf("west's role after the failover: %v", role)
+	}
+	time.Sleep(time.Second)
+	acked := w.finish()
+	conn, err := via2.connect(ctx, "west", "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var missing int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.id = a.id)", acked).Scan(&missing); err != nil {
+		t.Fatal(err)
+	}
+	if missing != 0 {
+		t.Fatalf("%d of %d acknowledged writes are missing on the new primary", missing, len(acked))
+	}
+	t.Logf("%d acknowledged writes, all on the new primary", len(acked))
+	via2.waitGroupState("west", "fg", "CATCH_UP")
 }
