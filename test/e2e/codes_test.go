@@ -27,6 +27,9 @@ func noteCode(code string, status int) { asserted.Store(code, status) }
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := m.Run()
+	if fogoBinary.dir != "" {
+		os.RemoveAll(fogoBinary.dir)
+	}
 	if code == 0 && flag.Lookup("test.run").Value.String() == "" && os.Getenv("FOGO_REQUIRE_PG") == "1" {
 		if problems := codeTableProblems(errorCodesPage); len(problems) > 0 {
 			fmt.Fprintln(os.Stderr, "docs/error-codes.md table vs tests:\n  "+strings.Join(problems, "\n  "))

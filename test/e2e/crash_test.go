@@ -24,14 +24,32 @@ type process struct {
 	done chan struct{}
 }
 
+// fogoBinary is the fogo command built once for the whole run (removed by TestMain).
+var fogoBinary struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// buildFogo returns the fogo command, built once per test run.
 func buildFogo(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "fogo")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/fogo-db/fogo/cmd/fogo").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	fogoBinary.once.Do(func() {
+		dir, err := os.MkdirTemp("", "fogo-e2e-bin-")
+		if err != nil {
+			fogoBinary.err = err
+			return
+		}
+		fogoBinary.dir, fogoBinary.path = dir, filepath.Join(dir, "fogo")
+		if out, err := exec.Command("go", "build", "-o", fogoBinary.path, "github.com/fogo-db/fogo/cmd/fogo").CombinedOutput(); err != nil {
+			fogoBinary.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if fogoBinary.err != nil {
+		t.Fatal(fogoBinary.err)
 	}
-	return bin
+	return fogoBinary.path
 }
 
 // startProcess runs `fogo serve` on dataDir and waits until /healthz answers.

@@ -250,9 +250,19 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 			w.link = l
 			w.mu.Unlock()
 			start := time.Now()
-			err = l.Run(ctx)
+			runCtx, stopRun := context.WithCancelCause(ctx)
+			watchDone := m.followPrimary(runCtx, w.def, stopRun)
+			err = l.Run(runCtx)
+			stopRun(nil)
+			<-watchDone
 			if ctx.Err() != nil {
 				return
+			}
+			if cause := context.Cause(runCtx); errors.Is(cause, errPrimaryMoved) {
+				// Not an error: the group failed over, and the link reads from the new primary at once.
+				m.log.Info("link follows the group's new primary", "link", w.def.Name)
+				w.def.Drop, backoff = false, 200*time.Millisecond
+				continue
 			}
 			if err == nil && w.def.Interval > 0 {
 				// A batch is done: the next one starts an interval after this one started.
@@ -280,6 +290,47 @@ func (m *Manager) supervise(ctx context.Context, w *worker) {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// errPrimaryMoved ends a link's run when its group's primary is another instance than the one it reads from.
+var errPrimaryMoved = errors.New("the group's primary moved")
+
+// followPrimaryInterval is how often a running link checks that its group's primary is still its source.
+const followPrimaryInterval = time.Second
+
+// followPrimary ends the run (stop with errPrimaryMoved) once the group's primary recorded in the store is not the
+// one the run started from: a failover whose old primary's host is gone leaves the link's connection hanging, not
+// broken, and the link must not wait for its own silence timeout to follow. The returned channel is closed when the
+// watch ends.
+func (m *Manager) followPrimary(ctx context.Context, def Def, stop context.CancelCauseFunc) <-chan struct{} {
+	done := make(chan struct{})
+	if def.Group == "" {
+		close(done)
+		return done
+	}
+	t, err := m.topology(def)
+	if err != nil {
+		close(done)
+		return done
+	}
+	from := t.primary.ID
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(followPrimaryInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if now, err := m.topology(def); err == nil && now.primary.ID != from && !now.primary.NeedsRejoin {
+				stop(errPrimaryMoved)
+				return
+			}
+		}
+	}()
+	return done
 }
 
 // source is where the link reads: the primary instance of the group's database as the store names it now, with
