@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -40,11 +39,9 @@ of that region. Instances keep running when the agent stops or restarts.`,
 				}
 				o.AllowFrom = append(o.AllowFrom, p)
 			}
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+			if o.Logger, err = newLogger(logLevel); err != nil {
+				return err
 			}
-			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			if o.Etcd, err = etcd.config(); err != nil {
 				return err
 			}

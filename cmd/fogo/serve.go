@@ -31,11 +31,9 @@ func serveCommand() *cobra.Command {
 				return err
 			}
 			o.PortLow, o.PortHigh, o.MinGraceMinutes = low, high, int32(minGrace)
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+			if o.Logger, err = newLogger(logLevel); err != nil {
+				return err
 			}
-			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			o.PauseBeforeStep = os.Getenv("FOGO_TEST_PAUSE_BEFORE_STEP")
 			if o.Etcd, err = etcd.config(); err != nil {
 				return err
@@ -101,4 +99,13 @@ func parsePortRange(s string) (int, int, error) {
 		return 0, 0, fmt.Errorf("--port-range %q: want LOW-HIGH within 1024-65535", s)
 	}
 	return low, high, nil
+}
+
+// newLogger logs text to stderr at the level named by --log-level.
+func newLogger(logLevel string) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
 }

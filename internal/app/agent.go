@@ -77,10 +77,7 @@ func StartAgent(ctx context.Context, opts AgentOptions) (*Agent, error) {
 	if a.log == nil {
 		a.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	steps := []struct {
-		name string
-		fn   func(context.Context) error
-	}{
+	steps := []step{
 		{"check options", a.checkOptions},
 		{"prepare directories", a.prepareDirs},
 		{"open state", a.openState},
@@ -89,11 +86,9 @@ func StartAgent(ctx context.Context, opts AgentOptions) (*Agent, error) {
 		{"register", a.register},
 		{"guard the lease", a.guard},
 	}
-	for _, s := range steps {
-		if err := s.fn(ctx); err != nil {
-			a.Close()
-			return nil, fmt.Errorf("agent %s: %s: %w", opts.Name, s.name, err)
-		}
+	if err := runSteps(ctx, steps); err != nil {
+		a.Close()
+		return nil, fmt.Errorf("agent %s: %w", opts.Name, err)
 	}
 	a.log.Info("agent registered", "agent", a.rec.Name, "region", a.rec.Region, "url", a.rec.URL,
 		"instances_dir", a.rec.InstancesDir, "ports", fmt.Sprintf("%d-%d", a.rec.PortLow, a.rec.PortHigh))

@@ -146,10 +146,7 @@ type App struct {
 func Start(ctx context.Context, opts Options) (*App, error) {
 	a := &App{opts: withDefaults(opts), done: make(chan struct{}), leading: context.Background()}
 	a.log = a.opts.Logger
-	steps := []struct {
-		name string
-		fn   func(context.Context) error
-	}{
+	steps := []step{
 		{"prepare data directory", a.prepareDataDir},
 		{"load api token", a.loadToken},
 		{"open state", a.openState},
@@ -162,13 +159,27 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		{"open server endpoints", a.openEndpoints},
 		{"serve the api", a.serveAPI},
 	}
-	for _, s := range steps {
-		if err := s.fn(ctx); err != nil {
-			a.Close()
-			return nil, fmt.Errorf("%s: %w", s.name, err)
-		}
+	if err := runSteps(ctx, steps); err != nil {
+		a.Close()
+		return nil, err
 	}
 	return a, nil
+}
+
+// step is one named step of a start.
+type step struct {
+	name string
+	fn   func(context.Context) error
+}
+
+// runSteps runs steps in order and stops at the first that fails, naming it.
+func runSteps(ctx context.Context, steps []step) error {
+	for _, s := range steps {
+		if err := s.fn(ctx); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return nil
 }
 
 func withDefaults(o Options) Options {

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"io/fs"
-	"log/slog"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -22,14 +20,10 @@ func startAgent(t *testing.T, name, region string, mod func(*app.AgentOptions)) 
 	bin := pgtest.Bin(t)
 	dir := pgtest.TempDir(t)
 	low := portBase()
-	level := slog.LevelWarn
-	if os.Getenv("FOGO_TEST_LOG") != "" {
-		level = slog.LevelDebug
-	}
 	o := app.AgentOptions{
 		Name: name, Region: region, AdvertiseHost: "127.0.0.1", Listen: "127.0.0.1:0", DataDir: dir,
 		PortLow: low, PortHigh: low + 99, AllowPlaintext: true, TTL: 4 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("agent", name),
+		Logger: testLogger().With("agent", name),
 	}
 	mod(&o)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

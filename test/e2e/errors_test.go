@@ -1,10 +1,11 @@
 package e2e
 
 import (
-	"github.com/fogo-db/fogo/internal/app"
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/fogo-db/fogo/internal/app"
 )
 
 // TestErrorCatalogue checks, case by case, the exact ARM error code and HTTP status fogo answers with. Every

@@ -71,14 +71,10 @@ func fogoOptions(t *testing.T, mod ...func(*app.Options)) app.Options {
 	pgtest.Bin(t)
 	dir := pgtest.TempDir(t)
 	low := portBase()
-	level := slog.LevelWarn
-	if os.Getenv("FOGO_TEST_LOG") != "" {
-		level = slog.LevelDebug
-	}
 	opts := app.Options{
 		DataDir: dir, Listen: "127.0.0.1:0", PortLow: low, PortHigh: low + 99, MinGraceMinutes: 1,
 		ReconcileInterval: 300 * time.Millisecond, CatchUpTimeout: 20 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		Logger: testLogger(),
 	}
 	for _, m := range mod {
 		m(&opts)
@@ -284,4 +280,13 @@ func hostsAndPorts(endpoint string) (string, string) {
 		hosts, ports = append(hosts, h), append(ports, p)
 	}
 	return strings.Join(hosts, ","), strings.Join(ports, ",")
+}
+
+// testLogger logs warnings to stderr, everything with FOGO_TEST_LOG set.
+func testLogger() *slog.Logger {
+	level := slog.LevelWarn
+	if os.Getenv("FOGO_TEST_LOG") != "" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
