@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // leaderRevHeader carries the revision of the caller's leadership (leader.Leadership.Rev): the fencing token of
@@ -21,23 +22,59 @@ type LeaderFence struct {
 	Current func(ctx context.Context) (int64, error)
 	mu      sync.Mutex
 	highest int64
+	// known is the leadership in force as Follow last read it, and when: a check against a fresh one needs no
+	// round trip to etcd (a planned failover makes a dozen calls).
+	known   int64
+	knownAt time.Time
+}
+
+// knownFresh is how old the followed leadership may be for a check to use it; older, a check reads etcd.
+const knownFresh = 2 * time.Second
+
+// Follow keeps the leadership in force known until ctx ends: it reads it at once, whenever changed says the
+// election changed (an etcd watch), and every second.
+func (f *LeaderFence) Follow(ctx context.Context, changed <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		start := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		cur, err := f.Current(rctx)
+		cancel()
+		f.mu.Lock()
+		if err == nil {
+			f.known, f.knownAt = cur, start
+		} else {
+			f.knownAt = time.Time{}
+		}
+		f.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-t.C:
+		}
+	}
 }
 
 // Check refuses rev unless it is the leadership in force now: never older than one seen before, and equal to
-// what etcd says (a linearizable read: an agent that cannot confirm it acts on nothing).
+// the leadership in force as the agent follows it (an etcd watch, read again every second; when that is older
+// than 2 s, or disagrees, a linearizable read): an agent that cannot confirm it acts on nothing.
 func (f *LeaderFence) Check(ctx context.Context, rev int64) error {
 	if rev <= 0 {
 		return refuse("a change needs the elected controller's leadership revision (%s)", leaderRevHeader)
 	}
 	f.mu.Lock()
-	highest := f.highest
+	highest, cur, fresh := f.highest, f.known, time.Since(f.knownAt) < knownFresh
 	f.mu.Unlock()
 	if rev < highest {
 		return refuse("stale controller: its leadership (revision %d) is older than one this agent has seen (%d)", rev, highest)
 	}
-	cur, err := f.Current(ctx)
-	if err != nil {
-		return refuse("cannot confirm the caller leads (%v): acting on nothing", err)
+	if !fresh || rev != cur {
+		var err error
+		if cur, err = f.Current(ctx); err != nil {
+			return refuse("cannot confirm the caller leads (%v): acting on nothing", err)
+		}
 	}
 	if rev != cur {
 		return refuse("stale controller: its leadership (revision %d) is not the one in force (%d)", rev, cur)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // TestLeaderFence: only the leadership in force may change anything on the host; an older one is refused even
@@ -65,5 +67,50 @@ func TestHostAPIFencesStaleControllers(t *testing.T) {
 	cur.LeaderRev = func() int64 { return 5 }
 	if err := cur.MkdirAll(dir); err != nil {
 		t.Fatalf("the leadership in force: %v", err)
+	}
+}
+
+// TestLeaderFenceFollows: with the leadership followed (a watch, here a channel), a check of the leadership in
+// force needs no read of etcd; a change is seen at once, after which the deposed leadership is refused.
+func TestLeaderFenceFollows(t *testing.T) {
+	var mu sync.Mutex
+	current, reads := int64(3), 0
+	f := &LeaderFence{Current: func(context.Context) (int64, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		reads++
+		return current, nil
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changed := make(chan struct{}, 1)
+	go f.Follow(ctx, changed)
+	readsNow := func() int { mu.Lock(); defer mu.Unlock(); return reads }
+	waitUntil := func(cond func() bool) {
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatal("not within 5 s")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitUntil(func() bool { return readsNow() >= 1 })
+	before := readsNow()
+	for i := 0; i < 20; i++ {
+		if err := f.Check(context.Background(), 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := readsNow() - before; n > 1 { // the follower's own periodic read may fall in between
+		t.Errorf("checks of the followed leadership read etcd %d times", n)
+	}
+	mu.Lock()
+	current = 4
+	mu.Unlock()
+	changed <- struct{}{}
+	waitUntil(func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.known == 4 })
+	if err := f.Check(context.Background(), 3); err == nil || !strings.Contains(err.Error(), "stale controller") {
+		t.Fatalf("the deposed leadership after the change: %v", err)
 	}
 }

@@ -67,13 +67,15 @@ type Agent struct {
 	reg      *lease.Registration
 	rec      model.Agent
 	api      *agent.Server
-	fenced   chan struct{} // closed once the primaries are fenced after the lease was lost
+	fenced   chan struct{}   // closed once the primaries are fenced after the lease was lost
+	bg       context.Context // the agent's background work (lease guard, leadership follower) runs until Close
 	stop     context.CancelFunc
 }
 
 // StartAgent brings an agent up: it registers the host and serves its host API until Close.
 func StartAgent(ctx context.Context, opts AgentOptions) (*Agent, error) {
-	a := &Agent{opts: opts, log: opts.Logger, fenced: make(chan struct{})}
+	bg, stop := context.WithCancel(context.Background())
+	a := &Agent{opts: opts, log: opts.Logger, fenced: make(chan struct{}), bg: bg, stop: stop}
 	if a.log == nil {
 		a.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
@@ -189,8 +191,10 @@ func (a *Agent) listen(context.Context) error {
 	}
 	scheme := "http"
 	cli, prefix := a.st.Etcd()
+	fence := &agent.LeaderFence{Current: func(ctx context.Context) (int64, error) { return leader.CurrentRev(ctx, cli, prefix) }}
+	go fence.Follow(a.bg, leader.Changes(a.bg, cli, prefix))
 	a.api = &agent.Server{Name: a.opts.Name, Root: a.opts.InstancesDir, Host: instance.LocalHost{Bin: a.bin}, Token: a.token, Log: a.log,
-		Leader: &agent.LeaderFence{Current: func(ctx context.Context) (int64, error) { return leader.CurrentRev(ctx, cli, prefix) }}}
+		Leader: fence}
 	a.http = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: a.api}
 	if a.opts.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(a.opts.TLSCert, a.opts.TLSKey)
@@ -253,8 +257,7 @@ func (a *Agent) register(ctx context.Context) error {
 // registers once etcd is back).
 func (a *Agent) guard(context.Context) error {
 	cli, _ := a.st.Etcd()
-	ctx, stop := context.WithCancel(context.Background())
-	a.stop = stop
+	ctx := a.bg
 	ttl := a.opts.TTL
 	if ttl <= 0 {
 		ttl = agent.DefaultTTL

@@ -394,6 +394,9 @@ func (a *App) build(ctx context.Context) error {
 		return fmt.Errorf("link spool directory: %w", err)
 	}
 	a.LinkCatalog = links.NewCatalog(a.Links, targets)
+	if cli, _ := a.Store.Etcd(); cli != nil {
+		a.LinkCatalog.SetHost(a.controllerName())
+	}
 	go func() {
 		defer close(a.done)
 		// Re-adopt instances first (one reconcile pass), then resume interrupted operations.

@@ -233,7 +233,7 @@ func (e *Endpoint) handle(client net.Conn) {
 	defer backend.Close()
 	sess.route(SessionInfo{Database: database, User: params["user"], Backend: addr}, backend)
 	_ = client.SetDeadline(time.Time{})
-	if _, err := client.Write(first); err != nil {
+	if _, err := client.Write(withoutChannelBinding(first)); err != nil {
 		return
 	}
 	e.active.Add(1)

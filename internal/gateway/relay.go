@@ -83,7 +83,7 @@ func (e *Endpoint) relayUntilReady(client, backend net.Conn) ([8]byte, bool, err
 			copy(key[:], msg[5:13])
 			have = true
 		}
-		if _, err := client.Write(msg); err != nil {
+		if _, err := client.Write(withoutChannelBinding(msg)); err != nil {
 			return key, have, err
 		}
 		if msg[0] == 'Z' || msg[0] == 'E' {

@@ -307,6 +307,16 @@ func TestClusterFailoverAcrossHosts(t *testing.T) {
 		t.Fatalf("the geo-secondary's replication connection: ssl=%v err=%v", ssl, err)
 	}
 
+	// libpq (psql, its defaults) logs in through the gateway, whose hop to the instance is TLS: the instance's
+	// offer of channel binding is not passed on (libpq refuses it over a plain connection).
+	host, port := hostsAndPorts(f.endpointOf("east"))
+	psql := exec.Command(pgtest.Bin(t).Path("psql"), "-X", "-A", "-t", "-c", "SELECT count(*) FROM ledger",
+		fmt.Sprintf("host=%s port=%s user=%s dbname=shop connect_timeout=5", host, port, login))
+	psql.Env = append(os.Environ(), "PGPASSWORD="+password)
+	if out, err := psql.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) == "" {
+		t.Fatalf("psql through the gateway: %v: %s", err, out)
+	}
+
 	// Planned failover to west: every committed row is there.
 	mustExec(t, f, "east", "shop", "INSERT INTO ledger(note) VALUES ('before-planned')")
 	f.mustSucceed(f.do(http.MethodPost, fgPath("west", "fg")+"/failover", nil), 200, 202)

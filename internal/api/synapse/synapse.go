@@ -408,6 +408,9 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 		if st.Err != "" {
 			out["error"] = map[string]any{"message": st.Err}
 		}
+		if host := a.cat.Host(); host != "" && st.Phase != "Failed" {
+			out["runsOn"] = host // cluster mode: the controller whose process runs the link
+		}
 		out["checkpointLsn"] = st.Checkpoint.String()
 		if !st.LastHeard.IsZero() {
 			out["lastSourceHeartbeatTime"] = st.LastHeard.UTC().Format(time.RFC3339Nano)

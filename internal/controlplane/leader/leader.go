@@ -96,6 +96,31 @@ func CurrentRev(ctx context.Context, cli *clientv3.Client, prefix string) (int64
 	return s.Kvs[0].CreateRevision, nil
 }
 
+// Changes signals, without blocking, every change of the election (a leader elected, resigned or expired) until
+// ctx ends; also whenever its watch had to be set up again.
+func Changes(ctx context.Context, cli *clientv3.Client, prefix string) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	signal := func() {
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
+	go func() {
+		for ctx.Err() == nil {
+			for range cli.Watch(clientv3.WithRequireLeader(ctx), electionKey(prefix)+"/", clientv3.WithPrefix()) {
+				signal()
+			}
+			signal()
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	return out
+}
+
 // Current returns the name of the controller that leads ("" if none).
 func Current(ctx context.Context, cli *clientv3.Client, prefix string) (string, error) {
 	s, err := cli.Get(ctx, electionKey(prefix)+"/", clientv3.WithFirstCreate()...)

@@ -36,6 +36,9 @@ type LinkedService struct {
 	Type             string `json:"type"`
 	ConnectionString string `json:"connectionString,omitempty"`
 	Path             string `json:"path,omitempty"` // DuckDb
+	// Host is, in cluster mode, the controller whose host holds a DuckDb target's file: links into it run only
+	// while that controller leads (the file is not on the others' hosts).
+	Host string `json:"host,omitempty"`
 }
 
 // LinkTable is one linked table.
@@ -75,7 +78,14 @@ func key(workspace, name string) string {
 type Catalog struct {
 	m       *Manager
 	targets *TargetDirs
+	host    string // this controller's name in cluster mode ("" in the embedded mode)
 }
+
+// SetHost names this controller (cluster mode): DuckDb targets made here are pinned to its host.
+func (c *Catalog) SetHost(name string) { c.host = name }
+
+// Host is this controller's name in cluster mode ("" in the embedded mode).
+func (c *Catalog) Host() string { return c.host }
 
 // NewCatalog returns the catalog; DuckDB target files live in targets (relative paths under
 // DATA-DIR/link-targets).
@@ -104,7 +114,18 @@ func (c *Catalog) PutLinkedService(ls LinkedService) error {
 	default:
 		return errcatalog.Newf("InvalidParameterValue", "Linked service type '%s' is not supported: use PostgreSql, AzureSqlDatabase or DuckDb.", ls.Type).WithTarget("properties.type")
 	}
-	return c.m.st.Update(func(tx *store.Tx) error { return tx.Put(store.LinkedServices, key(ls.Workspace, ls.Name), &ls) })
+	return c.m.st.Update(func(tx *store.Tx) error {
+		if ls.Type == TypeDuckDB {
+			ls.Host = c.host // the file is made on this controller's host...
+			var old LinkedService
+			if ok, err := tx.Get(store.LinkedServices, key(ls.Workspace, ls.Name), &old); err != nil {
+				return err
+			} else if ok && old.Type == TypeDuckDB && old.Path == ls.Path {
+				ls.Host = old.Host // ...unless it already exists on another's
+			}
+		}
+		return tx.Put(store.LinkedServices, key(ls.Workspace, ls.Name), &ls)
+	})
 }
 
 // LinkedService reads one.
@@ -462,6 +483,10 @@ func (c *Catalog) openTarget(lc *LinkConnection) (*target.Store, error) {
 		return nil, err
 	}
 	if ls.Type == TypeDuckDB {
+		if ls.Host != c.host {
+			return nil, fmt.Errorf("the DuckDb target file is on the host of controller %q, and this controller is %q: "+
+				"the link runs while that controller leads (a DuckDb target stays on the host that holds its file)", ls.Host, c.host)
+		}
 		return c.openDuckDB(ls.Path)
 	}
 	st, err := target.OpenPostgres(ls.ConnectionString)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,4 +150,47 @@ func TestSlotWAL(t *testing.T) {
 	if all := c.SlotsWAL(); !all["w/l1"].Exists || all["w/l1"].WALStatus != "unreserved" {
 		t.Fatalf("SlotsWAL: %+v, want w/l1 unreserved", all)
 	}
+}
+
+// TestDuckDBTargetPinnedToItsHost: in cluster mode a DuckDb target is made on the host of the controller that
+// stored it; a controller on another host does not open (and so does not create) a file of that name on its own
+// host, and says where the file is; the same controller opens it.
+func TestDuckDBTargetPinnedToItsHost(t *testing.T) {
+	keys, err := secrets.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"), keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	dirs, _, _, _ := targetDirsFixture(t)
+	m := New(st, nil, slog.Default())
+	a, b := NewCatalog(m, dirs), NewCatalog(m, dirs)
+	a.SetHost("ctl-a")
+	b.SetHost("ctl-b")
+	if err := a.PutLinkedService(LinkedService{Workspace: "w", Name: "dst", Type: TypeDuckDB, Path: "pinned.duckdb"}); err != nil {
+		t.Fatal(err)
+	}
+	// Stored again through the other controller (same path): it stays pinned to ctl-a.
+	if err := b.PutLinkedService(LinkedService{Workspace: "w", Name: "dst", Type: TypeDuckDB, Path: "pinned.duckdb"}); err != nil {
+		t.Fatal(err)
+	}
+	lc := &LinkConnection{Workspace: "w", Name: "L", TargetService: "dst"}
+	if _, err := b.openTarget(lc); err == nil || !strings.Contains(err.Error(), `controller "ctl-a"`) {
+		t.Fatalf("opening a DuckDb target pinned to ctl-a from ctl-b: %v", err)
+	}
+	real, err := dirs.Resolve("pinned.duckdb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(real); !os.IsNotExist(err) {
+		t.Fatalf("the refused open made a file: %v", err)
+	}
+	tg, err := a.openTarget(lc)
+	if err != nil {
+		t.Fatalf("opening it from ctl-a: %v", err)
+	}
+	tg.Close()
 }
