@@ -1,0 +1,128 @@
+package clustersim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/testutil/netns"
+)
+
+// startTimeout bounds how long a fogo process may take to become ready.
+const startTimeout = 90 * time.Second
+
+// stopTimeout bounds how long a fogo process may take to exit after SIGTERM before it is killed.
+const stopTimeout = 10 * time.Second
+
+// Proc is a fogo process (an agent or the controller) in one of the cluster's hosts.
+type Proc struct {
+	// Name is the agent's or controller's name (east-1, west-1, ctl-1).
+	Name string
+	// Region is an agent's region ("" for the controller).
+	Region string
+	// Host is the namespace it runs in.
+	Host *netns.Host
+	// DataDir is its --data-dir; an agent's instances are under DataDir/instances.
+	DataDir string
+	// LogFile receives its standard output and error.
+	LogFile string
+
+	bin    string
+	args   []string
+	env    []string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	ready  func(ctx context.Context) error
+}
+
+// Start runs the process in its host and waits, bounded, until it is ready (an agent: its lease is live; the
+// controller: its API answers). A process that exits meanwhile fails the start with its log's tail.
+func (p *Proc) Start(ctx context.Context) error {
+	logf, err := os.OpenFile(p.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("%s: log file: %w", p.Name, err)
+	}
+	p.cmd = p.Host.Command(context.Background(), p.bin, p.args...)
+	p.cmd.Env = append(os.Environ(), p.env...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	err = p.cmd.Start()
+	logf.Close()
+	if err != nil {
+		return fmt.Errorf("start %s in %s: %w", p.Name, p.Host.Name(), err)
+	}
+	p.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(p.cmd, p.exited)
+	deadline := time.Now().Add(startTimeout)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := p.ready(rctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("%s exited at start; log tail:\n%s", p.Name, p.LogTail())
+		case <-ctx.Done():
+			p.Stop()
+			return fmt.Errorf("start %s: %w", p.Name, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.Stop()
+			return fmt.Errorf("%s not ready within %s (%v); log tail:\n%s", p.Name, startTimeout, err, p.LogTail())
+		}
+	}
+}
+
+// Exited is closed once the started process has exited (nil before Start).
+func (p *Proc) Exited() <-chan struct{} { return p.exited }
+
+// Running reports whether the process was started and has not exited.
+func (p *Proc) Running() bool {
+	if p.exited == nil {
+		return false
+	}
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Stop ends the process: SIGTERM to its group, then, after stopTimeout, SIGKILL. It returns once it has exited
+// (bounded). An agent's instances keep running (Cluster.Close stops them).
+func (p *Proc) Stop() {
+	if !p.Running() {
+		return
+	}
+	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		_ = p.Host.Kill9(p.cmd)
+	}
+	select {
+	case <-p.exited:
+		return
+	case <-time.After(stopTimeout):
+	}
+	_ = p.Host.Kill9(p.cmd)
+	select {
+	case <-p.exited:
+	case <-time.After(stopTimeout):
+	}
+}
+
+// LogTail returns the last 30 lines of the process's log.
+func (p *Proc) LogTail() string {
+	raw, _ := os.ReadFile(p.LogFile)
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	if len(lines) > 30 {
+		lines = lines[len(lines)-30:]
+	}
+	return strings.Join(lines, "\n")
+}
