@@ -59,7 +59,7 @@ would. Needs root, iproute2, nsenter, etcd (etcd-server) and PostgreSQL 15.`,
 	}
 	f := cmd.Flags()
 	f.DurationVar(&o.LeaseTTL, "lease-ttl", 10*time.Second, "the agents' lease: a cut-off host fences its primaries after half of it, and an Automatic failover waits for its end")
-	f.DurationVar(&o.GraceUnit, "grace-period-unit", time.Second, "how long one minute of a group's grace period lasts here (a 1-hour grace period lasts 60 s by default)")
+	f.DurationVar(&o.GraceUnit, "grace-period-unit", 250*time.Millisecond, "how long one minute of a group's grace period lasts here (a 1-hour grace period lasts 15 s by default)")
 	f.StringVar(&o.Dir, "dir", "", "where the cluster's files go (default the system's temporary directory); removed at the end")
 	f.StringVar(&o.PGBin, "pg-bin", "", "PostgreSQL 15 binaries (default: discovered)")
 	f.StringVar(&o.LogLevel, "log-level", "info", "the fogo processes' log level (their logs are in the cluster's directory)")
@@ -97,15 +97,17 @@ Try it (the fogo CLI, or curl):
   fogo server create -n west -l westus -u fogoadmin -p 'Try-Cluster-1!'    # placed on west-1
   fogo db create -s east -n shop
   fogo fg create -n fg -s east --partner-server west --add-db shop --failover-policy Automatic --grace-period 1
-  fogo fg show -n fg -s east -o json      # readWriteEndpoint.endpoint: psql there (user fogoadmin, dbname shop)
+  fogo fg show -n fg -s east -o json      # readWriteEndpoint.endpoint is the address applications use:
+  PGPASSWORD='Try-Cluster-1!' psql "host=%s port=PORT user=fogoadmin dbname=shop sslmode=require channel_binding=disable"
   fogo fg set-primary -n fg -s west       # a planned failover to westus
   curl -s -H "Authorization: Bearer $FOGO_API_TOKEN" "$FOGO_ENDPOINT/subscriptions/%s/providers/Microsoft.Sql/servers?api-version=%s"
 
 Lose a host: 'ip link set %s down' cuts east-1 (h4) off; its agent fences its primaries within half its lease
 (%s) and exits, and once the lease has expired the controller fails an Automatic group over after its grace
 period (1 hour lasts %s here). 'ip link set %s up' heals it: the agent is started again and the old primary
-rejoins as the geo-secondary. Logs: %s/*/*.log.
+rejoins as the geo-secondary. The fence shows in the agent's log ("primaries fenced"), the decision in the
+controller's ("automatic forced failover after the grace period"). Logs: %s/*/*.log.
 
 Ctrl-C removes everything.
-`, c.URL, c.Token, c.URL, c.Token, defaultSubscription, cli.APIVersion, east, o.LeaseTTL, 60*o.GraceUnit, east, c.Dir)
+`, c.URL, c.Token, c.URL, c.Token, c.Controller.Host.Addr(), defaultSubscription, cli.APIVersion, east, o.LeaseTTL, 60*o.GraceUnit, east, c.Dir)
 }

@@ -139,6 +139,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if _, err := pki.EnsureCluster(c.CertDir, []pki.Host{
 		{Name: "east-1", Addrs: []string{h(4).Addr().String()}},
 		{Name: "west-1", Addrs: []string{h(5).Addr().String()}},
+		{Name: "ctl-1", Addrs: []string{h(6).Addr().String()}},
 	}); err != nil {
 		return c, fmt.Errorf("certificates: %w", err)
 	}
@@ -209,7 +210,11 @@ func (c *Cluster) newController(h *netns.Host, o Options, common []string) (*Pro
 	p.args = append([]string{"serve", "--data-dir", dir, "--listen", fmt.Sprintf("%s:%d", addr, APIPort),
 		"--advertise-host", addr, "--gateway-listen-host", addr, "--port-range", "7401-7999",
 		"--min-grace-period-minutes", "1", "--controller-name", "ctl-1",
-		"--cluster-ca", filepath.Join(c.CertDir, pki.CACertName)}, common...)
+		"--cluster-ca", filepath.Join(c.CertDir, pki.CACertName),
+		// TLS on the endpoints and listeners too: PostgreSQL behind them serves TLS and offers SCRAM-SHA-256-PLUS,
+		// which libpq refuses over a connection without TLS.
+		"--gateway-tls-cert", filepath.Join(c.CertDir, "ctl-1.pem"), "--gateway-tls-key", filepath.Join(c.CertDir, "ctl-1-key.pem"),
+	}, common...)
 	if o.GraceUnit > 0 {
 		p.args = append(p.args, "--grace-period-unit", o.GraceUnit.String())
 	}
@@ -248,6 +253,10 @@ func (c *Cluster) newAgent(h *netns.Host, name, region string, o Options, common
 		p.args = append(p.args, "--pg-bin", o.PGBin)
 	}
 	p.ready = func(ctx context.Context) error {
+		// The liveness key alone could be a previous run's, still under its lease: this run must have registered.
+		if !p.loggedSinceStart("serves its host API on") {
+			return fmt.Errorf("agent %s has not registered yet", name)
+		}
 		live, err := agent.Live(ctx, c.etcd, Prefix)
 		if err == nil && !live[name] {
 			err = fmt.Errorf("agent %s is not live", name)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -32,12 +33,14 @@ type Proc struct {
 	// LogFile receives its standard output and error.
 	LogFile string
 
-	bin    string
-	args   []string
-	env    []string
-	cmd    *exec.Cmd
-	exited chan struct{}
-	ready  func(ctx context.Context) error
+	bin  string
+	args []string
+	// logFrom is the log's size when the process was last started: what it logs from there on is this run's.
+	logFrom int64
+	env     []string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	ready   func(ctx context.Context) error
 }
 
 // Start runs the process in its host and waits, bounded, until it is ready (an agent: its lease is live; the
@@ -46,6 +49,9 @@ func (p *Proc) Start(ctx context.Context) error {
 	logf, err := os.OpenFile(p.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("%s: log file: %w", p.Name, err)
+	}
+	if st, err := logf.Stat(); err == nil {
+		p.logFrom = st.Size()
 	}
 	p.cmd = p.Host.Command(context.Background(), p.bin, p.args...)
 	p.cmd.Env = append(os.Environ(), p.env...)
@@ -115,6 +121,20 @@ func (p *Proc) Stop() {
 	case <-p.exited:
 	case <-time.After(stopTimeout):
 	}
+}
+
+// loggedSinceStart reports whether the process has written s to its log since it was last started.
+func (p *Proc) loggedSinceStart(s string) bool {
+	f, err := os.Open(p.LogFile)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if _, err := f.Seek(p.logFrom, io.SeekStart); err != nil {
+		return false
+	}
+	raw, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	return err == nil && strings.Contains(string(raw), s)
 }
 
 // LogTail returns the last 30 lines of the process's log.
