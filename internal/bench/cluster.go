@@ -208,8 +208,12 @@ func hostLoss(ctx context.Context, c *clustersim.Cluster, e *fogoEnv, o ClusterO
 // Summary is a human-readable report.
 func (r ClusterResult) Summary() string {
 	var b strings.Builder
+	latency := "westus +" + r.RegionLatency.String() + " round trip"
+	if r.RegionLatency <= 0 {
+		latency = "no added latency"
+	}
 	fmt.Fprintf(&b, "cluster mode: hosts in network namespaces, 3 etcd members, agents in eastus and westus, a controller; "+
-		"westus +%s round trip, agents' lease TTL %s, grace period %s\n", r.RegionLatency, r.LeaseTTL, r.GracePeriod)
+		"%s, agents' lease TTL %s, grace period %s\n", latency, r.LeaseTTL, r.GracePeriod)
 	fmt.Fprintf(&b, "planned failover, %d iterations (back and forth), %d acknowledged commits\n", r.Iterations, r.Commits)
 	b.WriteString(p50max("cluster: longest client commit gap", r.PlannedWriteGap))
 	b.WriteString(p50max("cluster: failover operation total (incl. rejoin)", r.PlannedTotal))
