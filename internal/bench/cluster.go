@@ -162,6 +162,7 @@ func hostLoss(ctx context.Context, c *clustersim.Cluster, e *fogoEnv, o ClusterO
 	if w.lastCommit().IsZero() {
 		return 0, fmt.Errorf("no commit through the read-write listener %s before the cut", e.rwAddr)
 	}
+	logFrom := c.Controller.LogSize()
 	before := time.Now()
 	if err := host.Host.Cut(); err != nil {
 		return 0, err
@@ -187,6 +188,14 @@ func hostLoss(ctx context.Context, c *clustersim.Cluster, e *fogoEnv, o ClusterO
 	}
 	took := first.Sub(before)
 	stop()
+	if took > o.LeaseTTL+2*time.Second {
+		// Past the target: what the controller said meanwhile, to tell why.
+		fmt.Fprintf(o.Progress, "cut -> first write %s, past the lease TTL + 2s; the controller's warnings since the cut (%s):\n",
+			took.Round(time.Millisecond), before.Format("15:04:05.000"))
+		for _, l := range c.Controller.LogSince(logFrom, "level=WARN", "level=ERROR") {
+			fmt.Fprintln(o.Progress, "  "+l)
+		}
+	}
 	if err := host.Host.Heal(); err != nil {
 		return 0, err
 	}

@@ -137,6 +137,43 @@ func (p *Proc) loggedSinceStart(s string) bool {
 	return err == nil && strings.Contains(string(raw), s)
 }
 
+// LogSize is the log's current size, an offset for LogSince.
+func (p *Proc) LogSize() int64 {
+	st, err := os.Stat(p.LogFile)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// LogSince returns the lines logged from offset on (at most the last 1 MiB) that contain any of match (all
+// lines without match).
+func (p *Proc) LogSince(offset int64, match ...string) []string {
+	f, err := os.Open(p.LogFile)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	if size := p.LogSize(); size-offset > 1<<20 {
+		offset = size - 1<<20
+	}
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return nil
+	}
+	raw, _ := io.ReadAll(io.LimitReader(f, 1<<20))
+	var out []string
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		keep := len(match) == 0
+		for _, m := range match {
+			keep = keep || strings.Contains(line, m)
+		}
+		if keep && line != "" {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
 // LogTail returns the last 30 lines of the process's log.
 func (p *Proc) LogTail() string {
 	raw, _ := os.ReadFile(p.LogFile)
