@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +26,8 @@ type Client struct {
 	URL   string // https://host:port
 	Token string
 	HTTP  *http.Client
+	// LeaderRev, when set, gives the caller's leadership revision, sent with every call (see LeaderFence).
+	LeaderRev func() int64
 }
 
 var _ instance.Host = (*Client)(nil)
@@ -45,6 +48,9 @@ func (c *Client) call(ctx context.Context, op string, req request) (*response, e
 		return nil, err
 	}
 	hr.Header.Set("Authorization", "Bearer "+c.Token)
+	if c.LeaderRev != nil {
+		hr.Header.Set(leaderRevHeader, strconv.FormatInt(c.LeaderRev(), 10))
+	}
 	hr.Header.Set("Content-Type", "application/json")
 	res, err := c.HTTP.Do(hr)
 	if err != nil {
@@ -60,7 +66,7 @@ func (c *Client) call(ctx context.Context, op string, req request) (*response, e
 		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
 			return nil, fmt.Errorf("agent %s: %s", c.Name, res.Status)
 		}
-		if res.StatusCode == http.StatusForbidden {
+		if res.StatusCode == http.StatusForbidden || res.StatusCode == http.StatusConflict {
 			return nil, fmt.Errorf("agent %s refused: %s", c.Name, e.Error)
 		}
 		if e.NotExist {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -46,6 +47,8 @@ type Server struct {
 	Log   *slog.Logger
 	// Fenced, once set, refuses every request: the agent lost its lease and fences its primaries.
 	Fenced atomic.Bool
+	// Leader, when set, admits changes only from the elected controller (see LeaderFence).
+	Leader *LeaderFence
 }
 
 // ServeHTTP answers one host API request.
@@ -68,12 +71,23 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	op := strings.TrimPrefix(r.URL.Path, apiPrefix)
-	resp, err := s.do(r.Context(), op, &req)
+	var err error
+	var resp *response
+	if s.Leader != nil && !readOnlyOps[op] {
+		rev, _ := strconv.ParseInt(r.Header.Get(leaderRevHeader), 10, 64)
+		err = s.Leader.Check(r.Context(), rev)
+	}
+	if err == nil {
+		resp, err = s.do(r.Context(), op, &req)
+	}
 	if err != nil {
 		status := http.StatusInternalServerError
 		var refused *refusal
 		if errors.As(err, &refused) {
 			status = http.StatusForbidden
+			if strings.HasPrefix(refused.msg, "stale controller") {
+				status = http.StatusConflict
+			}
 			s.Log.Warn("refused a host API request", "op", op, "reason", err)
 		}
 		writeError(w, status, err)

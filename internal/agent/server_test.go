@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -20,9 +21,22 @@ import (
 func hostAPI(t *testing.T) (*Client, string) {
 	t.Helper()
 	root := t.TempDir()
-	srv := httptest.NewServer(&Server{Name: "a1", Root: root, Token: "secret", Log: discard(), Host: instance.LocalHost{Bin: pgtest.Bin(t)}})
+	s := &Server{Name: "a1", Root: root, Token: "secret", Log: discard(), Host: instance.LocalHost{Bin: pgtest.Bin(t)}}
+	srv := httptest.NewServer(s)
 	t.Cleanup(srv.Close)
+	servers.Store(srv.URL, s)
 	return &Client{Name: "a1", URL: srv.URL, Token: "secret", HTTP: srv.Client()}, root
+}
+
+// servers maps a test host API's URL to its Server (to set its leader fence).
+var servers sync.Map
+
+func serverOf(t *testing.T, c *Client) *Server {
+	s, ok := servers.Load(c.URL)
+	if !ok {
+		t.Fatal("no test server for", c.URL)
+	}
+	return s.(*Server)
 }
 
 // TestHostAPIFiles: files inside the instances directory round-trip; a missing one is os.ErrNotExist on the

@@ -19,6 +19,7 @@ import (
 
 	"github.com/fogo-db/fogo/internal/agent"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
+	"github.com/fogo-db/fogo/internal/controlplane/leader"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/lease"
@@ -63,7 +64,7 @@ type Agent struct {
 	token    string
 	listener net.Listener
 	http     *http.Server
-	reg      *agent.Registration
+	reg      *lease.Registration
 	rec      model.Agent
 	api      *agent.Server
 	fenced   chan struct{} // closed once the primaries are fenced after the lease was lost
@@ -192,7 +193,9 @@ func (a *Agent) listen(context.Context) error {
 		return err
 	}
 	scheme := "http"
-	a.api = &agent.Server{Name: a.opts.Name, Root: a.opts.InstancesDir, Host: instance.LocalHost{Bin: a.bin}, Token: a.token, Log: a.log}
+	cli, prefix := a.st.Etcd()
+	a.api = &agent.Server{Name: a.opts.Name, Root: a.opts.InstancesDir, Host: instance.LocalHost{Bin: a.bin}, Token: a.token, Log: a.log,
+		Leader: &agent.LeaderFence{Current: func(ctx context.Context) (int64, error) { return leader.CurrentRev(ctx, cli, prefix) }}}
 	a.http = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: a.api}
 	if a.opts.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(a.opts.TLSCert, a.opts.TLSKey)
@@ -367,7 +370,8 @@ func (a *App) agents() (*cluster.Agents, error) {
 	// A host that is gone should cost seconds, not the default half minute per call.
 	tr.DialContext = (&net.Dialer{Timeout: agentDialTimeout, KeepAlive: 15 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = agentDialTimeout
-	return &cluster.Agents{Etcd: cli, Prefix: prefix, Token: token, HTTP: &http.Client{Transport: tr}, RootCert: a.opts.ClusterCA}, nil
+	return &cluster.Agents{Etcd: cli, Prefix: prefix, Token: token, HTTP: &http.Client{Transport: tr}, RootCert: a.opts.ClusterCA,
+		LeaderRev: a.leaderRev.Load}, nil
 }
 
 // InstancesDir is where the agent keeps its instances' data directories.

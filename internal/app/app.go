@@ -31,6 +31,7 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/operations"
 	"github.com/fogo-db/fogo/internal/controlplane/service"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/lease"
 	"github.com/fogo-db/fogo/internal/listener"
 	"github.com/fogo-db/fogo/internal/metrics"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
@@ -132,8 +133,13 @@ type App struct {
 	front       switchHandler      // what the API address answers with
 	leadership  *leader.Leadership // on etcd: this process is the controller while it holds it
 	leading     context.Context    // everything that acts on the state runs under it: ended when leadership is lost
-	log         *slog.Logger
-	bin         *pgbin.Bin
+	// stopFollowing ends a waiting controller's following of the shared state's endpoints (cluster mode).
+	stopFollowing context.CancelFunc
+	presence      *lease.Registration // cluster mode: this controller serves the endpoints on its host
+	leaderRev     atomic.Int64        // this controller's leadership revision (0 while it waits): the agents' fencing token
+	hosts         endpointHostsCache
+	log           *slog.Logger
+	bin           *pgbin.Bin
 }
 
 // Start brings fogo up and returns once the API listens.
@@ -148,6 +154,8 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		{"load api token", a.loadToken},
 		{"open state", a.openState},
 		{"share api token", a.shareToken},
+		{"reach the instances", a.reachInstances},
+		{"route sessions", a.routeSessions},
 		{"listen", a.listen},
 		{"become the controller", a.lead},
 		{"build components", a.build},
@@ -286,12 +294,10 @@ func (a *App) openState(context.Context) error {
 	return nil
 }
 
-func (a *App) build(ctx context.Context) error {
+// reachInstances prepares what acting on the instances needs: their superuser's password and, in cluster mode,
+// the agents.
+func (a *App) reachInstances(context.Context) error {
 	superPassword, err := a.superPassword()
-	if err != nil {
-		return err
-	}
-	targets, err := links.NewTargetDirs(a.opts.DataDir, a.opts.LinkTargetDirs)
 	if err != nil {
 		return err
 	}
@@ -307,14 +313,49 @@ func (a *App) build(ctx context.Context) error {
 		DataDir: a.opts.DataDir, InstancesDir: a.opts.InstancesDir, PortLow: a.opts.PortLow, PortHigh: a.opts.PortHigh, Bin: a.bin,
 		SuperPassword: superPassword, Logger: a.log, ExtraInstanceConfs: extra, Agents: agents,
 	}, a.Store)
+	return nil
+}
+
+// routeSessions makes the server endpoints and the group listeners. In cluster mode every controller serves them,
+// the waiting ones too: they open them from the shared state and follow it (see follow) until elected.
+func (a *App) routeSessions(ctx context.Context) error {
+	gw, err := newGatewayEndpoints(a.opts, a.log)
+	if err != nil {
+		return err
+	}
+	a.gw = gw
+	a.gw.svc = service.NewRoutes(a.Store, a.Cluster)
+	a.gw.lis = listener.New(listener.Config{ListenHost: a.opts.GatewayListenHost, HoldTimeout: a.opts.ListenerHoldTimeout, Logger: a.log},
+		a.gw.mgr, a.gw.svc.(*service.Routes))
+	if cli, prefix := a.Store.Etcd(); cli != nil {
+		// Present as a host serving every endpoint: the endpoints are shown as lists of every controller's.
+		reg, err := lease.Register(ctx, cli, controllersPrefix(prefix)+a.controllerName(), a.leaderTTL(),
+			controllerPresence{Host: a.opts.AdvertiseHost})
+		if err != nil {
+			return fmt.Errorf("register this controller's endpoints: %w", err)
+		}
+		a.presence = reg
+		fctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		a.stopFollowing = stop
+		go a.gw.follow(fctx, a.gw.svc.(*service.Routes))
+	}
+	return nil
+}
+
+func (a *App) build(ctx context.Context) error {
+	if a.stopFollowing != nil {
+		a.stopFollowing() // elected: the service opens, holds and releases from now on
+		a.gw.releaseFollowedHolds()
+	}
+	targets, err := links.NewTargetDirs(a.opts.DataDir, a.opts.LinkTargetDirs)
+	if err != nil {
+		return err
+	}
 	runCtx, cancel := context.WithCancel(a.leading)
 	a.cancel = cancel
 	a.Ops = operations.New(runCtx, a.Store, a.log)
 	if a.opts.PauseBeforeStep != "" {
 		a.Ops.PauseBeforeStep = pauseHook(a.opts.PauseBeforeStep, a.opts.PauseFor, a.log)
-	}
-	if a.gw, err = newGatewayEndpoints(a.opts, a.log); err != nil {
-		return err
 	}
 	obs := service.NewObserver(a.Store, a.Cluster, a.Ops)
 	a.metrics = metrics.New(metricsSource{a})
@@ -335,14 +376,13 @@ func (a *App) build(ctx context.Context) error {
 		a.Store, a.Ops, a.Cluster, a.gw, obs, a.log)
 	a.gw.svc = a.Service
 	a.Links = links.New(a.Store, a.Cluster, a.log)
+	a.Links.Base = a.leading // the links run while this process is the controller, and stop when it is not
 	// A source transaction too large for memory waits for its commit in a spool file here (unlinked at once).
 	a.Links.SpoolDir = filepath.Join(a.opts.DataDir, "link-spool")
 	if err := os.MkdirAll(a.Links.SpoolDir, 0o700); err != nil {
 		return fmt.Errorf("link spool directory: %w", err)
 	}
 	a.LinkCatalog = links.NewCatalog(a.Links, targets)
-	a.gw.lis = listener.New(listener.Config{ListenHost: a.opts.GatewayListenHost, HoldTimeout: a.opts.ListenerHoldTimeout, Logger: a.log},
-		a.gw.mgr, a.Service)
 	go func() {
 		defer close(a.done)
 		// Re-adopt instances first (one reconcile pass), then resume interrupted operations.
@@ -426,7 +466,11 @@ func (a *App) listen(context.Context) error {
 
 // serveAPI answers the API itself from now on.
 func (a *App) serveAPI(context.Context) error {
-	a.front.set(arm.New(arm.Config{Token: a.Token, AdvertiseHost: a.opts.AdvertiseHost, Logger: a.log, Ready: a.ready.Load,
+	var hosts func() []string
+	if cli, _ := a.Store.Etcd(); cli != nil {
+		hosts = a.endpointHosts
+	}
+	a.front.set(arm.New(arm.Config{Token: a.Token, AdvertiseHost: a.opts.AdvertiseHost, EndpointHosts: hosts, Logger: a.log, Ready: a.ready.Load,
 		Metrics: a.metrics.Handler(), Workspaces: synapse.New(a.LinkCatalog),
 		Admin: admin.New(admin.Config{RotateKey: func(ctx context.Context) (any, error) { return a.RotateSecretsKey(ctx) }})}, a.Service))
 	return nil
@@ -459,6 +503,12 @@ func (a *App) WaitReady(ctx context.Context) error {
 func (a *App) Close() { a.closeOnce.Do(a.close) }
 
 func (a *App) close() {
+	if a.stopFollowing != nil {
+		a.stopFollowing()
+	}
+	if a.presence != nil {
+		_ = a.presence.Close()
+	}
 	if a.http != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = a.http.Shutdown(sctx)
@@ -500,11 +550,7 @@ func (a *App) lead(ctx context.Context) error {
 	if cli == nil {
 		return nil
 	}
-	name := a.opts.ControllerName
-	if name == "" {
-		host, _ := os.Hostname()
-		name = host + " " + a.opts.Listen
-	}
+	name := a.controllerName()
 	me, err := json.Marshal(controllerInfo{Name: name, API: a.advertisedURL()})
 	if err != nil {
 		return err
@@ -516,7 +562,8 @@ func (a *App) lead(ctx context.Context) error {
 		return err
 	}
 	a.leadership = l
-	a.log.Info("elected the controller", "me", name)
+	a.leaderRev.Store(l.Rev())
+	a.log.Info("elected the controller", "me", name, "leadership", l.Rev())
 	leading, stop := context.WithCancel(context.Background())
 	a.leading = leading
 	a.Store.Bind(leading) // once leadership is lost, no store request of this process goes on

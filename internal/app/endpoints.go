@@ -25,11 +25,18 @@ import (
 // every failover group (package listener). All share one gateway manager, so cancel requests work everywhere.
 type gatewayEndpoints struct {
 	mgr     *gateway.Manager
-	svc     *service.Service
+	svc     routeSource
 	lis     *listener.Listeners
 	host    string
 	log     *slog.Logger
 	cutting sync.Map // server name -> *atomic.Bool: a background cutFenced of the server runs
+}
+
+// routeSource is where sessions go (service.Routes: the store's records as they are now).
+type routeSource interface {
+	ResolveDatabase(server armid.ServerID, name string) (addr, status string, err error)
+	Servers() ([]model.Server, error)
+	Groups() ([]model.FailoverGroup, error)
 }
 
 func newGatewayEndpoints(o Options, log *slog.Logger) (*gatewayEndpoints, error) {

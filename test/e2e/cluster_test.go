@@ -601,9 +601,30 @@ func TestClusterLeaderKilledMidFailover(t *testing.T) {
 	}
 	via2.waitGroupState("east", "fg", "CATCH_UP")
 
-	// The read-write listener is on whichever controller leads: the writer tries both.
-	_, rwPort, _ := strings.Cut(via2.listenerOf("east", "fg", "readWriteEndpoint"), ":")
-	w := startLedgerWriter([]string{h1.Addr().String() + ":" + rwPort, h2.Addr().String() + ":" + rwPort}, "shop")
+	// Every controller serves every endpoint and listener: they are shown as libpq multi-host lists, and the
+	// waiting controller's own endpoint routes sessions too.
+	ep := via2.endpointOf("east")
+	if !strings.Contains(ep, h1.Addr().String()+":") || !strings.Contains(ep, h2.Addr().String()+":") || !strings.Contains(ep, ",") {
+		t.Fatalf("server east's endpoint %q is not a list of both controllers' hosts", ep)
+	}
+	_, port, _ := strings.Cut(strings.Split(ep, ",")[0], ":")
+	var onH2 int
+	waitFor(t, 10*time.Second, "a session through the waiting controller's endpoint", func() bool {
+		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+		defer ccancel()
+		conn, err := dial(cctx, h2.Addr().String()+":"+port, "shop")
+		if err != nil {
+			return false
+		}
+		defer conn.Close(cctx)
+		return conn.QueryRow(cctx, "SELECT count(*) FROM ledger").Scan(&onH2) == nil
+	})
+	// The writer uses the read-write listener's list as given: libpq goes to the next host when one is gone.
+	rw := via2.listenerOf("east", "fg", "readWriteEndpoint")
+	if strings.Count(rw, ",") != 1 {
+		t.Fatalf("the read-write listener's endpoint %q is not a list of both controllers' hosts", rw)
+	}
+	w := startLedgerWriter([]string{rw}, "shop")
 	defer w.finish()
 	waitFor(t, 30*time.Second, "the writer's first commit", func() bool { w.mu.Lock(); defer w.mu.Unlock(); return len(w.acked) > 0 })
 	fp, err := groups.BeginFailover(ctx, rg, "west", "fg", nil)

@@ -235,8 +235,7 @@ func (f *fogo) endpointOf(server string) string {
 
 // connect opens a session through a server's gateway endpoint as the admin login.
 func (f *fogo) connect(ctx context.Context, server, db string) (*pgx.Conn, error) {
-	ep := f.endpointOf(server)
-	host, port, _ := strings.Cut(ep, ":")
+	host, port := hostsAndPorts(f.endpointOf(server))
 	return pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=prefer connect_timeout=5", host, port, login, password, db))
 }
 
@@ -274,4 +273,15 @@ func (f *fogo) groupWithLedger(east, west, fg, db string) {
 	mustExec(f.t, f, east, db, "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text)")
 	f.mustSucceed(f.createGroup(east, west, fg, db), 201)
 	f.waitGroupState(east, fg, "CATCH_UP")
+}
+
+// hostsAndPorts splits an endpoint, host:port or a libpq multi-host list h1:p1,h2:p2 (cluster mode), into libpq's
+// host and port parameters ("h1,h2" and "p1,p2").
+func hostsAndPorts(endpoint string) (string, string) {
+	var hosts, ports []string
+	for _, ep := range strings.Split(endpoint, ",") {
+		h, p, _ := strings.Cut(ep, ":")
+		hosts, ports = append(hosts, h), append(ports, p)
+	}
+	return strings.Join(hosts, ","), strings.Join(ports, ",")
 }

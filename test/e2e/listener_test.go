@@ -30,7 +30,7 @@ func (f *fogo) listenerOf(server, fg, which string) string {
 }
 
 func dial(ctx context.Context, endpoint, db string) (*pgx.Conn, error) {
-	host, port, _ := strings.Cut(endpoint, ":")
+	host, port := hostsAndPorts(endpoint)
 	return pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=prefer connect_timeout=10",
 		host, port, login, password, db))
 }

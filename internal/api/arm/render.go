@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
@@ -34,7 +35,17 @@ type list struct {
 }
 
 func (a *API) endpoint(port int) string {
-	return net.JoinHostPort(a.cfg.AdvertiseHost, strconv.Itoa(port))
+	hosts := []string{a.cfg.AdvertiseHost}
+	if a.cfg.EndpointHosts != nil {
+		if h := a.cfg.EndpointHosts(); len(h) > 0 {
+			hosts = h
+		}
+	}
+	eps := make([]string, len(hosts))
+	for i, h := range hosts {
+		eps[i] = net.JoinHostPort(h, strconv.Itoa(port))
+	}
+	return strings.Join(eps, ",")
 }
 
 func (a *API) renderServer(s *model.Server) resource {

@@ -23,6 +23,9 @@ var SupportedAPIVersions = []string{
 type Config struct {
 	Token         string
 	AdvertiseHost string
+	// EndpointHosts, when set, lists the hosts whose gateways serve every endpoint and listener (cluster mode:
+	// every controller's); endpoints are then shown as libpq multi-host lists, h1:port,h2:port.
+	EndpointHosts func() []string
 	// RetryAfter is sent with every long-running operation response (seconds; default 1).
 	RetryAfter int
 	Logger     *slog.Logger

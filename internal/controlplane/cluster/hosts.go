@@ -34,6 +34,9 @@ type Agents struct {
 	// RootCert is the cluster's CA file on this machine: connections to instances on TLS hosts verify their
 	// certificate against it.
 	RootCert string
+	// LeaderRev gives this controller's leadership revision (0 while it waits): the agents act only on calls
+	// from the leadership in force.
+	LeaderRev func() int64
 }
 
 // agentCacheTTL is how long an agent's record is used before it is read again (an agent restarted with another
@@ -82,7 +85,7 @@ func (m *Manager) hostClient(name string) (*agent.Client, *model.Agent) {
 	if err != nil || m.cfg.Agents == nil {
 		return &agent.Client{Name: name, HTTP: unreachable(err)}, &model.Agent{Name: name}
 	}
-	return &agent.Client{Name: name, URL: rec.URL, Token: m.cfg.Agents.Token, HTTP: m.cfg.Agents.HTTP}, rec
+	return &agent.Client{Name: name, URL: rec.URL, Token: m.cfg.Agents.Token, HTTP: m.cfg.Agents.HTTP, LeaderRev: m.cfg.Agents.LeaderRev}, rec
 }
 
 // unreachable is an HTTP client that fails every request with err.

@@ -80,6 +80,22 @@ func (l *Leadership) Resign(ctx context.Context) error {
 	return errors.Join(err, l.session.Close())
 }
 
+// Rev is this leadership's revision (its election key's creation): every later leadership has a greater one,
+// so it serves as a fencing token for what the leader asks of others (the agents refuse an older one).
+func (l *Leadership) Rev() int64 { return l.election.Rev() }
+
+// CurrentRev returns the revision of the leadership in force (0 if none): see Rev.
+func CurrentRev(ctx context.Context, cli *clientv3.Client, prefix string) (int64, error) {
+	s, err := cli.Get(ctx, electionKey(prefix)+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
+		return 0, fmt.Errorf("leader election: %w", err)
+	}
+	if len(s.Kvs) == 0 {
+		return 0, nil
+	}
+	return s.Kvs[0].CreateRevision, nil
+}
+
 // Current returns the name of the controller that leads ("" if none).
 func Current(ctx context.Context, cli *clientv3.Client, prefix string) (string, error) {
 	s, err := cli.Get(ctx, electionKey(prefix)+"/", clientv3.WithFirstCreate()...)

@@ -62,6 +62,9 @@ type Manager struct {
 	// SpoolDir is where links spool source transactions too large for memory ("" is the system's temporary
 	// directory); set before any link starts.
 	SpoolDir string
+	// Base, when set before any link starts, bounds every link: a controller that lost its leadership stops its
+	// links with it, at once, before another controller runs them.
+	Base context.Context
 }
 
 // New returns a manager.
@@ -97,7 +100,11 @@ func (m *Manager) Start(def Def) error {
 				def.Name, slotOf(def), name)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	base := m.Base
+	if base == nil {
+		base = context.Background()
+	}
+	ctx, cancel := context.WithCancel(base)
 	w := &worker{def: def, cancel: cancel, done: make(chan struct{})}
 	m.links[def.Name] = w
 	go m.supervise(ctx, w)

@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 )
@@ -20,9 +21,46 @@ var (
 	ErrNoReadableSecondary = errors.New("no readable geo-secondary is available")
 )
 
+// Routes answers where sessions go: the store's records as they are now. Every controller routes with it, the
+// elected one and those waiting (cluster mode: every controller serves the endpoints and listeners).
+type Routes struct {
+	st *store.Store
+	cl *cluster.Manager
+}
+
+// NewRoutes returns routes over the store.
+func NewRoutes(st *store.Store, cl *cluster.Manager) *Routes { return &Routes{st: st, cl: cl} }
+
+// Servers lists the servers.
+func (s *Routes) Servers() ([]model.Server, error) {
+	var out []model.Server
+	err := s.st.View(func(tx *store.Tx) (err error) {
+		out, err = store.List[model.Server](tx, store.Servers, "")
+		return err
+	})
+	return out, err
+}
+
+// Groups lists the failover groups.
+func (s *Routes) Groups() ([]model.FailoverGroup, error) {
+	var out []model.FailoverGroup
+	err := s.st.View(func(tx *store.Tx) (err error) {
+		out, err = store.List[model.FailoverGroup](tx, store.Groups, "")
+		return err
+	})
+	return out, err
+}
+
+// Operation reads an operation.
+func (s *Routes) Operation(id string) (*model.Operation, error) {
+	var op model.Operation
+	err := s.st.View(func(tx *store.Tx) error { return tx.MustGet(store.Operations, id, &op) })
+	return &op, err
+}
+
 // ResolveDatabase returns the address (host:port) of the instance behind database `name` on a server, for the
 // server's gateway endpoint, with the database's status. A fenced former primary is never routed to.
-func (s *Service) ResolveDatabase(server armid.ServerID, name string) (addr string, status string, err error) {
+func (s *Routes) ResolveDatabase(server armid.ServerID, name string) (addr string, status string, err error) {
 	err = s.st.View(func(tx *store.Tx) error {
 		db, ok, err := getDatabase(tx, armid.DatabaseID{Server: server, Name: name})
 		if err != nil {
@@ -48,7 +86,7 @@ func (s *Service) ResolveDatabase(server armid.ServerID, name string) (addr stri
 // ResolveGroupDatabase returns the address (host:port) a group listener sends a session for `database` to: the
 // primary instance now recorded in the store (read-write), or the geo-secondary when it runs as a standby
 // (read-only; the primary instead when the read-only policy is Enabled and no secondary is available).
-func (s *Service) ResolveGroupDatabase(groupKey, database string, readOnly bool) (string, error) {
+func (s *Routes) ResolveGroupDatabase(groupKey, database string, readOnly bool) (string, error) {
 	var g model.FailoverGroup
 	var primary, secondary model.Instance
 	err := s.st.View(func(tx *store.Tx) error {

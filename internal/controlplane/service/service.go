@@ -39,6 +39,7 @@ type Endpoints interface {
 
 // Service is the domain layer.
 type Service struct {
+	*Routes
 	cfg Config
 	st  *store.Store
 	ops *operations.Runner
@@ -59,7 +60,7 @@ func New(cfg Config, st *store.Store, ops *operations.Runner, cl *cluster.Manage
 	if cfg.MaxDatabasesPerServer == 0 {
 		cfg.MaxDatabasesPerServer = 100
 	}
-	s := &Service{cfg: cfg, st: st, ops: ops, cl: cl, ep: ep, log: log, obs: obs}
+	s := &Service{Routes: NewRoutes(st, cl), cfg: cfg, st: st, ops: ops, cl: cl, ep: ep, log: log, obs: obs}
 	obs.SetAutomatic(cfg.GraceUnit, s.automaticFailover)
 	s.registerHandlers()
 	return s
@@ -129,13 +130,3 @@ func (s *Service) WaitOperation(ctx context.Context, id string) (*model.Operatio
 
 // ReplicationState is the observed replication state of a group.
 func (s *Service) ReplicationState(g *model.FailoverGroup) string { return s.obs.GroupState(g) }
-
-// Servers lists every server (for reopening gateway endpoints at start).
-func (s *Service) Servers() ([]model.Server, error) {
-	var out []model.Server
-	err := s.st.View(func(tx *store.Tx) (err error) {
-		out, err = store.List[model.Server](tx, store.Servers, "")
-		return err
-	})
-	return out, err
-}

@@ -1,0 +1,146 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/service"
+)
+
+// followInterval is how often a waiting controller reads the shared state for its endpoints and listeners.
+const followInterval = 300 * time.Millisecond
+
+// holdSteps are the failover steps during which the elected controller holds new read-write sessions (between
+// its "hold" and "release" steps): a waiting controller's listeners hold them too.
+var holdSteps = map[string]bool{"hold": true, "demote": true, "check": true, "fence": true, "promote": true, "record": true}
+
+// follow keeps a waiting controller's endpoints and listeners in step with the shared state, until ctx ends (it
+// is elected, or stops): every server's endpoint and every group's listeners are open on this host; new
+// read-write sessions wait while a failover of their group holds them; and when a group's roles change, the
+// sessions relayed to an instance that lost its role are cut. The elected controller does all this itself, from
+// the operations it runs.
+func (g *gatewayEndpoints) follow(ctx context.Context, r *service.Routes) {
+	f := &follower{g: g, r: r, servers: map[string]*model.Server{}, groups: map[string]*model.FailoverGroup{}, roles: map[string]string{}}
+	t := time.NewTicker(followInterval)
+	defer t.Stop()
+	for {
+		if err := f.once(); err != nil {
+			g.log.Debug("follow the shared state", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+type follower struct {
+	g       *gatewayEndpoints
+	r       *service.Routes
+	servers map[string]*model.Server
+	groups  map[string]*model.FailoverGroup
+	roles   map[string]string // group key -> its epoch and primaries, to see a failover's result
+}
+
+func (f *follower) once() error {
+	servers, err := f.r.Servers()
+	if err != nil {
+		return err
+	}
+	groups, err := f.r.Groups()
+	if err != nil {
+		return err
+	}
+	now := map[string]bool{}
+	for i := range servers {
+		s := &servers[i]
+		now[s.ID.Key()] = true
+		if f.servers[s.ID.Key()] == nil {
+			if err := f.g.OpenServer(s); err != nil {
+				f.g.log.Warn("open server endpoint", "server", s.ID.Name, "err", err)
+				continue
+			}
+			f.servers[s.ID.Key()] = s
+		}
+	}
+	for key, s := range f.servers {
+		if !now[key] {
+			f.g.CloseServer(s)
+			delete(f.servers, key)
+		}
+	}
+	now = map[string]bool{}
+	rolesChanged := false
+	for i := range groups {
+		g := &groups[i]
+		key := g.Key()
+		now[key] = true
+		if f.groups[key] == nil {
+			if g.RWPort == 0 || g.ROPort == 0 {
+				continue // the elected controller leases its ports
+			}
+			if err := f.g.OpenGroup(g); err != nil {
+				f.g.log.Warn("open group listeners", "group", g.Name, "err", err)
+				continue
+			}
+			f.groups[key] = g
+		}
+		if f.holds(g) {
+			f.g.lis.Hold(key)
+		} else if f.g.lis.Held(key) {
+			f.g.lis.Release(key)
+		}
+		roles := fmt.Sprint(g.Epoch, g.Databases)
+		if prev, ok := f.roles[key]; ok && prev != roles {
+			f.g.lis.CutStale(key)
+			rolesChanged = true
+		}
+		f.roles[key] = roles
+	}
+	for key, g := range f.groups {
+		if !now[key] {
+			f.g.CloseGroup(g)
+			delete(f.groups, key)
+			delete(f.roles, key)
+		}
+	}
+	if rolesChanged {
+		for _, s := range f.servers {
+			f.g.cutFenced(s.ID)
+		}
+	}
+	return nil
+}
+
+// holds reports whether a failover of g holds new read-write sessions now.
+func (f *follower) holds(g *model.FailoverGroup) bool {
+	if g.Operation == "" {
+		return false
+	}
+	op, err := f.r.Operation(g.Operation)
+	if err != nil || op.Done() {
+		return false
+	}
+	switch op.Kind {
+	case model.OpPlanned, model.OpForced, model.OpTryPlanned:
+		return holdSteps[op.Step]
+	}
+	return false
+}
+
+// releaseFollowedHolds lets go of the holds a waiting controller mirrored, once it is elected: a failover it
+// resumes holds its group again itself.
+func (g *gatewayEndpoints) releaseFollowedHolds() {
+	groups, err := g.svc.Groups()
+	if err != nil {
+		return
+	}
+	for i := range groups {
+		if key := groups[i].Key(); g.lis.Held(key) {
+			g.lis.Release(key)
+		}
+	}
+}
