@@ -262,8 +262,14 @@ func (e *fogoEnv) do(ctx context.Context, method, path string, body any) error {
 
 // dsn is a connection string for the admin login to addr (host:port).
 func (e *fogoEnv) dsn(addr string) string {
-	host, port, _ := strings.Cut(addr, ":")
-	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=bench sslmode=disable", host, port, e.login, e.pw)
+	// addr may be a multi-host list, h1:port,h2:port (cluster mode, several controllers).
+	var hosts, ports []string
+	for _, hp := range strings.Split(addr, ",") {
+		host, port, _ := strings.Cut(hp, ":")
+		hosts, ports = append(hosts, host), append(ports, port)
+	}
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=bench sslmode=disable",
+		strings.Join(hosts, ","), strings.Join(ports, ","), e.login, e.pw)
 }
 
 func startFogoGroup(ctx context.Context, dataDir, pgBin string, portLow int) (*fogoEnv, error) {
