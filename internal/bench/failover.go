@@ -260,7 +260,7 @@ func (e *fogoEnv) do(ctx context.Context, method, path string, body any) error {
 	return e.c.Wait(ctx, method+" "+path, r)
 }
 
-// dsn is a connection string for the admin login to addr (host:port).
+// dsn is a connection string for the admin login to addr (host:port, or a multi-host list h1:port,h2:port).
 func (e *fogoEnv) dsn(addr string) string {
 	// addr may be a multi-host list, h1:port,h2:port (cluster mode, several controllers).
 	var hosts, ports []string
