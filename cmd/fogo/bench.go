@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,19 +18,36 @@ import (
 func benchCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Measure fogo against the raw PostgreSQL limit on this machine"}
 	var o bench.FailoverOptions
+	var co bench.ClusterOptions
+	var mode string
 	var asJSON bool
 	failover := &cobra.Command{
 		Use:   "failover",
-		Short: "Planned failover through fogo vs. raw pg_ctl stop -m fast + promote, in one run",
-		Args:  cobra.NoArgs,
-		RunE: benchRunE(&asJSON, func(ctx context.Context) (failoverReport, error) {
-			o.Progress = os.Stderr
-			res, err := bench.Failover(ctx, o)
-			if err != nil {
-				return failoverReport{}, err
+		Short: "Planned failover through fogo vs. raw pg_ctl stop -m fast + promote, in one run (--mode cluster: across hosts in network namespaces)",
+		Long: `--mode embedded (the default): fogo's planned failover next to a raw pg_ctl stop + promote of a plain pair.
+--mode cluster: a cluster in network namespaces on this machine (3 etcd members, agents in eastus and westus, a
+controller; root, Linux): the planned failover's client commit gap, back and forth, and for a loss of the primary's
+host (cut off, Automatic policy, the smallest grace period) the time from the cut to the first write on the new
+primary. --mode both: the two in one run, side by side.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch mode {
+			case "embedded":
+				return benchRunE(&asJSON, func(ctx context.Context) (failoverReport, error) {
+					o.Progress = os.Stderr
+					res, err := bench.Failover(ctx, o)
+					if err != nil {
+						return failoverReport{}, err
+					}
+					return failoverReport{res, res.Ratio()}, nil
+				})(cmd, args)
+			case "cluster", "both":
+				return benchRunE(&asJSON, func(ctx context.Context) (clusterReport, error) {
+					return runClusterBench(ctx, mode == "both", o, co)
+				})(cmd, args)
 			}
-			return failoverReport{res, res.Ratio()}, nil
-		}),
+			return fmt.Errorf("--mode %q: want embedded, cluster or both", mode)
+		},
 	}
 	f := failover.Flags()
 	f.IntVar(&o.Iterations, "iterations", 5, "failovers measured on each side")
@@ -38,6 +56,11 @@ func benchCommand() *cobra.Command {
 	f.IntVar(&o.PortLow, "port-low", 31000, "first of the 100 ports the benchmark uses")
 	f.DurationVar(&o.Settle, "settle", 0, "writer warm-up before and after each failover (default 1s)")
 	f.BoolVar(&asJSON, "json", false, "print the measurements as JSON")
+	f.StringVar(&mode, "mode", "embedded", "embedded, cluster (hosts in network namespaces; root) or both, side by side")
+	f.IntVar(&co.Unplanned, "unplanned-iterations", 3, "cluster: losses of the primary's host measured (negative: none)")
+	f.DurationVar(&co.RegionLatency, "region-latency", 10*time.Millisecond, "cluster: added round trip between westus and the rest (negative: none)")
+	f.DurationVar(&co.LeaseTTL, "lease-ttl", 6*time.Second, "cluster: the agents' lease TTL")
+	f.DurationVar(&co.GraceUnit, "grace-period-unit", time.Second, "cluster: how long the group's grace period (the smallest, one minute) lasts")
 	cmd.AddCommand(failover, proxyBenchCommand(), linkBenchCommand(), linkMemoryBenchCommand())
 	return cmd
 }
@@ -138,6 +161,63 @@ func benchRunE[R interface{ Summary() string }](asJSON *bool, run func(ctx conte
 		fmt.Print(res.Summary())
 		return nil
 	}
+}
+
+// runClusterBench runs the cluster mode, after the embedded one when both.
+func runClusterBench(ctx context.Context, both bool, o bench.FailoverOptions, co bench.ClusterOptions) (clusterReport, error) {
+	var r clusterReport
+	if both {
+		o.Progress = os.Stderr
+		res, err := bench.Failover(ctx, o)
+		if err != nil {
+			return r, err
+		}
+		r.Embedded = &failoverReport{res, res.Ratio()}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return r, fmt.Errorf("the fogo binary: %w", err)
+	}
+	co.Bin, co.Iterations, co.Settle, co.PGBin, co.Progress = exe, o.Iterations, o.Settle, o.PGBin, os.Stderr
+	if co.Unplanned == 0 {
+		co.Unplanned = -1 // --unplanned-iterations 0: none
+	}
+	if co.RegionLatency == 0 {
+		co.RegionLatency = -1 // --region-latency 0: none
+	}
+	if r.Cluster, err = bench.Cluster(ctx, co); err != nil {
+		return r, err
+	}
+	r.UnplannedTarget = r.Cluster.UnplannedTarget()
+	if r.Embedded != nil {
+		r.PlannedGapRatio = bench.PlannedGapRatio(r.Embedded.FailoverResult, r.Cluster)
+	}
+	return r, nil
+}
+
+// clusterReport is the cluster mode's result, with the embedded one's under --mode both.
+type clusterReport struct {
+	Embedded *failoverReport      `json:"embedded,omitempty"`
+	Cluster  *bench.ClusterResult `json:"cluster"`
+	// PlannedGapRatio is the cluster's median planned commit gap over the embedded one's (target <= 1.5).
+	PlannedGapRatio float64 `json:"plannedGapRatio,omitempty"`
+	// UnplannedTarget is the target of the cut-to-first-write time: the lease TTL + 2 s.
+	UnplannedTarget time.Duration `json:"unplannedTarget"`
+}
+
+// Summary prints the embedded summary (under --mode both), the cluster's, and the two side by side.
+func (r clusterReport) Summary() string {
+	var b strings.Builder
+	if r.Embedded != nil {
+		b.WriteString(r.Embedded.Summary())
+		b.WriteString("\n")
+	}
+	b.WriteString(r.Cluster.Summary())
+	if r.Embedded != nil {
+		b.WriteString("\n")
+		b.WriteString(bench.SideBySide(r.Embedded.FailoverResult, r.Cluster))
+	}
+	return b.String()
 }
 
 // failoverReport is the failover benchmark's result with its ratio (in the JSON too).

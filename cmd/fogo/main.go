@@ -1,5 +1,6 @@
 // Command fogo runs self-hosted failover groups for PostgreSQL (`fogo serve`) and talks to a running fogo
-// (server, db, failover-group commands), measures it (bench) and creates a cluster's certificates (certs).
+// (server, db, failover-group commands), measures it (bench), creates a cluster's certificates (certs) and runs a whole cluster on one machine to try
+// (try-cluster).
 package main
 
 import (
@@ -16,7 +17,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCommand(), agentCommand(), certsCommand(), benchCommand())
+	root.AddCommand(serveCommand(), agentCommand(), certsCommand(), benchCommand(), tryClusterCommand())
 	addClientCommands(root)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "ERROR:", err)

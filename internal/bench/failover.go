@@ -167,7 +167,7 @@ func rawFailovers(ctx context.Context, bin *pgbin.Bin, o FailoverOptions, res *F
 	}
 	primary, standby := a, b
 	for it := 0; it < o.Iterations; it++ {
-		took, gap, err := measure(ctx, o, res, []string{dsn(primary), dsn(standby)}, func() error {
+		took, gap, err := measure(ctx, o.Settle, &res.Commits, []string{dsn(primary), dsn(standby)}, func() error {
 			// Literally what an operator would run: pg_ctl waits with its own 100 ms polling.
 			if _, err := bin.Run(ctx, nil, "pg_ctl", "-D", primary.Dir, "-m", "fast", "-w", "stop"); err != nil {
 				return err
@@ -245,6 +245,8 @@ type fogoEnv struct {
 	login, pw   string
 	rwAddr      string // the group's read-write listener
 	primaryPort int    // bench-east's instance of bench, for direct connections
+	// primary and secondary are the group's servers in their current roles (bench-east, bench-west at first).
+	primary, secondary string
 }
 
 func (e *fogoEnv) close() { e.app.Close() }
@@ -258,10 +260,16 @@ func (e *fogoEnv) do(ctx context.Context, method, path string, body any) error {
 	return e.c.Wait(ctx, method+" "+path, r)
 }
 
-// dsn is a connection string for the admin login to addr (host:port).
+// dsn is a connection string for the admin login to addr (host:port, or a multi-host list h1:port,h2:port).
 func (e *fogoEnv) dsn(addr string) string {
-	host, port, _ := strings.Cut(addr, ":")
-	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=bench sslmode=disable", host, port, e.login, e.pw)
+	// addr may be a multi-host list, h1:port,h2:port (cluster mode, several controllers).
+	var hosts, ports []string
+	for _, hp := range strings.Split(addr, ",") {
+		host, port, _ := strings.Cut(hp, ":")
+		hosts, ports = append(hosts, host), append(ports, port)
+	}
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=bench sslmode=disable",
+		strings.Join(hosts, ","), strings.Join(ports, ","), e.login, e.pw)
 }
 
 func startFogoGroup(ctx context.Context, dataDir, pgBin string, portLow int) (*fogoEnv, error) {
@@ -287,6 +295,21 @@ func (e *fogoEnv) setup(ctx context.Context) error {
 	if err := e.app.WaitReady(ctx); err != nil {
 		return err
 	}
+	if err := e.createGroup(ctx, map[string]any{"failoverPolicy": "Manual"}); err != nil {
+		return err
+	}
+	groups, insts, err := e.app.Service.GroupsWithInstances()
+	if err != nil || len(groups) != 1 || len(groups[0].Databases) != 1 {
+		return fmt.Errorf("read the bench group back: %v", err)
+	}
+	e.primaryPort = insts[groups[0].Databases[0].Primary].Port
+	return waitCatchUp(ctx, e.c, e.base+"bench-east/failoverGroups/bench-fg")
+}
+
+// createGroup creates, through the API, the servers bench-east (eastus) and bench-west (westus), the database
+// bench on bench-east and the group bench-fg between them with the given readWriteEndpoint, and reads the group's
+// read-write listener.
+func (e *fogoEnv) createGroup(ctx context.Context, readWrite map[string]any) error {
 	for _, s := range []struct{ name, loc string }{{"bench-east", "eastus"}, {"bench-west", "westus"}} {
 		if err := e.do(ctx, http.MethodPut, e.base+s.name, map[string]any{"location": s.loc,
 			"properties": map[string]any{"administratorLogin": e.login, "administratorLoginPassword": e.pw}}); err != nil {
@@ -297,7 +320,7 @@ func (e *fogoEnv) setup(ctx context.Context) error {
 		return err
 	}
 	if err := e.do(ctx, http.MethodPut, e.base+"bench-east/failoverGroups/bench-fg", map[string]any{"properties": map[string]any{
-		"readWriteEndpoint": map[string]any{"failoverPolicy": "Manual"},
+		"readWriteEndpoint": readWrite,
 		"partnerServers":    []any{map[string]any{"id": strings.TrimSuffix(e.base, "/") + "/bench-west"}},
 		"databases":         []string{e.base + "bench-east/databases/bench"},
 	}}); err != nil {
@@ -318,12 +341,8 @@ func (e *fogoEnv) setup(ctx context.Context) error {
 		return err
 	}
 	e.rwAddr = g.Properties.ReadWriteEndpoint.Endpoint
-	groups, insts, err := e.app.Service.GroupsWithInstances()
-	if err != nil || len(groups) != 1 || len(groups[0].Databases) != 1 {
-		return fmt.Errorf("read the bench group back: %v", err)
-	}
-	e.primaryPort = insts[groups[0].Databases[0].Primary].Port
-	return waitCatchUp(ctx, e.c, e.base+"bench-east/failoverGroups/bench-fg")
+	e.primary, e.secondary = "bench-east", "bench-west"
+	return nil
 }
 
 // fogoFailovers drives planned failovers through fogo's API while a client writes through the group's
@@ -337,23 +356,29 @@ func fogoFailovers(ctx context.Context, o FailoverOptions, res *FailoverResult) 
 	if err := execDSN(ctx, e.dsn(e.rwAddr), "CREATE TABLE bench_writes(id bigserial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
 		return err
 	}
-	primary, secondary := "bench-east", "bench-west"
-	for it := 0; it < o.Iterations; it++ {
-		if err := waitCatchUp(ctx, e.c, e.base+primary+"/failoverGroups/bench-fg"); err != nil {
-			return err
+	res.FogoTotal, res.FogoWriteGap, err = e.plannedFailovers(ctx, "fogo", o.Iterations, o.Settle, &res.Commits, o.Progress)
+	return err
+}
+
+// plannedFailovers fails the group over n times, back and forth, each measured by measure with a writer on the
+// read-write listener; progress lines start with label.
+func (e *fogoEnv) plannedFailovers(ctx context.Context, label string, n int, settle time.Duration, commits *int, progress io.Writer) (totals, gaps []time.Duration, err error) {
+	for it := 0; it < n; it++ {
+		if err := waitCatchUp(ctx, e.c, e.base+e.primary+"/failoverGroups/bench-fg"); err != nil {
+			return nil, nil, err
 		}
-		took, gap, err := measure(ctx, o, res, []string{e.dsn(e.rwAddr)}, func() error {
-			return e.do(ctx, http.MethodPost, e.base+secondary+"/failoverGroups/bench-fg/failover", nil)
+		took, gap, err := measure(ctx, settle, commits, []string{e.dsn(e.rwAddr)}, func() error {
+			return e.do(ctx, http.MethodPost, e.base+e.secondary+"/failoverGroups/bench-fg/failover", nil)
 		})
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
-		res.FogoTotal = append(res.FogoTotal, took)
-		res.FogoWriteGap = append(res.FogoWriteGap, gap)
-		fmt.Fprintf(o.Progress, "fogo %d/%d: operation %s, longest commit gap %s\n", it+1, o.Iterations, took.Round(time.Millisecond), gap.Round(time.Millisecond))
-		primary, secondary = secondary, primary
+		totals = append(totals, took)
+		gaps = append(gaps, gap)
+		fmt.Fprintf(progress, "%s %d/%d: operation %s, longest commit gap %s\n", label, it+1, n, took.Round(time.Millisecond), gap.Round(time.Millisecond))
+		e.primary, e.secondary = e.secondary, e.primary
 	}
-	return nil
+	return totals, gaps, nil
 }
 
 func waitCatchUp(ctx context.Context, c *cli.Client, groupPath string) error {
@@ -386,10 +411,10 @@ func benchLogLevel() slog.Level {
 }
 
 // measure runs one switch while a writer commits to targets, and returns how long the switch took and the
-// longest gap between two acknowledged commits around it.
-func measure(ctx context.Context, o FailoverOptions, res *FailoverResult, targets []string, switchOver func() error) (took, gap time.Duration, err error) {
+// longest gap between two acknowledged commits around it; the writer's commits are added to *commits.
+func measure(ctx context.Context, settle time.Duration, commits *int, targets []string, switchOver func() error) (took, gap time.Duration, err error) {
 	w := &writer{targets: targets, table: "bench_writes"}
-	from, to, err := during(ctx, w, o.Settle, func() error {
+	from, to, err := during(ctx, w, settle, func() error {
 		start := time.Now()
 		err := switchOver()
 		took = time.Since(start)
@@ -398,7 +423,7 @@ func measure(ctx context.Context, o FailoverOptions, res *FailoverResult, target
 	if err != nil {
 		return 0, 0, err
 	}
-	res.Commits += w.commits()
+	*commits += w.commits()
 	return took, w.longestGap(from, to), nil
 }
 

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"sync"
 	"time"
@@ -13,6 +14,9 @@ import (
 type writer struct {
 	targets []string // connection strings
 	table   string
+	// timeout, when positive, bounds each connection attempt and each commit (a target that went silent, say a
+	// host cut off, fails after it and the writer moves on); zero: 2 s per connection, commits unbounded.
+	timeout time.Duration
 
 	mu     sync.Mutex
 	commit []time.Time
@@ -29,7 +33,7 @@ func (w *writer) run(ctx context.Context) {
 	}()
 	for ctx.Err() == nil {
 		if conn == nil {
-			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			cctx, cancel := context.WithTimeout(ctx, cmp.Or(w.timeout, 2*time.Second))
 			c, err := pgx.Connect(cctx, w.targets[next%len(w.targets)])
 			cancel()
 			next++
@@ -40,7 +44,7 @@ func (w *writer) run(ctx context.Context) {
 			}
 			conn = c
 		}
-		if _, err := conn.Exec(ctx, "INSERT INTO "+w.table+" DEFAULT VALUES"); err != nil {
+		if err := w.insert(ctx, conn); err != nil {
 			w.fail()
 			conn.Close(context.Background())
 			conn = nil
@@ -51,6 +55,17 @@ func (w *writer) run(ctx context.Context) {
 		w.commit = append(w.commit, now)
 		w.mu.Unlock()
 	}
+}
+
+// insert commits one row, within w.timeout when set.
+func (w *writer) insert(ctx context.Context, conn *pgx.Conn) error {
+	if w.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, w.timeout)
+		defer cancel()
+	}
+	_, err := conn.Exec(ctx, "INSERT INTO "+w.table+" DEFAULT VALUES")
+	return err
 }
 
 func (w *writer) fail() { w.mu.Lock(); w.errors++; w.mu.Unlock() }
@@ -99,6 +114,18 @@ func during(ctx context.Context, w *writer, settle time.Duration, fn func() erro
 	stop()
 	<-done
 	return from, to, err
+}
+
+// firstAfter is the first acknowledged commit after t (zero if none yet).
+func (w *writer) firstAfter(t time.Time) time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range w.commit {
+		if c.After(t) {
+			return c
+		}
+	}
+	return time.Time{}
 }
 
 func (w *writer) lastCommit() time.Time {

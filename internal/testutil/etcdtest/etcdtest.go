@@ -43,7 +43,7 @@ func (s *Server) Endpoints() []string { return []string{s.Endpoint} }
 // FOGO_REQUIRE_ETCD=1).
 func Bin(t testing.TB) string {
 	t.Helper()
-	bin, err := discover()
+	bin, err := Find()
 	if err != nil {
 		if os.Getenv("FOGO_REQUIRE_ETCD") == "1" {
 			t.Fatalf("etcd is required (FOGO_REQUIRE_ETCD=1): %v", err)
@@ -53,7 +53,8 @@ func Bin(t testing.TB) string {
 	return bin
 }
 
-func discover() (string, error) {
+// Find returns the etcd binary ($FOGO_ETCD_BIN, else etcd on $PATH, else /usr/bin/etcd) or why there is none.
+func Find() (string, error) {
 	if b := os.Getenv("FOGO_ETCD_BIN"); b != "" {
 		if _, err := os.Stat(b); err != nil {
 			return "", fmt.Errorf("FOGO_ETCD_BIN: %w", err)

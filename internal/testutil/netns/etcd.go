@@ -3,6 +3,7 @@ package netns
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -51,6 +52,64 @@ func StartEtcd(t testing.TB, hosts ...*Host) []*EtcdMember {
 	if len(hosts) == 0 {
 		t.Fatal("StartEtcd: no hosts")
 	}
+	dirs := make([]string, len(hosts))
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+	}
+	members := newMembers(bin, dirs, hosts)
+	for _, m := range members {
+		if err := m.start(); err != nil {
+			t.Fatal(err)
+		}
+		// Registered after the member's TempDir, so it runs first: the directory goes after the process.
+		t.Cleanup(func() { m.Kill() })
+	}
+	for _, m := range members {
+		m.WaitHealthy(t)
+	}
+	return members
+}
+
+// LaunchEtcd is StartEtcd for callers that are not tests: member i keeps its data and log in dir/m<i> (dir must
+// exist), bin is the etcd binary (see FindEtcd). On error the members started are killed; otherwise the caller
+// kills them (Kill, or the Net's Close).
+func LaunchEtcd(bin, dir string, hosts ...*Host) ([]*EtcdMember, error) {
+	if len(hosts) == 0 {
+		return nil, errors.New("etcd: no hosts")
+	}
+	dirs := make([]string, len(hosts))
+	for i := range dirs {
+		dirs[i] = filepath.Join(dir, fmt.Sprintf("m%d", i+1))
+		if err := os.MkdirAll(dirs[i], 0o700); err != nil {
+			return nil, fmt.Errorf("etcd: %w", err)
+		}
+	}
+	members := newMembers(bin, dirs, hosts)
+	killAll := func() {
+		for _, m := range members {
+			m.Kill()
+		}
+	}
+	for _, m := range members {
+		if err := m.start(); err != nil {
+			killAll()
+			return nil, err
+		}
+	}
+	for _, m := range members {
+		if err := m.waitHealthy(); err != nil {
+			killAll()
+			return nil, err
+		}
+	}
+	return members, nil
+}
+
+// FindEtcd returns the etcd binary: $FOGO_ETCD_BIN, else etcd on PATH, else /usr/bin/etcd.
+func FindEtcd() (string, error) { return etcdtest.Find() }
+
+// newMembers describes one member per host (not started), member i in dirs[i].
+func newMembers(bin string, dirs []string, hosts []*Host) []*EtcdMember {
 	var initial []string
 	for i, h := range hosts {
 		initial = append(initial, fmt.Sprintf("m%d=http://%s:2380", i+1, h.Addr()))
@@ -58,7 +117,7 @@ func StartEtcd(t testing.TB, hosts ...*Host) []*EtcdMember {
 	token := "fogo-" + hosts[0].net.ID
 	members := make([]*EtcdMember, len(hosts))
 	for i, h := range hosts {
-		m := &EtcdMember{Name: fmt.Sprintf("m%d", i+1), Host: h, Endpoint: fmt.Sprintf("http://%s:2379", h.Addr()), Dir: t.TempDir(), bin: bin}
+		m := &EtcdMember{Name: fmt.Sprintf("m%d", i+1), Host: h, Endpoint: fmt.Sprintf("http://%s:2379", h.Addr()), Dir: dirs[i], bin: bin}
 		peer := fmt.Sprintf("http://%s:2380", h.Addr())
 		m.args = []string{
 			"--name", m.Name,
@@ -69,34 +128,28 @@ func StartEtcd(t testing.TB, hosts ...*Host) []*EtcdMember {
 			"--initial-cluster-token", token,
 			"--logger", "zap", "--log-outputs", "stderr",
 		}
-		m.start(t)
-		// Registered after the member's TempDir, so it runs first: the directory goes after the process.
-		t.Cleanup(func() { m.Kill() })
 		members[i] = m
-	}
-	for _, m := range members {
-		m.WaitHealthy(t)
 	}
 	return members
 }
 
 // start runs the member's process (its data directory decides whether it joins as new or comes back).
-func (m *EtcdMember) start(t testing.TB) {
-	t.Helper()
+func (m *EtcdMember) start() error {
 	logFile, err := os.OpenFile(filepath.Join(m.Dir, "etcd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
-		t.Fatalf("etcd %s: log file: %v", m.Name, err)
+		return fmt.Errorf("etcd %s: log file: %w", m.Name, err)
 	}
 	m.Cmd = m.Host.Command(context.Background(), m.bin, m.args...)
 	m.Cmd.Stdout, m.Cmd.Stderr = logFile, logFile
 	err = m.Cmd.Start()
 	logFile.Close()
 	if err != nil {
-		t.Fatalf("etcd: start %s in %s: %v", m.Name, m.Host.Name(), err)
+		return fmt.Errorf("etcd: start %s in %s: %w", m.Name, m.Host.Name(), err)
 	}
 	cmd, exited := m.Cmd, make(chan struct{})
 	m.exited = exited
 	go func() { _ = cmd.Wait(); close(exited) }()
+	return nil
 }
 
 // Kill kills the member's process (SIGKILL) and waits, bounded, until it is gone.
@@ -116,12 +169,21 @@ func (m *EtcdMember) Kill() {
 func (m *EtcdMember) Restart(t testing.TB) {
 	t.Helper()
 	m.Kill()
-	m.start(t)
+	if err := m.start(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // WaitHealthy waits, bounded, until the member reports healthy (it sees a quorum).
 func (m *EtcdMember) WaitHealthy(t testing.TB) {
 	t.Helper()
+	if err := m.waitHealthy(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitHealthy is WaitHealthy returning an error.
+func (m *EtcdMember) waitHealthy() error {
 	hc := &http.Client{Timeout: time.Second}
 	healthy := waitUntil(etcdStartTimeout, 100*time.Millisecond, int(etcdStartTimeout/(100*time.Millisecond)), func() bool {
 		resp, err := hc.Get(m.Endpoint + "/health")
@@ -133,8 +195,9 @@ func (m *EtcdMember) WaitHealthy(t testing.TB) {
 		return resp.StatusCode == http.StatusOK && bytes.Contains(body, []byte(`"true"`))
 	})
 	if !healthy {
-		t.Fatalf("etcd %s (%s) not healthy within %s; log tail:\n%s", m.Name, m.Endpoint, etcdStartTimeout, etcdtest.LogTail(filepath.Join(m.Dir, "etcd.log")))
+		return fmt.Errorf("etcd %s (%s) not healthy within %s; log tail:\n%s", m.Name, m.Endpoint, etcdStartTimeout, etcdtest.LogTail(filepath.Join(m.Dir, "etcd.log")))
 	}
+	return nil
 }
 
 // Endpoints returns the members' client URLs.

@@ -103,6 +103,18 @@ func (h *Host) Path() string { return filepath.Join(netnsDir, h.name) }
 // Require skips the test unless it runs as root with ip and nsenter on PATH; under FOGO_REQUIRE_NETNS=1 it fails instead.
 func Require(t testing.TB) {
 	t.Helper()
+	err := Available()
+	if err == nil {
+		return
+	}
+	if os.Getenv("FOGO_REQUIRE_NETNS") == "1" {
+		t.Fatalf("%v (FOGO_REQUIRE_NETNS=1)", err)
+	}
+	t.Skip(err.Error())
+}
+
+// Available reports why network namespaces cannot be built here (not root, ip or nsenter missing), or nil.
+func Available() error {
 	var reasons []string
 	if os.Geteuid() != 0 {
 		reasons = append(reasons, "not root")
@@ -113,13 +125,9 @@ func Require(t testing.TB) {
 		}
 	}
 	if len(reasons) == 0 {
-		return
+		return nil
 	}
-	msg := "network namespaces not available: " + strings.Join(reasons, ", ")
-	if os.Getenv("FOGO_REQUIRE_NETNS") == "1" {
-		t.Fatalf("%s (FOGO_REQUIRE_NETNS=1)", msg)
-	}
-	t.Skip(msg)
+	return errors.New("network namespaces not available: " + strings.Join(reasons, ", "))
 }
 
 // New builds n hosts (1 ≤ n ≤ MaxHosts) on a fresh bridge, after sweeping leftovers of crashed runs. Everything
@@ -127,20 +135,35 @@ func Require(t testing.TB) {
 func New(t testing.TB, n int) *Net {
 	t.Helper()
 	Require(t)
-	if n < 1 || n > MaxHosts {
-		t.Fatalf("netns.New: %d hosts, want 1..%d", n, MaxHosts)
-	}
-	if err := Sweep(); err != nil {
-		t.Logf("netns: sweep of leftovers: %v", err)
-	}
-	nw, err := build(n)
-	if nw != nil {
-		t.Cleanup(nw.Close)
-	}
+	nw, err := Create(n, func(err error) { t.Logf("netns: sweep of leftovers: %v", err) })
 	if err != nil {
 		t.Fatalf("netns.New: %v", err)
 	}
+	t.Cleanup(nw.Close)
 	return nw
+}
+
+// Create is New for callers that are not tests (fogo try-cluster, the cluster benchmark): it builds n hosts
+// after sweeping leftovers (a sweep error goes to sweepErr, if not nil, and does not stop it) and returns an
+// error rather than failing a test. The caller must Close the set, on every path; on error nothing is left.
+func Create(n int, sweepErr func(error)) (*Net, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	if n < 1 || n > MaxHosts {
+		return nil, fmt.Errorf("%d hosts, want 1..%d", n, MaxHosts)
+	}
+	if err := Sweep(); err != nil && sweepErr != nil {
+		sweepErr(err)
+	}
+	nw, err := build(n)
+	if err != nil {
+		if nw != nil {
+			nw.Close()
+		}
+		return nil, err
+	}
+	return nw, nil
 }
 
 // build creates the set; on error the returned Net (if any) holds what was created, for Close to remove.
