@@ -98,7 +98,7 @@ Try it (the fogo CLI, or curl):
   fogo db create -s east -n shop
   fogo fg create -n fg -s east --partner-server west --add-db shop --failover-policy Automatic --grace-period 1
   fogo fg show -n fg -s east -o json      # readWriteEndpoint.endpoint is the address applications use:
-  PGPASSWORD='Try-Cluster-1!' psql "host=%s port=PORT user=fogoadmin dbname=shop sslmode=require channel_binding=disable"
+  PGPASSWORD='Try-Cluster-1!' psql "host=%s port=PORT user=fogoadmin dbname=shop sslmode=require"
   fogo fg set-primary -n fg -s west       # a planned failover to westus
   curl -s -H "Authorization: Bearer $FOGO_API_TOKEN" "$FOGO_ENDPOINT/subscriptions/%s/providers/Microsoft.Sql/servers?api-version=%s"
 

@@ -22,7 +22,8 @@ var holdSteps = map[string]bool{"hold": true, "demote": true, "check": true, "fe
 // sessions relayed to an instance that lost its role are cut. The elected controller does all this itself, from
 // the operations it runs.
 func (g *gatewayEndpoints) follow(ctx context.Context, r *service.Routes) {
-	f := &follower{g: g, r: r, servers: map[string]*model.Server{}, groups: map[string]*model.FailoverGroup{}, roles: map[string]string{}}
+	f := &follower{g: g, r: r, servers: map[string]*model.Server{}, groups: map[string]*model.FailoverGroup{}, roles: map[string]string{},
+		failed: map[string]time.Time{}}
 	t := time.NewTicker(followInterval)
 	defer t.Stop()
 	for {
@@ -43,6 +44,29 @@ type follower struct {
 	servers map[string]*model.Server
 	groups  map[string]*model.FailoverGroup
 	roles   map[string]string // group key -> its epoch and primaries, to see a failover's result
+	// failed holds when an endpoint (server key, or "group:" + group key) last failed to open: it is tried again
+	// after followRetry, and its failure logged once.
+	failed map[string]time.Time
+}
+
+// followRetry is how long a waiting controller waits before trying again to open an endpoint that failed (its port
+// is taken on this host).
+const followRetry = 10 * time.Second
+
+// tryOpen opens an endpoint unless it failed less than followRetry ago; it reports whether it is open.
+func (f *follower) tryOpen(key, what string, open func() error) bool {
+	if at, ok := f.failed[key]; ok && time.Since(at) < followRetry {
+		return false
+	}
+	if err := open(); err != nil {
+		if _, ok := f.failed[key]; !ok {
+			f.g.log.Warn("open "+what+" (retried every "+followRetry.String()+")", "key", key, "err", err)
+		}
+		f.failed[key] = time.Now()
+		return false
+	}
+	delete(f.failed, key)
+	return true
 }
 
 func (f *follower) once() error {
@@ -58,11 +82,7 @@ func (f *follower) once() error {
 	for i := range servers {
 		s := &servers[i]
 		now[s.ID.Key()] = true
-		if f.servers[s.ID.Key()] == nil {
-			if err := f.g.OpenServer(s); err != nil {
-				f.g.log.Warn("open server endpoint", "server", s.ID.Name, "err", err)
-				continue
-			}
+		if f.servers[s.ID.Key()] == nil && f.tryOpen(s.ID.Key(), "server endpoint", func() error { return f.g.OpenServer(s) }) {
 			f.servers[s.ID.Key()] = s
 		}
 	}
@@ -82,8 +102,7 @@ func (f *follower) once() error {
 			if g.RWPort == 0 || g.ROPort == 0 {
 				continue // the elected controller leases its ports
 			}
-			if err := f.g.OpenGroup(g); err != nil {
-				f.g.log.Warn("open group listeners", "group", g.Name, "err", err)
+			if !f.tryOpen("group:"+key, "group listeners", func() error { return f.g.OpenGroup(g) }) {
 				continue
 			}
 			f.groups[key] = g

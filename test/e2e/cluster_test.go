@@ -736,3 +736,61 @@ func TestClusterLinkAcrossHostLoss(t *testing.T) {
 	t.Logf("%d acknowledged writes, %d lost with the cut-off host (forced failover), target equal to the new primary; link %s applied %d",
 		len(acked), lost, st.Phase, st.Applied)
 }
+
+// TestClusterAgentKilled: kill -9 of an agent is not the loss of its instances. The primary's agent killed while a
+// writer commits through the read-write listener: the primary goes on taking the writes (PostgreSQL runs in its own
+// session, outside the agent's process group), and the agent started again takes up its host. The geo-secondary's
+// agent killed while the group is being created (its copy being seeded): started again, the group's creation
+// converges to a streaming copy.
+func TestClusterAgentKilled(t *testing.T) {
+	c := startCluster(t, 6*time.Second, nil)
+	f := c.ctl
+	f.createServer("east", "eastus")
+	f.createServer("west", "westus")
+	f.createDB("east", "shop", "eastus")
+	mustExec(t, f, "east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text); "+
+		"INSERT INTO ledger(note) SELECT repeat('x', 200) FROM generate_series(1, 20000)")
+
+	// The geo-secondary's agent dies while the group is being created.
+	r := f.createGroup("east", "west", "fg", "shop")
+	if r.Status != http.StatusCreated && r.Status != http.StatusAccepted && r.Status != http.StatusOK {
+		t.Fatalf("create group: %d %s", r.Status, r.Raw)
+	}
+	c.west.kill()
+	time.Sleep(3 * time.Second)
+	c.west.start()
+	f.wait(r)
+	f.waitGroupState("east", "fg", "CATCH_UP")
+
+	// The primary's agent dies under writes: the writes go on.
+	rw := f.listenerOf("east", "fg", "readWriteEndpoint")
+	w := startLedgerWriter([]string{rw}, "shop")
+	defer w.finish()
+	acked := func() int { w.mu.Lock(); defer w.mu.Unlock(); return len(w.acked) }
+	waitFor(t, 30*time.Second, "the writer's first commit", func() bool { return acked() > 0 })
+	c.east.kill()
+	before := acked()
+	time.Sleep(3 * time.Second)
+	if during := acked() - before; during == 0 {
+		t.Fatal("no write was acknowledged while the primary's agent was dead")
+	}
+	c.east.start()
+	f.mustSucceed(f.do(http.MethodPost, fgPath("west", "fg")+"/failover", nil), 200, 202)
+	f.onePrimaryAt(t, "west", "east", "shop", 60*time.Second)
+	f.waitGroupState("west", "fg", "CATCH_UP")
+	ids := w.finish()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := dial(ctx, rw, "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var missing int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.id = a.id)", ids).Scan(&missing); err != nil {
+		t.Fatal(err)
+	}
+	if missing != 0 {
+		t.Fatalf("%d of %d acknowledged writes are missing after the planned failover", missing, len(ids))
+	}
+}

@@ -186,7 +186,7 @@ func (o *Observer) launch(ctx context.Context, key string, recs []*model.Instanc
 				return
 			}
 			bound := reconcileTimeout
-			if rec.Reseed {
+			if rec.Reseed || (rec.Role == model.RoleStandby && !rec.Seeded) {
 				bound = reseedTimeout // a base backup of a whole database: its own, longer bound
 			}
 			rctx, cancel := context.WithTimeout(ctx, bound)

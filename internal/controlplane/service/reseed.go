@@ -22,6 +22,10 @@ func (o *Observer) reseedIfLost(ctx context.Context, cur *model.Instance) error 
 	if cur.Role != model.RoleStandby || cur.NeedsRejoin || cur.Upstream == "" {
 		return nil
 	}
+	// Never seeded, and no operation of its group runs (the reconciler only runs then): the operation that was to
+	// seed it ended first (its host's agent was unreachable, fogo stopped). Seed it, or the group would stay
+	// PENDING for good.
+	neverSeeded := !cur.Seeded && !cur.Reseed
 	if cur.Seeded && !cur.Reseed {
 		o.mu.RLock()
 		st, seen := o.states[cur.ID]
@@ -29,8 +33,6 @@ func (o *Observer) reseedIfLost(ctx context.Context, cur *model.Instance) error 
 		if seen && st == model.StateCatchUp {
 			return nil
 		}
-	} else if !cur.Reseed {
-		return nil // never seeded: the group's operation seeds it
 	}
 	up, err := o.cl.GetInstance(cur.Upstream)
 	if err != nil {
@@ -40,7 +42,10 @@ func (o *Observer) reseedIfLost(ctx context.Context, cur *model.Instance) error 
 	if _, running := uh.Running(); !running || uh.IsStandby() || up.Role != model.RolePrimary || up.NeedsRejoin {
 		return nil // only a running primary can tell, and seed
 	}
-	if !cur.Reseed {
+	if neverSeeded {
+		o.cl.Logger().Warn("seeding a geo-secondary that its group's operation left unseeded", "instance", cur.ID,
+			"database", cur.Database, "primary", up.ID)
+	} else if !cur.Reseed {
 		if !o.cl.Handle(cur).IsStandby() {
 			return nil // not a standby on disk: never wipe it
 		}
