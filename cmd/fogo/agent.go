@@ -70,7 +70,7 @@ of that region. Instances keep running when the agent stops or restarts.`,
 	f.StringVar(&o.DataDir, "data-dir", "./fogo-agent-data", "directory for the agent's files and the instances")
 	f.StringVar(&o.InstancesDir, "instances-dir", "", "directory of the instances' data directories (default DATA-DIR/instances)")
 	f.StringVar(&o.PGBin, "pg-bin", "", "directory of the PostgreSQL 15 server binaries (default: discovered)")
-	f.StringVar(&portRange, "port-range", "7401-7999", "ports for the PostgreSQL instances on this host (LOW-HIGH)")
+	f.StringVar(&portRange, "port-range", "6401-6999", "ports for the PostgreSQL instances on this host (LOW-HIGH); disjoint from a controller's --port-range (7401-7999) on the same host")
 	f.StringVar(&o.TLSCert, "tls-cert", "", "this host's TLS certificate (see fogo certs): the host API and the instances serve it (with --tls-key and --tls-ca)")
 	f.StringVar(&o.TLSKey, "tls-key", "", "TLS key of this host's certificate")
 	f.StringVar(&o.TLSCA, "tls-ca", "", "the cluster's CA certificate (fogo certs' ca.pem): instances here verify the other hosts against it")

@@ -115,7 +115,7 @@ func (a *Agent) checkOptions(context.Context) error {
 		o.Listen = net.JoinHostPort(o.AdvertiseHost, "7500")
 	}
 	if o.PortLow == 0 {
-		o.PortLow, o.PortHigh = 7401, 7999
+		o.PortLow, o.PortHigh = 6401, 6999 // apart from a controller's default 7401-7999 on the same host
 	}
 	if o.PortLow <= 0 || o.PortHigh < o.PortLow || o.PortHigh > 65535 {
 		return fmt.Errorf("port range %d-%d is not valid", o.PortLow, o.PortHigh)

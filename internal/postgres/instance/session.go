@@ -60,11 +60,15 @@ func (s *Session) CurrentWALLSN(ctx context.Context) (lsn.LSN, error) {
 	return s.scanLSN(ctx, "SELECT pg_current_wal_flush_lsn()::text")
 }
 
-// Promote signals the promotion (pg_ctl promote without -W's 100 ms polling) and watches pg_is_in_recovery()
-// on this session until the instance accepts writes.
+// Promote asks for the promotion on this session (pg_promote without waiting: no program to run on the instance's
+// host, and no 100 ms polling as pg_ctl promote -w does; pg_ctl promote if that fails) and watches
+// pg_is_in_recovery() on the session until the instance accepts writes.
 func (s *Session) Promote(ctx context.Context) error {
-	if _, err := s.i.machine().Run(ctx, nil, "pg_ctl", "-D", s.i.Dir, "-W", "promote"); err != nil && s.i.IsStandby() {
-		return fmt.Errorf("promote %s: %w", s.i.Dir, err)
+	var signalled bool
+	if err := s.conn.QueryRow(ctx, "SELECT pg_promote(false)").Scan(&signalled); err != nil || !signalled {
+		if _, err := s.i.machine().Run(ctx, nil, "pg_ctl", "-D", s.i.Dir, "-W", "promote"); err != nil && s.i.IsStandby() {
+			return fmt.Errorf("promote %s: %w", s.i.Dir, err)
+		}
 	}
 	deadline := time.Now().Add(120 * time.Second)
 	for {
