@@ -48,6 +48,13 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 			return err
 		}
 	}
+	// The sessions to the new primaries are opened before the hold: across regions a new TLS session takes
+	// several round trips, which the clients would otherwise wait for.
+	sessions, err := x.openSessions(ctx, news)
+	if err != nil && !x.plan.Recorded {
+		return err
+	}
+	defer closeSessions(sessions)
 	// New read-write sessions wait from here on only: during the catch-up the primary still takes them.
 	if err := x.run.Step("hold"); err != nil {
 		return err
@@ -57,11 +64,6 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 	if err := x.run.Step("demote"); err != nil {
 		return err
 	}
-	sessions, err := x.openSessions(ctx, news)
-	if err != nil && !x.plan.Recorded {
-		return err
-	}
-	defer closeSessions(sessions)
 	if !x.plan.Recorded && !x.plan.Promoting {
 		if err := eachPair(olds, news, func(o, n *model.Instance) error { return x.demote(ctx, o, sessions[n.ID], catchUp) }); err != nil {
 			return x.undoDemote(ctx, olds, err)
