@@ -200,6 +200,14 @@ func insertRowsAt(t *testing.T, endpoint, db string, n int) []int64 {
 // checkAllPresentAt asserts every id is in ledger, read through endpoint.
 func checkAllPresentAt(t *testing.T, endpoint, db string, ids []int64) {
 	t.Helper()
+	if missing := missingAt(t, endpoint, db, ids); missing != 0 {
+		t.Fatalf("%d of %d rows are missing", missing, len(ids))
+	}
+}
+
+// missingAt counts the ids that are not in ledger, read through endpoint.
+func missingAt(t *testing.T, endpoint, db string, ids []int64) int {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := dial(ctx, endpoint, db)
@@ -211,7 +219,5 @@ func checkAllPresentAt(t *testing.T, endpoint, db string, ids []int64) {
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.id = a.id)", ids).Scan(&missing); err != nil {
 		t.Fatal(err)
 	}
-	if missing != 0 {
-		t.Fatalf("%d of %d rows are missing", missing, len(ids))
-	}
+	return missing
 }
