@@ -38,6 +38,11 @@ func (o *Observer) reseedIfLost(ctx context.Context, cur *model.Instance) error 
 	if err != nil {
 		return nil
 	}
+	if o.cl.HostAnswers(ctx, up) != nil {
+		// The primary's host is gone (cut off, down): nothing to seed from, and every question to it would hold
+		// the group's lock, which the failover that is coming needs, for its whole timeout.
+		return nil
+	}
 	uh := o.cl.Handle(up)
 	if _, running := uh.Running(); !running || uh.IsStandby() || up.Role != model.RolePrimary || up.NeedsRejoin {
 		return nil // only a running primary can tell, and seed
