@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -127,6 +128,12 @@ func (c *clusterHosts) newAgent(t *testing.T, h *netns.Host, bin, name, region s
 	low := 30000 + 100*int(h.Addr().As4()[3]) // ports are per namespace: only the host's own range matters
 	p := &hostProc{t: t, host: h, name: name, bin: bin, dataDir: dir, logFile: filepath.Join(dir, "agent.log")}
 	p.ready = func() error {
+		// Its host API answers (a killed agent's lease stays live for a while: live alone is not this process).
+		conn, err := net.DialTimeout("tcp", net.JoinHostPort(h.Addr().String(), "7500"), time.Second)
+		if err != nil {
+			return err
+		}
+		conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		live, err := agent.Live(ctx, c.cli, clusterPrefix)
