@@ -417,9 +417,7 @@ func TestClusterEtcdLoss(t *testing.T) {
 	const agentTTL = 6 * time.Second
 	c := startCluster(t, agentTTL, nil)
 	f := c.ctl
-	f.createServer("east", "eastus")
-	f.createServer("west", "westus")
-	f.createDB("east", "shop", "eastus")
+	eastWestShop(f)
 	mustExec(t, f, "east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text); CREATE TABLE probe(at timestamptz)")
 	f.mustSucceed(f.createGroup("east", "west", "fg", "shop"), 201)
 	f.waitGroupState("east", "fg", "CATCH_UP")
@@ -678,9 +676,7 @@ func TestClusterLeaderKilledMidFailover(t *testing.T) {
 func TestClusterLinkAcrossHostLoss(t *testing.T) {
 	c := startCluster(t, 6*time.Second, func(o *app.Options) { o.GraceUnit = time.Second })
 	f := c.ctl
-	f.createServer("east", "eastus")
-	f.createServer("west", "westus")
-	f.createDB("east", "shop", "eastus")
+	eastWestShop(f)
 	mustExec(t, f, "east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text); "+
 		"INSERT INTO ledger(note) SELECT 'seed ' || i FROM generate_series(1, 300) i")
 	f.putAutomaticGroup("east", "west", "fg", 1, "shop")
@@ -731,9 +727,7 @@ func TestClusterLinkAcrossHostLoss(t *testing.T) {
 func TestClusterAgentKilled(t *testing.T) {
 	c := startCluster(t, 6*time.Second, nil)
 	f := c.ctl
-	f.createServer("east", "eastus")
-	f.createServer("west", "westus")
-	f.createDB("east", "shop", "eastus")
+	eastWestShop(f)
 	mustExec(t, f, "east", "shop", "CREATE TABLE ledger(id bigserial PRIMARY KEY, note text); "+
 		"INSERT INTO ledger(note) SELECT repeat('x', 200) FROM generate_series(1, 20000)")
 
@@ -765,4 +759,12 @@ func TestClusterAgentKilled(t *testing.T) {
 	f.onePrimaryAt(t, "west", "east", "shop", 60*time.Second)
 	f.waitGroupState("west", "fg", "CATCH_UP")
 	checkAllPresentAt(t, rw, "shop", w.finish())
+}
+
+// eastWestShop creates servers east (eastus) and west (westus) and database shop on east.
+func eastWestShop(f *fogo) {
+	f.t.Helper()
+	f.createServer("east", "eastus")
+	f.createServer("west", "westus")
+	f.createDB("east", "shop", "eastus")
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -145,7 +146,7 @@ func (m *Manager) PlaceServer(tx *store.Tx, location string, live map[string]boo
 		sort.Strings(elsewhere)
 		detail := "no fogo agent is registered and alive there"
 		if len(elsewhere) > 0 {
-			detail += "; live agents are in: " + strings.Join(dedupe(elsewhere), ", ")
+			detail += "; live agents are in: " + strings.Join(slices.Compact(elsewhere), ", ")
 		}
 		return "", errcatalog.Newf("RegionDoesNotAllowProvisioning",
 			"Location '%s' is not accepting creation of new servers at this time: %s. Start `fogo agent --region %s` on a host there.",
@@ -158,16 +159,6 @@ func (m *Manager) PlaceServer(tx *store.Tx, location string, live map[string]boo
 		return candidates[i] < candidates[j]
 	})
 	return candidates[0], nil
-}
-
-func dedupe(s []string) []string {
-	var out []string
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
 }
 
 // portKey is the store key of a leased port: the port alone on the controller's machine, host/port on an agent's.

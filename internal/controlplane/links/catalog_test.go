@@ -32,15 +32,7 @@ func catalogWithLink(t *testing.T) (*instance.Instance, *pgx.Conn, *Catalog) {
 	if _, err := src.Exec(ctx, "CREATE TABLE a(id int PRIMARY KEY, note text); INSERT INTO a VALUES (1, 'x')"); err != nil {
 		t.Fatal(err)
 	}
-	keys, err := secrets.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"), keys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := testStore(t)
 	dirs, _, _, _ := targetDirsFixture(t)
 	m := New(st, nil, slog.Default())
 	t.Cleanup(m.StopAll)
@@ -156,15 +148,7 @@ func TestSlotWAL(t *testing.T) {
 // stored it; a controller on another host does not open (and so does not create) a file of that name on its own
 // host, and says where the file is; the same controller opens it.
 func TestDuckDBTargetPinnedToItsHost(t *testing.T) {
-	keys, err := secrets.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"), keys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := testStore(t)
 	dirs, _, _, _ := targetDirsFixture(t)
 	m := New(st, nil, slog.Default())
 	a, b := NewCatalog(m, dirs), NewCatalog(m, dirs)
@@ -193,4 +177,19 @@ func TestDuckDBTargetPinnedToItsHost(t *testing.T) {
 		t.Fatalf("opening it from ctl-a: %v", err)
 	}
 	tg.Close()
+}
+
+// testStore is a fresh bbolt store with its secrets key, closed at the test's end.
+func testStore(t *testing.T) *store.Store {
+	t.Helper()
+	keys, err := secrets.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"), keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }

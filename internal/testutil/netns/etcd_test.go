@@ -5,19 +5,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/testutil/etcdtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // etcdClient returns a client that talks to the given endpoints only; it is closed at cleanup.
 func etcdClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("etcd client for %v: %v", endpoints, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return etcdtest.Client(t, endpoints)
 }
 
 // TestEtcdThreeHosts runs a three-member etcd cluster, one member per host: a put on one member is read on
