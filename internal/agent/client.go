@@ -168,6 +168,14 @@ func (c *Client) Signal(dir string, sig syscall.Signal) error {
 	return err
 }
 
+// Shutdown stops dir's postmaster on the agent's host and waits there until it is gone.
+func (c *Client) Shutdown(ctx context.Context, dir string, sig syscall.Signal, timeout time.Duration) error {
+	cctx, cancel := context.WithTimeout(ctx, timeout+callTimeout)
+	defer cancel()
+	_, err := c.call(cctx, opShutdown, request{Path: dir, Signal: sig, TimeoutMS: timeout.Milliseconds()})
+	return err
+}
+
 // KillPostmaster kills dir's postmaster and its processes on the agent's host.
 func (c *Client) KillPostmaster(dir string) error {
 	_, err := c.pathOp(opKillPostmaster, dir)

@@ -23,6 +23,7 @@ const (
 	opPostmaster      = "postmaster"
 	opRemoveStaleLock = "remove-stale-lock"
 	opSignal          = "signal"
+	opShutdown        = "shutdown"
 	opKillPostmaster  = "kill-postmaster"
 	opPing            = "ping"
 )
@@ -36,6 +37,8 @@ type request struct {
 	Args    []string       `json:"args,omitempty"`
 	Env     []string       `json:"env,omitempty"`
 	Signal  syscall.Signal `json:"signal,omitempty"`
+	// TimeoutMS bounds a shutdown's wait.
+	TimeoutMS int64 `json:"timeoutMs,omitempty"`
 }
 
 // response is every operation's answer.

@@ -15,12 +15,16 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/fogo-db/fogo/internal/postgres/instance"
 )
 
 // maxRequestBytes bounds a request body: the largest is a slot's serialized snapshots written into a standby.
 const maxRequestBytes = 600 << 20
+
+// maxShutdownWait bounds how long a shutdown request waits for the postmaster to end.
+const maxShutdownWait = 10 * time.Minute
 
 // programs are the PostgreSQL programs the host API runs.
 var programs = map[string]bool{"initdb": true, "pg_ctl": true, "pg_basebackup": true, "pg_rewind": true, "pg_controldata": true}
@@ -155,6 +159,14 @@ func (s *Server) do(ctx context.Context, op string, req *request) (*response, er
 			err = s.Host.Signal(req.Path, req.Signal)
 		default:
 			return nil, refuse("signal %d is not one fogo sends to a postmaster", req.Signal)
+		}
+	case opShutdown:
+		switch req.Signal {
+		case syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT:
+			timeout := min(max(time.Duration(req.TimeoutMS)*time.Millisecond, time.Second), maxShutdownWait)
+			err = s.Host.Shutdown(ctx, req.Path, req.Signal, timeout)
+		default:
+			return nil, refuse("signal %d is not a shutdown signal", req.Signal)
 		}
 	case opKillPostmaster:
 		err = s.Host.KillPostmaster(req.Path)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/fogo-db/fogo/internal/postgres/instance"
 	"github.com/fogo-db/fogo/internal/testutil/pgtest"
@@ -130,6 +131,14 @@ func TestHostAPIRefusesHostileRequests(t *testing.T) {
 	}
 	if err := c.Signal(root+"/i1/pgdata", syscall.SIGKILL); err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("SIGKILL through Signal: %v, want a refusal", err)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGHUP, syscall.SIGSTOP} {
+		if err := c.Shutdown(context.Background(), root+"/i1/pgdata", sig, time.Second); err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Errorf("signal %d through Shutdown: %v, want a refusal", sig, err)
+		}
+	}
+	if err := c.Shutdown(context.Background(), outside, syscall.SIGINT, time.Second); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("Shutdown of %s: %v, want a refusal", outside, err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -128,6 +129,11 @@ func clusterFailovers(ctx context.Context, c *clustersim.Cluster, o ClusterOptio
 	res.PlannedTotal, res.PlannedWriteGap, err = e.plannedFailovers(ctx, "cluster", o.Iterations, o.Settle, &res.Commits, o.Progress)
 	if err != nil {
 		return nil, err
+	}
+	if benchLogLevel() <= slog.LevelDebug { // each operation's step timings, from the controller's log
+		for _, line := range c.Controller.LogSince(0, "operation steps", "msg=demoted", "msg=promoted") {
+			fmt.Fprintln(o.Progress, line)
+		}
 	}
 	for it := 0; it < o.Unplanned; it++ {
 		d, err := hostLoss(ctx, c, e, o, &res.Commits)

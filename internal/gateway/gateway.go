@@ -64,6 +64,7 @@ type Manager struct {
 	mu        sync.Mutex
 	endpoints map[string]*Endpoint
 	cancels   *cancelRegistry
+	warm      warmPool
 }
 
 // NewManager returns an empty manager.
@@ -97,7 +98,7 @@ func (m *Manager) Open(name, addr string, r Resolver) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	e := &Endpoint{cfg: m.cfg, ln: ln, resolver: r, cancels: m.cancels, sessions: map[*session]struct{}{}}
+	e := &Endpoint{cfg: m.cfg, ln: ln, resolver: r, cancels: m.cancels, warm: &m.warm, sessions: map[*session]struct{}{}}
 	m.endpoints[name] = e
 	go e.serve()
 	return e.Addr(), nil
@@ -131,6 +132,7 @@ func (m *Manager) CloseAll() {
 	for _, e := range eps {
 		e.Close()
 	}
+	m.warm.closeAll()
 }
 
 // Endpoint is one listener.
@@ -139,6 +141,7 @@ type Endpoint struct {
 	ln       net.Listener
 	resolver Resolver
 	cancels  *cancelRegistry
+	warm     *warmPool
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -295,29 +298,54 @@ func unavailable(database string, dialErr error) *RouteError {
 	return &RouteError{Code: "57P03", Message: fmt.Sprintf("fogo gateway: database %q is not reachable right now", database)}
 }
 
-// dialStartup connects to addr, sends the startup message and returns the first whole backend message.
+// dialStartup connects to addr (or takes a warm connection to it, see Prewarm), sends the startup message and
+// returns the first whole backend message.
 func (e *Endpoint) dialStartup(addr string, startup []byte) (net.Conn, []byte, error) {
-	backend, err := net.DialTimeout("tcp", addr, e.cfg.DialTimeout)
+	if conn := e.warm.take(addr); conn != nil {
+		if msg, err := sendStartup(conn, startup, e.cfg.DialTimeout); err == nil {
+			return conn, msg, nil
+		}
+		conn.Close() // the backend dropped it meanwhile: dial afresh
+	}
+	backend, err := dialBackend(e.cfg, addr)
 	if err != nil {
 		return nil, nil, err
 	}
-	_ = backend.SetDeadline(time.Now().Add(e.cfg.DialTimeout))
-	if e.cfg.BackendTLS != nil {
-		if tc := e.cfg.BackendTLS(addr); tc != nil {
+	msg, err := sendStartup(backend, startup, e.cfg.DialTimeout)
+	return backend, msg, err
+}
+
+// dialBackend connects to addr (TCP, then TLS where BackendTLS asks for it), bounded by DialTimeout.
+func dialBackend(cfg Config, addr string) (net.Conn, error) {
+	backend, err := net.DialTimeout("tcp", addr, cfg.DialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.BackendTLS != nil {
+		if tc := cfg.BackendTLS(addr); tc != nil {
+			_ = backend.SetDeadline(time.Now().Add(cfg.DialTimeout))
 			if backend, err = startBackendTLS(backend, tc); err != nil {
-				return backend, nil, err
+				backend.Close()
+				return nil, err
 			}
+			_ = backend.SetDeadline(time.Time{})
 		}
 	}
+	return backend, nil
+}
+
+// sendStartup sends the startup message on backend and reads the first whole answer, bounded by timeout.
+func sendStartup(backend net.Conn, startup []byte, timeout time.Duration) ([]byte, error) {
+	_ = backend.SetDeadline(time.Now().Add(timeout))
 	if _, err := backend.Write(startup); err != nil {
-		return backend, nil, err
+		return nil, err
 	}
 	msg, err := readMessage(backend)
 	if err != nil {
-		return backend, nil, err
+		return nil, err
 	}
 	_ = backend.SetDeadline(time.Time{})
-	return backend, msg, nil
+	return msg, nil
 }
 
 // startBackendTLS asks the backend for TLS (SSLRequest) and completes the handshake: a backend that declines is

@@ -35,6 +35,8 @@ import (
 // Routes answers where a group's database lives now.
 type Routes interface {
 	ResolveGroupDatabase(groupKey, database string, readOnly bool) (addr string, err error)
+	// FailoverTargets are the addresses of the group's geo-secondaries.
+	FailoverTargets(groupKey string) ([]string, error)
 }
 
 // Config tunes the listeners.
@@ -127,8 +129,32 @@ func (l *Listeners) Close(g *model.FailoverGroup) {
 	l.mu.Unlock()
 }
 
-// Hold makes new read-write sessions of the group wait (a failover starts).
-func (l *Listeners) Hold(group string) { l.gate(group).hold() }
+// Hold makes new read-write sessions of the group wait (a failover starts), and has connections to its
+// geo-secondaries made ready for them meanwhile (see gateway's Prewarm).
+func (l *Listeners) Hold(group string) {
+	l.gate(group).hold()
+	l.prewarm(group)
+}
+
+// prewarm asks the gateway for as many ready connections to each of the group's geo-secondaries as the
+// read-write sessions that will follow the failover: those relayed now and those waiting, and a few more.
+func (l *Listeners) prewarm(group string) {
+	n := int(l.waitingCounter(group).Load()) + 2
+	if ep, ok := l.gw.Get(endpointName(ReadWrite, group)); ok {
+		n += int(ep.Stats().Active)
+	}
+	targets, err := l.routes.FailoverTargets(group)
+	if err != nil {
+		l.cfg.Logger.Debug("listener: prewarm the failover targets", "group", group, "err", err)
+		return
+	}
+	for _, addr := range targets {
+		l.gw.Prewarm(addr, min(n, maxPrewarm))
+	}
+}
+
+// maxPrewarm bounds the ready connections a hold asks for per geo-secondary.
+const maxPrewarm = 16
 
 // Release lets them through to the primary recorded now (a failover ended, whatever its outcome), and cuts the
 // read-write sessions still relayed to an instance that is not the primary now.

@@ -129,6 +129,8 @@ func (r *fakeRoutes) set(port int, err error) {
 	r.mu.Unlock()
 }
 
+func (r *fakeRoutes) FailoverTargets(string) ([]string, error) { return nil, nil }
+
 func (r *fakeRoutes) ResolveGroupDatabase(_, database string, readOnly bool) (string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

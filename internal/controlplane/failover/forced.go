@@ -37,9 +37,7 @@ func (x *execution) forced(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := x.run.Step("hold"); err != nil {
-		return err
-	}
+	x.run.Begin("hold") // written with the check or fence step, next
 	x.o.hooks.Hold(x.plan.Group)
 	defer x.o.hooks.Release(x.plan.Group)
 

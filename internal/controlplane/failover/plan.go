@@ -221,10 +221,15 @@ func epochDecision(g *model.FailoverGroup, p *Plan, opID string) (recorded bool,
 // record makes the new roles the truth in the store: group primary/secondary swap, epoch, instance roles. It is
 // a compare-and-swap on the group's epoch (see epochDecision), in one transaction: either every role is
 // recorded or, when another decision came first, nothing is. Recording again what this operation recorded is
-// a no-op (it never re-fences an old primary the reconciler has rejoined since).
+// a no-op (it never re-fences an old primary the reconciler has rejoined since). The same transaction notes
+// in the plan that the roles are recorded.
 func (x *execution) record(kind string) error {
-	p := x.plan
-	return x.o.st.Update(func(tx *store.Tx) error {
+	next := *x.plan
+	// Promoting (promotion may have begun) goes with the roles: from here on the failover only goes forward, so
+	// the promote step needs no write of its own.
+	next.Recorded, next.Promoting = true, true
+	p := &next
+	err := x.run.UpdateWith(p, func(tx *store.Tx) error {
 		var g model.FailoverGroup
 		if err := tx.MustGet(store.Groups, p.Group, &g); err != nil {
 			return err
@@ -271,6 +276,10 @@ func (x *execution) record(kind string) error {
 		}
 		return nil
 	})
+	if err == nil {
+		x.plan.Recorded, x.plan.Promoting = true, true
+	}
+	return err
 }
 
 func swapGeoFlag(tx *store.Tx, server armid.ServerID, db string, geo bool) error {
@@ -306,13 +315,13 @@ func promotionUnfinished(err error) error {
 }
 
 // startPromote is the promote step's start, for planned and forced failovers alike: the intent (Promoting) is
-// saved in the plan before anything is promoted, so a resumed operation knows promotion may have begun.
+// saved in the plan before anything is promoted, so a resumed operation knows promotion may have begun (a
+// planned failover saved it with its roles).
 func (x *execution) startPromote() error {
-	if !x.plan.Promoting {
-		x.plan.Promoting = true
-		if err := x.save(); err != nil {
-			return err
-		}
+	x.run.Begin("promote")
+	if x.plan.Promoting {
+		return nil
 	}
-	return x.run.Step("promote")
+	x.plan.Promoting = true
+	return x.save() // the intent and the step, in one write
 }

@@ -55,10 +55,9 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 		return err
 	}
 	defer closeSessions(sessions)
-	// New read-write sessions wait from here on only: during the catch-up the primary still takes them.
-	if err := x.run.Step("hold"); err != nil {
-		return err
-	}
+	// New read-write sessions wait from here on only: during the catch-up the primary still takes them. The hold
+	// is not written on its own: the demote step's write, next, tells the waiting controllers to hold too.
+	x.run.Begin("hold")
 	x.o.hooks.Hold(x.plan.Group)
 	defer x.o.hooks.Release(x.plan.Group)
 	if err := x.run.Step("demote"); err != nil {
@@ -87,17 +86,11 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 
 // recordRoles is the record step: it records the new roles and epoch (idempotent) and notes it in the plan.
 func (x *execution) recordRoles(kind string) error {
-	if err := x.run.Step("record"); err != nil {
-		return err
-	}
+	x.run.Begin("record") // written with the roles
 	if err := x.record(kind); err != nil {
 		return fmt.Errorf("record new roles: %w", err)
 	}
-	if x.plan.Recorded {
-		return nil
-	}
-	x.plan.Recorded = true
-	return x.save()
+	return nil
 }
 
 // recordReleaseRejoin ends the forced failover (which promotes before it records: its old primaries are fenced
@@ -114,9 +107,7 @@ func (x *execution) recordReleaseRejoin(ctx context.Context, kind string, mustRe
 // the reconciler retries the rejoin with backoff, and the group's replicationState reads SUSPENDED until the old
 // primary streams again.
 func (x *execution) releaseRejoin(ctx context.Context, mustRejoin bool) error {
-	if err := x.run.Step("release"); err != nil {
-		return err
-	}
+	x.run.Begin("release") // written with the rejoin step: the waiting controllers release when they read it
 	x.o.hooks.Release(x.plan.Group)
 	if err := x.run.Step("rejoin"); err != nil {
 		return err
@@ -222,12 +213,14 @@ func closeSessions(m map[string]*instance.Session) {
 // cluster state must read "shut down": then the WAL ends with that checkpoint record.
 func (x *execution) demote(ctx context.Context, old *model.Instance, sn *instance.Session, bound time.Duration) error {
 	ho := x.o.cl.Handle(old)
+	start := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, bound)
 	err := ho.Stop(sctx, instance.ShutdownFast)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("demote %s: fast shutdown did not finish within %s: %w", old.Database, bound, err)
 	}
+	stopped := time.Now()
 	cd, err := ho.ControlData(ctx)
 	if err != nil {
 		return fmt.Errorf("demote %s: read control data: %w", old.Database, err)
@@ -235,13 +228,24 @@ func (x *execution) demote(ctx context.Context, old *model.Instance, sn *instanc
 	if cd.State != clusterShutDown {
 		return notShutDownCleanly(old.Database, cd.State)
 	}
+	read := time.Now()
 	// The replay position is the end of the last record replayed, so a replay position past the start of the
 	// shutdown checkpoint means the whole record was received and replayed (a receive position can end inside
 	// a record).
-	return pollUntil(ctx, time.Now().Add(bound), time.Millisecond, timedOut(old.Database), func() bool {
-		got, err := sn.ReplayLSN(ctx)
-		return err == nil && got > cd.CheckpointLSN
-	})
+	// The secondary watches its own replay (one round trip); if the session fails, it is watched from here.
+	reached, err := sn.WaitReplayPast(ctx, cd.CheckpointLSN, bound)
+	switch {
+	case err == nil && !reached:
+		err = timedOut(old.Database)
+	case err != nil:
+		err = pollUntil(ctx, time.Now().Add(bound), time.Millisecond, timedOut(old.Database), func() bool {
+			got, err := sn.ReplayLSN(ctx)
+			return err == nil && got > cd.CheckpointLSN
+		})
+	}
+	x.o.log.Debug("demoted", "database", old.Database, "stop", stopped.Sub(start).Round(time.Millisecond),
+		"controldata", read.Sub(stopped).Round(time.Millisecond), "replayed", time.Since(read).Round(time.Millisecond))
+	return err
 }
 
 // clusterShutDown is pg_controldata's "Database cluster state" of a primary stopped by a clean (smart or fast)
@@ -277,8 +281,10 @@ func (x *execution) promoteAll(ctx context.Context, news []*model.Instance, sess
 	}
 	return eachInstance(news, func(n *model.Instance) error {
 		h := x.o.cl.Handle(n)
-		if s := sessions[n.ID]; s != nil && h.IsStandby() {
+		if s := sessions[n.ID]; s != nil { // it knows a copy promoted already (one round trip less)
+			start := time.Now()
 			if err := s.Promote(ctx); err == nil {
+				x.o.log.Debug("promoted", "database", n.Database, "took", time.Since(start).Round(time.Millisecond))
 				return nil
 			}
 		}

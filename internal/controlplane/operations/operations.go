@@ -263,6 +263,14 @@ func (run *Run) Warn(msg string) error {
 
 // Step records that the named step starts (durably, before it acts).
 func (run *Run) Step(name string) error {
+	run.Begin(name)
+	return run.r.store.Update(func(tx *store.Tx) error { return tx.Put(store.Operations, run.Op.ID, run.Op) })
+}
+
+// Begin starts the named step without a write of its own, for a step that has nothing to redo or undo when the
+// operation is resumed, or whose intent the caller writes at once (SetParams, UpdateWith): the next write records
+// it. Each store write inside a failover's hold window is time the clients wait (several milliseconds on etcd).
+func (run *Run) Begin(name string) {
 	if run.r.PauseBeforeStep != nil {
 		run.r.PauseBeforeStep(run.Op, name)
 	}
@@ -271,5 +279,25 @@ func (run *Run) Step(name string) error {
 	if len(run.Op.Log) > 50 {
 		run.Op.Log = run.Op.Log[len(run.Op.Log)-50:]
 	}
-	return run.r.store.Update(func(tx *store.Tx) error { return tx.Put(store.Operations, run.Op.ID, run.Op) })
+}
+
+// UpdateWith runs fn in a store transaction that also records v as the operation's intent: both are written, or
+// neither (the operation in memory keeps its old intent when the transaction fails).
+func (run *Run) UpdateWith(v any, fn func(tx *store.Tx) error) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	op := *run.Op
+	op.Params = raw
+	err = run.r.store.Update(func(tx *store.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		return tx.Put(store.Operations, op.ID, &op)
+	})
+	if err == nil {
+		run.Op.Params = raw
+	}
+	return err
 }

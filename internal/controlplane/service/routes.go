@@ -136,3 +136,28 @@ func (s *Routes) ResolveGroupDatabase(groupKey, database string, readOnly bool) 
 	}
 	return "", ErrNoReadableSecondary
 }
+
+// FailoverTargets returns the addresses of a group's geo-secondaries (the primaries a failover would make),
+// from the records alone: nothing is asked of the hosts.
+func (s *Routes) FailoverTargets(groupKey string) ([]string, error) {
+	var out []string
+	err := s.st.View(func(tx *store.Tx) error {
+		var g model.FailoverGroup
+		if err := tx.MustGet(store.Groups, groupKey, &g); err != nil {
+			return err
+		}
+		for _, d := range g.Databases {
+			var sec model.Instance
+			if d.Secondary == "" {
+				continue
+			}
+			if ok, err := tx.Get(store.Instances, d.Secondary, &sec); err != nil {
+				return err
+			} else if ok && sec.Seeded && !sec.NeedsRejoin {
+				out = append(out, s.cl.Addr(&sec))
+			}
+		}
+		return nil
+	})
+	return out, err
+}

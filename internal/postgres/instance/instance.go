@@ -209,12 +209,12 @@ func (i *Instance) Stop(ctx context.Context, mode ShutdownMode) error {
 	if _, running := i.Running(); !running {
 		return nil
 	}
-	// Signal the postmaster as pg_ctl does, but watch for the end every few milliseconds: pg_ctl -w polls
-	// ten times a second, which is up to 100 ms of write unavailability in a planned failover.
-	if sig, ok := shutdownSignals[mode]; ok && i.machine().Signal(i.Dir, sig) == nil {
-		if err := i.waitStopped(ctx, 120*time.Second); err == nil {
-			return nil
-		}
+	// Signal the postmaster as pg_ctl does, but let the host watch for the end closely (see Host.Shutdown).
+	if sig, ok := shutdownSignals[mode]; ok && i.machine().Shutdown(ctx, i.Dir, sig, 120*time.Second) == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("stop %s (%s): %w", i.Dir, mode, ctx.Err())
 	}
 	_, err := i.machine().Run(ctx, nil, "pg_ctl", "-D", i.Dir, "-m", string(mode), "-w", "-t", "120", "stop")
 	if err != nil {
@@ -229,24 +229,6 @@ func (i *Instance) Stop(ctx context.Context, mode ShutdownMode) error {
 // shutdownSignals are the postmaster's signals for each shutdown mode (see pg_ctl).
 var shutdownSignals = map[ShutdownMode]syscall.Signal{
 	ShutdownSmart: syscall.SIGTERM, ShutdownFast: syscall.SIGINT, ShutdownImmediate: syscall.SIGQUIT,
-}
-
-// waitStopped polls until the postmaster has removed its lock file and exited.
-func (i *Instance) waitStopped(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if _, running := i.Running(); !running {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("stop %s: still running after %s", i.Dir, timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(3 * time.Millisecond):
-		}
-	}
 }
 
 // TryShuttingDownFastImmediate first attempts a fast shutdown, bounded by fastTimeout; if the instance is still

@@ -234,3 +234,47 @@ func adminRights(t *testing.T, p *instance.Instance, dsn string) {
 		t.Fatalf("EnsureReplicationRight of a missing role: %v %v", granted, err)
 	}
 }
+
+// TestPromoteAndWaitOnTheServer: the statement a promotion is asked with promotes a standby and returns only
+// once it accepts writes (Session.Promote falls back to pg_ctl when it fails, which would hide a broken statement),
+// and leaves a primary alone.
+func TestPromoteAndWaitOnTheServer(t *testing.T) {
+	primary := pgtest.NewPrimary(t)
+	standby := pgtest.NewStandby(t, primary, "promote_slot")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable",
+		standby.Port, standby.SuperUser, standby.SuperPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	ps, err := primary.OpenSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	ss, err := standby.OpenSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	flushed, err := ps.CurrentWALLSN(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reached, err := ss.WaitReplayPast(ctx, flushed-1, 30*time.Second); err != nil || !reached {
+		t.Fatalf("wait for the replay past %s: reached=%v %v", flushed-1, reached, err)
+	}
+	if reached, err := ss.WaitReplayPast(ctx, flushed+1<<40, 50*time.Millisecond); err != nil || reached {
+		t.Fatalf("wait for the replay past a position never written: reached=%v %v, want not reached", reached, err)
+	}
+	for i := range 2 {
+		if _, err := conn.Exec(ctx, instance.PromoteAndWait); err != nil {
+			t.Fatalf("promote and wait (%d): %v", i, err)
+		}
+		if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE TABLE written_%d(id int)", i)); err != nil {
+			t.Fatalf("write right after the promotion (%d): %v", i, err)
+		}
+	}
+}

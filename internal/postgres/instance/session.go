@@ -2,10 +2,12 @@ package instance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
 )
@@ -55,20 +57,46 @@ func (s *Session) ReplayLSN(ctx context.Context) (lsn.LSN, error) {
 	return s.scanLSN(ctx, "SELECT pg_last_wal_replay_lsn()::text")
 }
 
+// WaitReplayPast waits, on the server (one round trip however far the standby is), until the standby has
+// replayed past target, at most about bound: reached is false when it did not in time. An error says nothing
+// about the replay (the session failed).
+func (s *Session) WaitReplayPast(ctx context.Context, target lsn.LSN, bound time.Duration) (reached bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, bound+5*time.Second)
+	defer cancel()
+	loops := max(int64(bound/time.Millisecond), 1)
+	_, err = s.conn.Exec(ctx, fmt.Sprintf(`DO $$
+BEGIN
+	FOR i IN 1..%d LOOP
+		EXIT WHEN pg_last_wal_replay_lsn() > '%s'::pg_lsn;
+		PERFORM pg_sleep(0.001);
+	END LOOP;
+	IF NOT pg_last_wal_replay_lsn() > '%s'::pg_lsn THEN
+		RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'fogo: replay not reached';
+	END IF;
+END
+$$`, loops, target, target))
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Message == "fogo: replay not reached" {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // CurrentWALLSN is a primary's flushed WAL position.
 func (s *Session) CurrentWALLSN(ctx context.Context) (lsn.LSN, error) {
 	return s.scanLSN(ctx, "SELECT pg_current_wal_flush_lsn()::text")
 }
 
-// Promote asks for the promotion on this session (pg_promote without waiting: no program to run on the instance's
-// host, and no 100 ms polling as pg_ctl promote -w does; pg_ctl promote if that fails) and watches
-// pg_is_in_recovery() on the session until the instance accepts writes.
+// Promote asks for the promotion on this session and waits until the instance accepts writes. The server itself
+// promotes and watches (promoteAndWait: one round trip, however far the instance is, and no 100 ms polling as
+// pg_ctl promote -w and pg_promote(true) do); if that fails, pg_ctl promote is run on the instance's host and
+// pg_is_in_recovery() is watched from here.
 func (s *Session) Promote(ctx context.Context) error {
-	var signalled bool
-	if err := s.conn.QueryRow(ctx, "SELECT pg_promote(false)").Scan(&signalled); err != nil || !signalled {
-		if _, err := s.i.machine().Run(ctx, nil, "pg_ctl", "-D", s.i.Dir, "-W", "promote"); err != nil && s.i.IsStandby() {
-			return fmt.Errorf("promote %s: %w", s.i.Dir, err)
-		}
+	if _, err := s.conn.Exec(ctx, promoteAndWait); err == nil {
+		return nil
+	}
+	if _, err := s.i.machine().Run(ctx, nil, "pg_ctl", "-D", s.i.Dir, "-W", "promote"); err != nil && s.i.IsStandby() {
+		return fmt.Errorf("promote %s: %w", s.i.Dir, err)
 	}
 	deadline := time.Now().Add(120 * time.Second)
 	for {
@@ -89,6 +117,23 @@ func (s *Session) Promote(ctx context.Context) error {
 		}
 	}
 }
+
+// promoteAndWait promotes a standby and returns once it has left recovery (pg_is_in_recovery() follows the
+// shared state, also within one statement), at most about 120 s later; a primary already is left alone.
+const promoteAndWait = `DO $$
+BEGIN
+	IF pg_is_in_recovery() AND NOT pg_promote(false) THEN
+		RAISE EXCEPTION 'pg_promote could not signal the postmaster';
+	END IF;
+	FOR i IN 1..60000 LOOP
+		EXIT WHEN NOT pg_is_in_recovery();
+		PERFORM pg_sleep(0.002);
+	END LOOP;
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'still in recovery after 120 s';
+	END IF;
+END
+$$`
 
 // Checkpoint runs CHECKPOINT.
 func (s *Session) Checkpoint(ctx context.Context) error {

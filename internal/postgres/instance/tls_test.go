@@ -8,7 +8,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -36,47 +35,12 @@ func TestConnStringsWithRootCert(t *testing.T) {
 	}
 }
 
-// tlsPrimary starts a primary serving TLS with a certificate from internal/pki for 127.0.0.1, and returns it
-// and the pki result.
-func tlsPrimary(t *testing.T) (*instance.Instance, pki.Result) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	res, err := pki.EnsureCluster(t.TempDir(), []pki.Host{{Name: "pg1", Addrs: []string{"127.0.0.1"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := pgtest.NewInstance(t, "tls")
-	if err := p.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	settings := instance.Settings{
-		TLS:       &instance.TLSFiles{CertFile: res.Hosts[0].CertFile, KeyFile: res.Hosts[0].KeyFile, CAFile: res.CAFile},
-		AllowFrom: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")},
-	}
-	for attempt := 0; ; attempt++ { // the port FreePort saw free may be taken meanwhile
-		settings.Port = p.Port
-		if err := p.Configure(settings); err != nil {
-			t.Fatal(err)
-		}
-		err := p.Start(ctx)
-		if err == nil {
-			break
-		}
-		if attempt == 3 || !strings.Contains(err.Error(), "Address already in use") {
-			t.Fatal(err)
-		}
-		p.Port = pgtest.FreePort(t)
-	}
-	return p, res
-}
-
 // TestTLSVerifyFull: an instance configured with TLS accepts a verify-full connection against the CA, which
 // pg_stat_ssl reports as TLS; a client trusting another CA is refused; the copied files belong to the postgres
 // OS user with the key private; pg_hba.conf admits the allowed network over TLS only.
 func TestTLSVerifyFull(t *testing.T) {
 	ctx := context.Background()
-	p, res := tlsPrimary(t)
+	p, res := pgtest.NewTLSPrimary(t, netip.MustParsePrefix("192.0.2.0/24"))
 	p.RootCert = res.CAFile
 	conn, err := pgx.Connect(ctx, p.ConnString("postgres"))
 	if err != nil {
@@ -136,7 +100,7 @@ func TestTLSVerifyFull(t *testing.T) {
 // installed CA copy, which the postgres OS user can read; the primary's walsender runs over TLS.
 func TestTLSReplication(t *testing.T) {
 	ctx := context.Background()
-	p, _ := tlsPrimary(t)
+	p, _ := pgtest.NewTLSPrimary(t, netip.MustParsePrefix("192.0.2.0/24"))
 	p.RootCert = p.InstalledCAFile()
 	if !strings.Contains(p.ReplicationConnInfo("s1"), "verify-full") {
 		t.Fatal(p.ReplicationConnInfo("s1"))

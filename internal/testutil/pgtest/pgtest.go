@@ -6,12 +6,14 @@ package pgtest
 import (
 	"context"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/pki"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
 	"github.com/fogo-db/fogo/internal/postgres/pgbin"
 )
@@ -84,6 +86,34 @@ func NewPrimary(t testing.TB) *instance.Instance {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// NewTLSPrimary starts a primary serving TLS with a certificate from internal/pki for 127.0.0.1 (clients on
+// allowFrom may log in over TLS), and returns it and the pki result (its CA verifies the instance).
+func NewTLSPrimary(t testing.TB, allowFrom ...netip.Prefix) (*instance.Instance, pki.Result) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := pki.EnsureCluster(t.TempDir(), []pki.Host{{Name: "pg1", Addrs: []string{"127.0.0.1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewInstance(t, "tls")
+	if err := p.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	settings := instance.Settings{
+		Port:      p.Port,
+		TLS:       &instance.TLSFiles{CertFile: res.Hosts[0].CertFile, KeyFile: res.Hosts[0].KeyFile, CAFile: res.CAFile},
+		AllowFrom: allowFrom,
+	}
+	if err := p.Configure(settings); err != nil {
+		t.Fatal(err)
+	}
+	if err := startOnFreePort(ctx, p, settings); err != nil {
+		t.Fatal(err)
+	}
+	return p, res
 }
 
 // startOnFreePort starts an instance; if its port was taken meanwhile (FreePort only saw it free: a test running

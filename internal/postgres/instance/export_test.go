@@ -1,0 +1,4 @@
+package instance
+
+// PromoteAndWait is the statement Session.Promote runs first.
+const PromoteAndWait = promoteAndWait
