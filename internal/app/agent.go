@@ -300,7 +300,10 @@ func (a *Agent) guard(context.Context) error {
 		a.api.Fenced.Store(true)
 		a.log.Error("the agent's lease could not be renewed: fencing the primaries on this host", "agent", a.opts.Name)
 		// First no session reaches anything through this host any more: its routes may be stale from now on.
-		a.closeEndpoints()
+		if a.gw != nil {
+			a.closeEndpoints()
+			a.log.Warn("endpoints and listeners closed, their sessions ended", "agent", a.opts.Name)
+		}
 		fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		stopped, err := agent.FencePrimaries(fctx, a.opts.InstancesDir, a.bin, a.log)
 		cancel()

@@ -391,6 +391,11 @@ func TestClusterFailoverAcrossHosts(t *testing.T) {
 		t.Fatalf("the agent on the cut-off host did not fence and exit within its TTL:\n%s", c.west.logTail())
 	}
 	exitedAt := time.Now()
+	// It closed its endpoints and listeners before it stopped its primary.
+	if b, _ := os.ReadFile(c.west.logFile); !strings.Contains(string(b), "endpoints and listeners closed") ||
+		strings.Index(string(b), "endpoints and listeners closed") > strings.Index(string(b), "primaries fenced") {
+		t.Fatalf("the fenced agent did not close its endpoints before fencing its primaries:\n%s", b)
+	}
 	// The Automatic policy fails over to east once the lease is gone; the first write accepted there comes after
 	// every direct write on west.
 	var firstEast time.Time
