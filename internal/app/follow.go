@@ -12,7 +12,8 @@ import (
 
 // followFallback is how often a host's endpoints read the shared state even when its watch reported nothing: the
 // watch makes them follow each change at once, this pass only covers a watch that is slow to be set up again.
-const followFallback = 2 * time.Second
+// A variable for tests.
+var followFallback = 2 * time.Second
 
 // holdSteps are the failover steps during which the elected controller holds new read-write sessions (between
 // its "hold" and "release" steps): the listeners of every other host hold them too.
