@@ -735,11 +735,37 @@ func TestClusterLeaderKilledMidFailover(t *testing.T) {
 		t.Fatalf("begin failover: %v", err)
 	}
 	waitFor(t, 60*time.Second, "the leader pausing before the promotion", func() bool { return ctl1.logHas("pausing before step") })
+	// A new session through an agent's read-write listener is held while the failover holds the group (the agent
+	// follows the operation's steps), and then goes to the new primary.
+	westAddr := c.nw.Host(5).Addr().String()
+	held := make(chan error, 1)
+	var heldOn string
+	go func() {
+		hctx, hcancel := context.WithTimeout(ctx, 50*time.Second)
+		defer hcancel()
+		host, port := hostsAndPorts(onHost(rw, c.nw.Host(4).Addr().String()))
+		conn, err := pgx.Connect(hctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=shop sslmode=prefer connect_timeout=45",
+			host, port, login, password))
+		if err == nil {
+			err = conn.QueryRow(hctx, "INSERT INTO ledger(note) VALUES ('held') RETURNING host(inet_server_addr())").Scan(&heldOn)
+			conn.Close(hctx)
+		}
+		held <- err
+	}()
+	select {
+	case err := <-held:
+		t.Fatalf("a session through the east agent's read-write listener was not held during the failover: %v (on %s)", err, heldOn)
+	case <-time.After(time.Second):
+	}
 	killedAt := time.Now()
 	ctl1.kill()
 	if _, err := fp.PollUntilDone(ctx, fastPoll); err != nil {
 		t.Fatalf("the failover, after its controller was killed: %v\ncontroller ctl-2:\n%s", err, ctl2.logTail())
 	}
+	if err := <-held; err != nil || heldOn != westAddr {
+		t.Fatalf("the session held by the east agent's listener: %v, on %q, want the new primary on %s", err, heldOn, westAddr)
+	}
+	t.Logf("the session held by the east agent's listener went to the new primary %s after the leader was killed", time.Since(killedAt))
 	t.Logf("the failover completed %s after the leader was killed", time.Since(killedAt))
 	if role := via2.groupProps("west", "fg")["replicationRole"]; role != "Primary" {
 		t.Fatalf("west's role after the failover: %v", role)
