@@ -70,7 +70,7 @@ type AgentOptions struct {
 // against the cluster's CA.
 func (o AgentOptions) gatewayConfig() gatewayConfig {
 	return gatewayConfig{ListenHost: o.AdvertiseHost, TLSCert: o.GatewayTLSCert, TLSKey: o.GatewayTLSKey,
-		BackendCA: o.TLSCA, HoldTimeout: o.ListenerHoldTimeout}
+		BackendCA: o.TLSCA, HoldTimeout: o.ListenerHoldTimeout, InstancePortLow: o.PortLow, InstancePortHigh: o.PortHigh}
 }
 
 // Agent is a running `fogo agent`.

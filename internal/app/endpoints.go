@@ -33,6 +33,19 @@ type gatewayEndpoints struct {
 
 	mu   sync.Mutex // serialises opening with shutdown
 	shut bool       // shutdown ran: nothing opens any more
+	// instancePorts is the range of this host's instances' ports (an agent's), never taken by an endpoint.
+	instancePorts [2]int
+}
+
+// usable checks that nothing stops opening an endpoint on port now (g.mu held).
+func (g *gatewayEndpoints) usable(port int) error {
+	if g.shut {
+		return errShut
+	}
+	if low, high := g.instancePorts[0], g.instancePorts[1]; low > 0 && port >= low && port <= high {
+		return fmt.Errorf("port %d is in this host's instance port range %d-%d: give the controllers a --port-range apart from it", port, low, high)
+	}
+	return nil
 }
 
 // errShut is the error of opening an endpoint after shutdown.
@@ -56,6 +69,9 @@ type gatewayConfig struct {
 	BackendCA string
 	// HoldTimeout bounds how long a new read-write session waits during a failover (default 30s).
 	HoldTimeout time.Duration
+	// InstancePortLow and InstancePortHigh, on an agent, are its instances' ports: an endpoint leased on one of
+	// them is not opened there (it would keep an instance from starting).
+	InstancePortLow, InstancePortHigh int
 }
 
 // gatewayConfig is the controller's.
@@ -98,7 +114,8 @@ func newGatewayEndpoints(c gatewayConfig, routes *service.Routes, log *slog.Logg
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	g := &gatewayEndpoints{mgr: gateway.NewManager(cfg), svc: routes, host: host, log: log}
+	g := &gatewayEndpoints{mgr: gateway.NewManager(cfg), svc: routes, host: host, log: log,
+		instancePorts: [2]int{c.InstancePortLow, c.InstancePortHigh}}
 	g.lis = listener.New(listener.Config{ListenHost: host, HoldTimeout: c.HoldTimeout, Logger: log}, g.mgr, routes)
 	return g, nil
 }
@@ -109,8 +126,8 @@ func endpointName(id armid.ServerID) string { return "server:" + id.Key() }
 func (g *gatewayEndpoints) OpenServer(srv *model.Server) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.shut {
-		return errShut
+	if err := g.usable(srv.GatewayPort); err != nil {
+		return fmt.Errorf("open endpoint of server %s: %w", srv.ID.Name, err)
 	}
 	addr := net.JoinHostPort(g.host, strconv.Itoa(srv.GatewayPort))
 	_, err := g.mgr.Open(endpointName(srv.ID), addr, serverResolver{g: g, server: srv.ID})
@@ -124,8 +141,10 @@ func (g *gatewayEndpoints) OpenServer(srv *model.Server) error {
 func (g *gatewayEndpoints) OpenGroup(fg *model.FailoverGroup) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.shut {
-		return errShut
+	for _, port := range []int{fg.RWPort, fg.ROPort} {
+		if err := g.usable(port); err != nil {
+			return fmt.Errorf("open the listeners of group %s: %w", fg.Name, err)
+		}
 	}
 	return g.lis.Open(fg)
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,4 +95,27 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestEndpointsAvoidInstancePorts: an agent never opens an endpoint or listener on one of its instances' ports
+// (the instance could not start on it); it says why.
+func TestEndpointsAvoidInstancePorts(t *testing.T) {
+	port := freePort(t)
+	g, err := newGatewayEndpoints(gatewayConfig{InstancePortLow: port, InstancePortHigh: port + 1}, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.shutdown()
+	srv := &model.Server{ID: armid.ServerID{Name: "a"}, GatewayPort: port}
+	if err := g.OpenServer(srv); err == nil || !strings.Contains(err.Error(), "instance port range") {
+		t.Fatalf("an endpoint on an instance port: %v", err)
+	}
+	fg := &model.FailoverGroup{Name: "fg", RWPort: freePort(t), ROPort: port + 1}
+	if err := g.OpenGroup(fg); err == nil || !strings.Contains(err.Error(), "instance port range") {
+		t.Fatalf("a listener on an instance port: %v", err)
+	}
+	srv.GatewayPort = freePort(t)
+	if err := g.OpenServer(srv); err != nil {
+		t.Fatalf("an endpoint outside the instance ports: %v", err)
+	}
 }

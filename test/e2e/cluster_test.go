@@ -126,7 +126,9 @@ func (c *clusterHosts) startAgents(t *testing.T, agentTTL time.Duration, allowFr
 
 func (c *clusterHosts) newAgent(t *testing.T, h *netns.Host, bin, name, region string, common []string) *hostProc {
 	dir := pgtest.TempDir(t)
-	low := 30000 + 100*int(h.Addr().As4()[3]) // ports are per namespace: only the host's own range matters
+	// Ports are per namespace: only the host's own range matters, and it must be apart from the controllers'
+	// (portBase's 20000-31999, newController's 32000-32099), which the agents serve endpoints on.
+	low := 10000 + 100*int(h.Addr().As4()[3])
 	p := &hostProc{t: t, host: h, name: name, bin: bin, dataDir: dir, logFile: filepath.Join(dir, "agent.log")}
 	p.ready = func() error {
 		// Its host API answers (a killed agent's lease stays live for a while: live alone is not this process).
