@@ -25,7 +25,9 @@ func agentCommand() *cobra.Command {
 		Short: "Run fogo's agent on a database host (cluster mode): the PostgreSQL instances the controller places here",
 		Long: `The agent registers this host in etcd under a lease (its liveness) and serves the host's side of the
 instances placed on it to the elected controller: a server whose location is --region is placed on a live agent
-of that region. Instances keep running when the agent stops or restarts.`,
+of that region. Instances keep running when the agent stops or restarts. Unless --serve-endpoints=false it also
+serves every server's endpoint and every failover group's listeners on --advertise-host, routed from a watch of
+the state, and the endpoints' multi-host lists name this host.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			low, high, err := parsePortRange(portRange)
 			if err != nil {
@@ -77,6 +79,10 @@ of that region. Instances keep running when the agent stops or restarts.`,
 	f.StringSliceVar(&allowFrom, "allow-from", nil, "networks (CIDR) whose clients may log in to this host's instances directly, besides the fogo hosts")
 	f.BoolVar(&o.AllowPlaintext, "allow-plaintext", false, "serve the host API without TLS (loopback or an already private network only)")
 	f.StringVar(&o.SecretsKeyFile, "secrets-key-file", "", "the controllers' secrets key file (default DATA-DIR/secrets.key); the agent never creates it")
+	f.BoolVar(&o.ServeEndpoints, "serve-endpoints", true, "serve every server's endpoint and every failover group's listeners on ADVERTISE-HOST, as the controllers do (on the ports of the controllers' --port-range: keep them free here)")
+	f.StringVar(&o.GatewayTLSCert, "gateway-tls-cert", "", "TLS certificate for the endpoints and listeners (with --gateway-tls-key); without, SSLRequest is answered N")
+	f.StringVar(&o.GatewayTLSKey, "gateway-tls-key", "", "TLS key for the endpoints and listeners")
+	f.DurationVar(&o.ListenerHoldTimeout, "listener-hold-timeout", 30*time.Second, "how long new read-write sessions wait for a failover to finish")
 	f.DurationVar(&o.TTL, "lease-ttl", 10*time.Second, "the agent's lease in etcd: an agent that cannot renew it for this long is taken for gone")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	etcd.register(f)

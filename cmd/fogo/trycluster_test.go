@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -81,6 +84,38 @@ func TestTryCluster(t *testing.T) {
 			t.Fatalf("server %s not placed on %s: %s", name, want, r.Body)
 		}
 	}
+	// The agents serve the endpoints too, with TLS as the controller's: the list names every host, and the east
+	// agent's endpoint answers an SSLRequest with S.
+	r, err := cl.Do(ctx, http.MethodGet, base+"east", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srv struct {
+		Properties struct {
+			Endpoint string `json:"endpoint"`
+		} `json:"properties"`
+	}
+	if err := json.Unmarshal(r.Body, &srv); err != nil {
+		t.Fatal(err)
+	}
+	var onEast string
+	for _, h := range []*netns.Host{c.East.Host, c.West.Host, c.Controller.Host} {
+		found := false
+		for _, ep := range strings.Split(srv.Properties.Endpoint, ",") {
+			if host, _, _ := strings.Cut(ep, ":"); host == h.Addr().String() {
+				found = true
+				if h == c.East.Host {
+					onEast = ep
+				}
+			}
+		}
+		if !found {
+			t.Fatalf("server east's endpoint %q does not name %s", srv.Properties.Endpoint, h.Addr())
+		}
+	}
+	if err := answersTLS(onEast, 20*time.Second); err != nil {
+		t.Fatalf("the east agent's endpoint %s: %v", onEast, err)
+	}
 	// A wrong token is refused.
 	bad := c.Client()
 	bad.Token = "wrong"
@@ -101,4 +136,36 @@ func TestTryCluster(t *testing.T) {
 			t.Errorf("ip %s still shows the cluster's id %s:\n%s", strings.Join(args, " "), c.Net.ID, raw)
 		}
 	}
+}
+
+// answersTLS waits up to limit for the gateway endpoint at addr to answer a PostgreSQL SSLRequest with S.
+func answersTLS(addr string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		err := sslRequest(addr)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func sslRequest(addr string) error {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := conn.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
+		return err
+	}
+	b := make([]byte, 1)
+	if _, err := conn.Read(b); err != nil {
+		return err
+	}
+	if b[0] != 'S' {
+		return fmt.Errorf("SSLRequest answered %q, want S", b[0])
+	}
+	return nil
 }

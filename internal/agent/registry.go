@@ -16,6 +16,9 @@ const DefaultTTL = 10 * time.Second
 // livenessPrefix holds one key per live agent, under its lease.
 func livenessPrefix(prefix string) string { return prefix + "/_agents/" }
 
+// LivenessPrefix is the etcd prefix of the live agents' keys in a state under prefix.
+func LivenessPrefix(prefix string) string { return livenessPrefix(prefix) }
+
 // ErrNameTaken says another live process holds the agent's name.
 var ErrNameTaken = lease.ErrTaken
 

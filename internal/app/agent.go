@@ -15,12 +15,16 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/fogo-db/fogo/internal/agent"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/leader"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/service"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/lease"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
@@ -51,8 +55,22 @@ type AgentOptions struct {
 	SecretsKeyFile string
 	Etcd           *store.EtcdConfig
 	// TTL is the agent's lease (default agent.DefaultTTL).
-	TTL    time.Duration
-	Logger *slog.Logger
+	TTL time.Duration
+	// ServeEndpoints makes the agent serve every server's endpoint and every group's listeners on AdvertiseHost,
+	// as every controller does (fogo agent: on unless --serve-endpoints=false).
+	ServeEndpoints bool
+	// GatewayTLSCert and GatewayTLSKey, when set, make those endpoints answer clients' SSLRequest with TLS.
+	GatewayTLSCert, GatewayTLSKey string
+	// ListenerHoldTimeout bounds how long a new read-write session waits during a failover (default 30s).
+	ListenerHoldTimeout time.Duration
+	Logger              *slog.Logger
+}
+
+// gatewayConfig is the agent's endpoints': on its address; the instances, on this host and the others, verified
+// against the cluster's CA.
+func (o AgentOptions) gatewayConfig() gatewayConfig {
+	return gatewayConfig{ListenHost: o.AdvertiseHost, TLSCert: o.GatewayTLSCert, TLSKey: o.GatewayTLSKey,
+		BackendCA: o.TLSCA, HoldTimeout: o.ListenerHoldTimeout, InstancePortLow: o.PortLow, InstancePortHigh: o.PortHigh}
 }
 
 // Agent is a running `fogo agent`.
@@ -67,9 +85,12 @@ type Agent struct {
 	reg      *lease.Registration
 	rec      model.Agent
 	api      *agent.Server
-	fenced   chan struct{}   // closed once the primaries are fenced after the lease was lost
-	bg       context.Context // the agent's background work (lease guard, leadership follower) runs until Close
-	stop     context.CancelFunc
+	fenced   chan struct{} // closed once the primaries are fenced after the lease was lost
+	gw       *gatewayEndpoints
+	// stopServing stops following the state and closes the endpoints and their sessions (nil when not serving).
+	stopServing func()
+	bg          context.Context // the agent's background work (lease guard, leadership follower) runs until Close
+	stop        context.CancelFunc
 }
 
 // StartAgent brings an agent up: it registers the host and serves its host API until Close.
@@ -85,6 +106,7 @@ func StartAgent(ctx context.Context, opts AgentOptions) (*Agent, error) {
 		{"open state", a.openState},
 		{"listen", a.listen},
 		{"record the host", a.record},
+		{"serve the endpoints", a.serveEndpoints},
 		{"register", a.register},
 		{"guard the lease", a.guard},
 	}
@@ -241,7 +263,11 @@ func (a *Agent) record(context.Context) error {
 
 func (a *Agent) register(ctx context.Context) error {
 	cli, prefix := a.st.Etcd()
-	reg, err := agent.Register(ctx, cli, prefix, a.opts.Name, a.opts.TTL, map[string]string{"url": a.rec.URL, "region": a.rec.Region})
+	value := map[string]string{"url": a.rec.URL, "region": a.rec.Region}
+	if a.gw != nil {
+		value["host"] = a.opts.AdvertiseHost // as a controller's endpointPresence: shown in the endpoints' lists
+	}
+	reg, err := agent.Register(ctx, cli, prefix, a.opts.Name, a.opts.TTL, value)
 	if err != nil {
 		return err
 	}
@@ -273,6 +299,11 @@ func (a *Agent) guard(context.Context) error {
 		}
 		a.api.Fenced.Store(true)
 		a.log.Error("the agent's lease could not be renewed: fencing the primaries on this host", "agent", a.opts.Name)
+		// First no session reaches anything through this host any more: its routes may be stale from now on.
+		if a.gw != nil {
+			a.closeEndpoints()
+			a.log.Warn("endpoints and listeners closed, their sessions ended", "agent", a.opts.Name)
+		}
 		fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		stopped, err := agent.FencePrimaries(fctx, a.opts.InstancesDir, a.bin, a.log)
 		cancel()
@@ -285,6 +316,44 @@ func (a *Agent) guard(context.Context) error {
 	return nil
 }
 
+// serveEndpoints opens every server's endpoint and every group's listeners on this host and keeps them in step
+// with the shared state from its watch, as a waiting controller does (gatewayEndpoints.followState). Sessions are
+// routed from the store's records; what is not in them (is the geo-secondary running as a standby, for the
+// read-only listener) is asked of the agents' host APIs, with the token the agents share: no superuser
+// password is needed.
+func (a *Agent) serveEndpoints(context.Context) error {
+	if !a.opts.ServeEndpoints {
+		return nil
+	}
+	cli, prefix := a.st.Etcd()
+	apis, err := hostAPIs(cli, prefix, a.token, a.opts.TLSCA, func() int64 { return 0 })
+	if err != nil {
+		return err
+	}
+	cl := cluster.New(cluster.Config{DataDir: a.opts.DataDir, InstancesDir: a.opts.InstancesDir, Bin: a.bin, Logger: a.log, Agents: apis}, a.st)
+	routes := service.NewRoutes(a.st, cl)
+	if a.gw, err = newGatewayEndpoints(a.opts.gatewayConfig(), routes, a.log); err != nil {
+		return err
+	}
+	stop := a.gw.followState(a.bg, a.st, routes)
+	var once sync.Once
+	a.stopServing = func() {
+		once.Do(func() {
+			// Without waiting for a follow pass that may hang on an unreachable etcd: the fence must go on.
+			go stop()
+			a.gw.shutdown()
+		})
+	}
+	return nil
+}
+
+// closeEndpoints stops serving the endpoints and ends their sessions (idempotent).
+func (a *Agent) closeEndpoints() {
+	if a.stopServing != nil {
+		a.stopServing()
+	}
+}
+
 // URL is the host API's URL.
 func (a *Agent) URL() string { return a.rec.URL }
 
@@ -293,6 +362,7 @@ func (a *Agent) Fenced() <-chan struct{} { return a.fenced }
 
 // Close stops serving and ends the registration. The instances keep running: an agent restart does not stop them.
 func (a *Agent) Close() {
+	a.closeEndpoints()
 	if a.stop != nil {
 		a.stop()
 	}
@@ -355,9 +425,15 @@ func (a *App) agents() (*cluster.Agents, error) {
 	if err != nil {
 		return nil, err
 	}
+	return hostAPIs(cli, prefix, token, a.opts.ClusterCA, a.leaderRev.Load)
+}
+
+// hostAPIs reaches the agents' host APIs with the token they share, trusting caFile (default the system's roots);
+// leaderRev is the caller's leadership revision (0: not the controller, reads only).
+func hostAPIs(cli *clientv3.Client, prefix, token, caFile string, leaderRev func() int64) (*cluster.Agents, error) {
 	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
-	if a.opts.ClusterCA != "" {
-		pool, err := loadCAPool(a.opts.ClusterCA)
+	if caFile != "" {
+		pool, err := loadCAPool(caFile)
 		if err != nil {
 			return nil, err
 		}
@@ -368,8 +444,8 @@ func (a *App) agents() (*cluster.Agents, error) {
 	// A host that is gone should cost seconds, not the default half minute per call.
 	tr.DialContext = (&net.Dialer{Timeout: agentDialTimeout, KeepAlive: 15 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = agentDialTimeout
-	return &cluster.Agents{Etcd: cli, Prefix: prefix, Token: token, HTTP: &http.Client{Transport: tr}, RootCert: a.opts.ClusterCA,
-		LeaderRev: a.leaderRev.Load}, nil
+	return &cluster.Agents{Etcd: cli, Prefix: prefix, Token: token, HTTP: &http.Client{Transport: tr}, RootCert: caFile,
+		LeaderRev: leaderRev}, nil
 }
 
 // InstancesDir is where the agent keeps its instances' data directories.

@@ -330,25 +330,21 @@ func (a *App) reachInstances(context.Context) error {
 // routeSessions makes the server endpoints and the group listeners. In cluster mode every controller serves them,
 // the waiting ones too: they open them from the shared state and follow it (see follow) until elected.
 func (a *App) routeSessions(ctx context.Context) error {
-	gw, err := newGatewayEndpoints(a.opts, a.log)
+	routes := service.NewRoutes(a.Store, a.Cluster)
+	gw, err := newGatewayEndpoints(a.opts.gatewayConfig(), routes, a.log)
 	if err != nil {
 		return err
 	}
 	a.gw = gw
-	a.gw.svc = service.NewRoutes(a.Store, a.Cluster)
-	a.gw.lis = listener.New(listener.Config{ListenHost: a.opts.GatewayListenHost, HoldTimeout: a.opts.ListenerHoldTimeout, Logger: a.log},
-		a.gw.mgr, a.gw.svc.(*service.Routes))
 	if cli, prefix := a.Store.Etcd(); cli != nil {
-		// Present as a host serving every endpoint: the endpoints are shown as lists of every controller's.
+		// Present as a host serving every endpoint: the endpoints are shown as lists of every such host's.
 		reg, err := lease.Register(ctx, cli, controllersPrefix(prefix)+a.controllerName(), a.leaderTTL(),
-			controllerPresence{Host: a.opts.AdvertiseHost})
+			endpointPresence{Host: a.opts.AdvertiseHost})
 		if err != nil {
 			return fmt.Errorf("register this controller's endpoints: %w", err)
 		}
 		a.presence = reg
-		fctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-		a.stopFollowing = stop
-		go a.gw.follow(fctx, a.gw.svc.(*service.Routes))
+		a.stopFollowing = a.gw.followState(context.WithoutCancel(ctx), a.Store, routes)
 	}
 	return nil
 }

@@ -7,24 +7,44 @@ import (
 
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/service"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
 )
 
-// followInterval is how often a waiting controller reads the shared state for its endpoints and listeners.
-const followInterval = 300 * time.Millisecond
+// followFallback is how often a host's endpoints read the shared state even when its watch reported nothing: the
+// watch makes them follow each change at once, this pass only covers a watch that is slow to be set up again.
+// A variable for tests.
+var followFallback = 2 * time.Second
 
 // holdSteps are the failover steps during which the elected controller holds new read-write sessions (between
-// its "hold" and "release" steps): a waiting controller's listeners hold them too.
+// its "hold" and "release" steps): the listeners of every other host hold them too.
 var holdSteps = map[string]bool{"hold": true, "demote": true, "check": true, "fence": true, "promote": true, "record": true}
 
-// follow keeps a waiting controller's endpoints and listeners in step with the shared state, until ctx ends (it
-// is elected, or stops): every server's endpoint and every group's listeners are open on this host; new
-// read-write sessions wait while a failover of their group holds them; and when a group's roles change, the
-// sessions relayed to an instance that lost its role are cut. The elected controller does all this itself, from
-// the operations it runs.
-func (g *gatewayEndpoints) follow(ctx context.Context, r *service.Routes) {
+// followState makes g follow the shared state in etcd (see follow) from a watch of st: a pass at each committed
+// update (signals coalesce, so a burst costs a pass or two), and one every followFallback. Every host that serves
+// the endpoints without running the operations does this: a waiting controller until it is elected, and every
+// agent. It returns the function that stops following (the endpoints stay open).
+func (g *gatewayEndpoints) followState(ctx context.Context, st *store.Store, r *service.Routes) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		g.follow(ctx, r, st.Changes(ctx))
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// follow keeps a host's endpoints and listeners in step with the shared state until ctx ends, with a pass at
+// each signal of changes and every followFallback: every server's endpoint and every group's listeners are open
+// on this host; new read-write sessions wait while a failover of their group holds them; and when a group's
+// roles change, the sessions relayed to an instance that lost its role are cut. The elected controller does all
+// this itself, from the operations it runs.
+func (g *gatewayEndpoints) follow(ctx context.Context, r *service.Routes, changes <-chan struct{}) {
 	f := &follower{g: g, r: r, servers: map[string]*model.Server{}, groups: map[string]*model.FailoverGroup{}, roles: map[string]string{},
 		failed: map[string]time.Time{}}
-	t := time.NewTicker(followInterval)
+	t := time.NewTicker(followFallback)
 	defer t.Stop()
 	for {
 		if err := f.once(); err != nil {
@@ -34,6 +54,7 @@ func (g *gatewayEndpoints) follow(ctx context.Context, r *service.Routes) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-changes:
 		}
 	}
 }
@@ -49,8 +70,8 @@ type follower struct {
 	failed map[string]time.Time
 }
 
-// followRetry is how long a waiting controller waits before trying again to open an endpoint that failed (its port
-// is taken on this host).
+// followRetry is how long a following host waits before trying again to open an endpoint that failed (its port is
+// taken on this host).
 const followRetry = 10 * time.Second
 
 // tryOpen opens an endpoint unless it failed less than followRetry ago; it reports whether it is open.

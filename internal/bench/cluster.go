@@ -159,7 +159,13 @@ func hostLoss(ctx context.Context, c *clustersim.Cluster, e *fogoEnv, o ClusterO
 	if e.primary == "bench-west" {
 		host = c.West
 	}
-	w := &writer{targets: []string{e.dsn(e.rwAddr)}, table: "bench_writes", timeout: unplannedWriteTimeout}
+	// One target per host of the listener's list (the agents' and the controller's): a connection attempt to the
+	// cut-off host hangs until the writer's timeout, which a whole list would spend on that host alone.
+	var targets []string
+	for _, hp := range strings.Split(e.rwAddr, ",") {
+		targets = append(targets, e.dsn(hp))
+	}
+	w := &writer{targets: targets, table: "bench_writes", timeout: unplannedWriteTimeout}
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); w.run(wctx) }()

@@ -246,8 +246,11 @@ func (c *Cluster) newAgent(h *netns.Host, name, region string, o Options, common
 	p := &Proc{Name: name, Region: region, Host: h, DataDir: dir, LogFile: filepath.Join(dir, "agent.log"),
 		bin: o.Bin, env: o.Env}
 	p.args = append([]string{"agent", "--name", name, "--region", region, "--advertise-host", h.Addr().String(),
-		"--data-dir", dir, "--port-range", "7401-7499",
+		// Its instances' ports apart from the controller's 7401-7999: the agent serves the endpoints and listeners
+		// on those, as the controller does.
+		"--data-dir", dir, "--port-range", "6401-6499",
 		"--tls-cert", filepath.Join(c.CertDir, name+".pem"), "--tls-key", filepath.Join(c.CertDir, name+"-key.pem"),
+		"--gateway-tls-cert", filepath.Join(c.CertDir, name+".pem"), "--gateway-tls-key", filepath.Join(c.CertDir, name+"-key.pem"),
 	}, common...)
 	if o.PGBin != "" {
 		p.args = append(p.args, "--pg-bin", o.PGBin)

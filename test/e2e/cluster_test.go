@@ -31,6 +31,7 @@ import (
 	"github.com/fogo-db/fogo/internal/postgres/instance"
 	"github.com/fogo-db/fogo/internal/testutil/netns"
 	"github.com/fogo-db/fogo/internal/testutil/pgtest"
+	"github.com/jackc/pgx/v5"
 )
 
 // clusterPrefix is the etcd prefix of the cluster tests' state.
@@ -125,7 +126,9 @@ func (c *clusterHosts) startAgents(t *testing.T, agentTTL time.Duration, allowFr
 
 func (c *clusterHosts) newAgent(t *testing.T, h *netns.Host, bin, name, region string, common []string) *hostProc {
 	dir := pgtest.TempDir(t)
-	low := 30000 + 100*int(h.Addr().As4()[3]) // ports are per namespace: only the host's own range matters
+	// Ports are per namespace: only the host's own range matters, and it must be apart from the controllers'
+	// (portBase's 20000-31999, newController's 32000-32099), which the agents serve endpoints on.
+	low := 10000 + 100*int(h.Addr().As4()[3])
 	p := &hostProc{t: t, host: h, name: name, bin: bin, dataDir: dir, logFile: filepath.Join(dir, "agent.log")}
 	p.ready = func() error {
 		// Its host API answers (a killed agent's lease stays live for a while: live alone is not this process).
@@ -324,12 +327,50 @@ func TestClusterFailoverAcrossHosts(t *testing.T) {
 		t.Fatalf("psql through the gateway: %v: %s", err, out)
 	}
 
+	// Every agent serves every endpoint and listener too: the lists name both agents' hosts, a session through
+	// the west agent's read-write listener writes on the primary (east), and its read-only listener reaches
+	// the geo-secondary.
+	eastAddr, westAddr := c.east.host.Addr().String(), c.west.host.Addr().String()
+	rw := f.listenerOf("east", "fg", "readWriteEndpoint")
+	for _, ep := range []string{f.endpointOf("east"), rw, f.listenerOf("east", "fg", "readOnlyEndpoint")} {
+		if !strings.Contains(ep, eastAddr+":") || !strings.Contains(ep, westAddr+":") {
+			t.Fatalf("endpoint list %q does not name both agents' hosts (%s, %s)", ep, eastAddr, westAddr)
+		}
+	}
+	rwOnWest := onHost(rw, westAddr)
+	before := agentSession(t, ctx, rwOnWest, eastAddr, "via-west-agent")
+	defer before.Close(ctx)
+	roOnWest := onHost(f.listenerOf("east", "fg", "readOnlyEndpoint"), westAddr)
+	waitFor(t, 10*time.Second, "a read-only session through the west agent's listener on the geo-secondary", func() bool {
+		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+		defer ccancel()
+		conn, err := dial(cctx, roOnWest, "shop")
+		if err != nil {
+			return false
+		}
+		defer conn.Close(cctx)
+		var at string
+		var standby bool
+		err = conn.QueryRow(cctx, "SELECT host(inet_server_addr()), pg_is_in_recovery()").Scan(&at, &standby)
+		return err == nil && at == westAddr && standby
+	})
+
 	// Planned failover to west: every committed row is there.
 	mustExec(t, f, "east", "shop", "INSERT INTO ledger(note) VALUES ('before-planned')")
 	f.mustSucceed(f.do(http.MethodPost, fgPath("west", "fg")+"/failover", nil), 200, 202)
 	f.onePrimaryAt(t, "west", "east", "shop", 60*time.Second)
 	f.waitRowOn(t, "west", "shop", "before-planned")
+	f.waitRowOn(t, "west", "shop", "via-west-agent")
 	f.waitGroupState("west", "fg", "CATCH_UP")
+	// The session opened through the agent's listener before the failover, on the old primary, is ended; a new
+	// one through the same listener writes on the new primary.
+	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = before.Exec(cctx, "INSERT INTO ledger(note) VALUES ('old-session-after-failover')")
+	ccancel()
+	if err == nil {
+		t.Fatal("a session through the west agent's read-write listener to the old primary survived the failover")
+	}
+	agentSession(t, ctx, onHost(rw, eastAddr), westAddr, "via-east-agent-after-planned").Close(ctx)
 
 	// Cut west off while a client on west writes straight to its instance.
 	wrec := f.instanceOf(t, "west", "shop")
@@ -352,6 +393,11 @@ func TestClusterFailoverAcrossHosts(t *testing.T) {
 		t.Fatalf("the agent on the cut-off host did not fence and exit within its TTL:\n%s", c.west.logTail())
 	}
 	exitedAt := time.Now()
+	// It closed its endpoints and listeners before it stopped its primary.
+	if b, _ := os.ReadFile(c.west.logFile); !strings.Contains(string(b), "endpoints and listeners closed") ||
+		strings.Index(string(b), "endpoints and listeners closed") > strings.Index(string(b), "primaries fenced") {
+		t.Fatalf("the fenced agent did not close its endpoints before fencing its primaries:\n%s", b)
+	}
 	// The Automatic policy fails over to east once the lease is gone; the first write accepted there comes after
 	// every direct write on west.
 	var firstEast time.Time
@@ -394,6 +440,43 @@ func TestClusterFailoverAcrossHosts(t *testing.T) {
 	if f.writableOn(t, "west", "shop") {
 		t.Fatal("the old primary on west accepts writes after rejoining")
 	}
+}
+
+// onHost is the address of list (a multi-host endpoint list, h1:p,h2:p) on host.
+func onHost(list, host string) string {
+	for _, ep := range strings.Split(list, ",") {
+		if h, _, _ := strings.Cut(ep, ":"); h == host {
+			return ep
+		}
+	}
+	return ""
+}
+
+// agentSession opens a session through a read-write listener at addr (one host's), waiting for it to open, and
+// writes note in it, on the primary at primaryAddr: it returns the session, still open.
+func agentSession(t *testing.T, ctx context.Context, addr, primaryAddr, note string) *pgx.Conn {
+	t.Helper()
+	if addr == "" {
+		t.Fatal("no such host in the endpoint list")
+	}
+	var conn *pgx.Conn
+	var at string
+	waitFor(t, 20*time.Second, "a write through the read-write listener at "+addr+" on "+primaryAddr, func() bool {
+		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+		defer ccancel()
+		c, err := dial(cctx, addr, "shop")
+		if err != nil {
+			return false
+		}
+		err = c.QueryRow(cctx, "INSERT INTO ledger(note) VALUES ($1) RETURNING host(inet_server_addr())", note).Scan(&at)
+		if err != nil || at != primaryAddr {
+			c.Close(cctx)
+			return false
+		}
+		conn = c
+		return true
+	})
+	return conn
 }
 
 // waitFor polls cond every 200 ms up to limit.
@@ -624,8 +707,8 @@ func TestClusterLeaderKilledMidFailover(t *testing.T) {
 	// Every controller serves every endpoint and listener: they are shown as libpq multi-host lists, and the
 	// waiting controller's own endpoint routes sessions too.
 	ep := via2.endpointOf("east")
-	if !strings.Contains(ep, h1.Addr().String()+":") || !strings.Contains(ep, h2.Addr().String()+":") || !strings.Contains(ep, ",") {
-		t.Fatalf("server east's endpoint %q is not a list of both controllers' hosts", ep)
+	if onHost(ep, h1.Addr().String()) == "" || onHost(ep, h2.Addr().String()) == "" {
+		t.Fatalf("server east's endpoint %q does not name both controllers' hosts", ep)
 	}
 	_, port, _ := strings.Cut(strings.Split(ep, ",")[0], ":")
 	var onH2 int
@@ -641,8 +724,10 @@ func TestClusterLeaderKilledMidFailover(t *testing.T) {
 	})
 	// The writer uses the read-write listener's list as given: libpq goes to the next host when one is gone.
 	rw := via2.listenerOf("east", "fg", "readWriteEndpoint")
-	if strings.Count(rw, ",") != 1 {
-		t.Fatalf("the read-write listener's endpoint %q is not a list of both controllers' hosts", rw)
+	for _, h := range []string{h1.Addr().String(), h2.Addr().String(), c.nw.Host(4).Addr().String(), c.nw.Host(5).Addr().String()} {
+		if onHost(rw, h) == "" {
+			t.Fatalf("the read-write listener's endpoint %q does not name %s: want both controllers' and both agents' hosts", rw, h)
+		}
 	}
 	w := startLedgerWriter([]string{rw}, "shop")
 	defer w.finish()
@@ -652,11 +737,37 @@ func TestClusterLeaderKilledMidFailover(t *testing.T) {
 		t.Fatalf("begin failover: %v", err)
 	}
 	waitFor(t, 60*time.Second, "the leader pausing before the promotion", func() bool { return ctl1.logHas("pausing before step") })
+	// A new session through an agent's read-write listener is held while the failover holds the group (the agent
+	// follows the operation's steps), and then goes to the new primary.
+	westAddr := c.nw.Host(5).Addr().String()
+	held := make(chan error, 1)
+	var heldOn string
+	go func() {
+		hctx, hcancel := context.WithTimeout(ctx, 50*time.Second)
+		defer hcancel()
+		host, port := hostsAndPorts(onHost(rw, c.nw.Host(4).Addr().String()))
+		conn, err := pgx.Connect(hctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=shop sslmode=prefer connect_timeout=45",
+			host, port, login, password))
+		if err == nil {
+			err = conn.QueryRow(hctx, "INSERT INTO ledger(note) VALUES ('held') RETURNING host(inet_server_addr())").Scan(&heldOn)
+			conn.Close(hctx)
+		}
+		held <- err
+	}()
+	select {
+	case err := <-held:
+		t.Fatalf("a session through the east agent's read-write listener was not held during the failover: %v (on %s)", err, heldOn)
+	case <-time.After(time.Second):
+	}
 	killedAt := time.Now()
 	ctl1.kill()
 	if _, err := fp.PollUntilDone(ctx, fastPoll); err != nil {
 		t.Fatalf("the failover, after its controller was killed: %v\ncontroller ctl-2:\n%s", err, ctl2.logTail())
 	}
+	if err := <-held; err != nil || heldOn != westAddr {
+		t.Fatalf("the session held by the east agent's listener: %v, on %q, want the new primary on %s", err, heldOn, westAddr)
+	}
+	t.Logf("the session held by the east agent's listener went to the new primary %s after the leader was killed", time.Since(killedAt))
 	t.Logf("the failover completed %s after the leader was killed", time.Since(killedAt))
 	if role := via2.groupProps("west", "fg")["replicationRole"]; role != "Primary" {
 		t.Fatalf("west's role after the failover: %v", role)
@@ -697,7 +808,9 @@ func TestClusterLinkAcrossHostLoss(t *testing.T) {
 	convergeLink(t, f, rw, store)
 	waitSlotCopy(t, f, "west", "shop", "fogo_link_lk")
 
-	w := startLedgerWriter([]string{rw}, "shop")
+	// One host at a time: a connection attempt to the cut-off host hangs until the writer's timeout, which a
+	// whole list would spend on it alone.
+	w := startLedgerWriter(strings.Split(rw, ","), "shop")
 	defer w.finish()
 	time.Sleep(time.Second)
 	if err := c.east.host.Cut(); err != nil {

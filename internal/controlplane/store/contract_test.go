@@ -536,3 +536,59 @@ func TestOpenEtcdUnreachable(t *testing.T) {
 		t.Fatal("no endpoints: no error")
 	}
 }
+
+// TestEtcdChanges: every committed update of a state in etcd is signalled to a watcher in another process (here
+// another store on the same prefix), and an update of another prefix is not; a bbolt store has nothing to watch.
+func TestEtcdChanges(t *testing.T) {
+	srv := etcdtest.Start(t)
+	open := func(prefix string) *Store {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := OpenEtcd(ctx, EtcdConfig{Endpoints: srv.Endpoints(), Prefix: prefix}, testKeys(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	writer, watcher, other := open("/changes"), open("/changes"), open("/changes-other")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changes := watcher.Changes(ctx)
+	drain := func() {
+		for {
+			select {
+			case <-changes:
+			case <-time.After(300 * time.Millisecond):
+				return
+			}
+		}
+	}
+	drain() // the signal of the watch's setup
+	put := func(s *Store, n int) {
+		t.Helper()
+		update(t, s, func(tx *Tx) error { return tx.Put(Ports, "p", item{N: n}) })
+	}
+	put(other, 1)
+	select {
+	case <-changes:
+		t.Fatal("an update under another prefix was signalled")
+	case <-time.After(500 * time.Millisecond):
+	}
+	for i := range 3 {
+		put(writer, i)
+		select {
+		case <-changes:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("update %d was not signalled", i)
+		}
+	}
+	bolt, err := Open(filepath.Join(t.TempDir(), "state.db"), testKeys(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bolt.Close()
+	if bolt.Changes(ctx) != nil {
+		t.Fatal("a bbolt store has changes to watch")
+	}
+}

@@ -324,6 +324,42 @@ func (s *Store) Etcd() (*clientv3.Client, string) {
 	return nil, ""
 }
 
+// Changes signals, without blocking, every committed update of a state kept in etcd (each one rewrites
+// <prefix>/_rev, so one key's watch sees them all), until ctx ends; also whenever its watch had to be set up
+// again, since an update may have been missed meanwhile. Signals coalesce: a reader that is busy gets one for
+// all the updates it missed. A bbolt store returns nil (no other process writes it).
+func (s *Store) Changes(ctx context.Context) <-chan struct{} {
+	b, ok := s.b.(*etcdBackend)
+	if !ok {
+		return nil
+	}
+	out := make(chan struct{}, 1)
+	signal := func() {
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
+	go func() {
+		for ctx.Err() == nil {
+			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+			for resp := range b.cli.Watch(wctx, b.revKey()) {
+				if resp.Err() != nil {
+					break // compacted, or no leader: set the watch up again
+				}
+				signal()
+			}
+			cancel()
+			signal()
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	return out
+}
+
 // Bind ends every later etcd request of the store when ctx ends (a controller that lost its leadership stops
 // at once instead of waiting for its requests to time out). A bbolt store ignores it.
 func (s *Store) Bind(ctx context.Context) {
