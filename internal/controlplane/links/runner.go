@@ -58,6 +58,10 @@ const RunnerInterval = 300 * time.Millisecond
 // releaseTimeout bounds how long a stop or a delete waits for the process running the link to let it go.
 const releaseTimeout = 30 * time.Second
 
+// retryStart is how long a link that could not be started here (its target could not be opened) waits before
+// it is tried again: the process keeps it meanwhile, and its status says why it failed.
+const retryStart = 5 * time.Second
+
 // publishEvery is how often a running link's status is written to its key at most (a phase change at once).
 const publishEvery = time.Second
 
@@ -70,11 +74,13 @@ type Runner struct {
 	stop context.CancelFunc
 	done chan struct{}
 
-	mu      sync.Mutex // one round at a time; Start, Stop and Delete run one of their own
-	sess    *concurrency.Session
-	gen     context.Context // the links' base: ended the moment the session's lease is in doubt
-	endGen  context.CancelFunc
-	held    map[string]*heldLink // links this process runs, by key
+	mu     sync.Mutex // one round at a time; Start, Stop and Delete run one of their own
+	sess   *concurrency.Session
+	gen    context.Context // the links' base: ended the moment the session's lease is in doubt
+	endGen context.CancelFunc
+	held   map[string]*heldLink // links this process runs, by key
+
+	keepMu  sync.Mutex // guards keepers (the API reads their errors while a round may be long)
 	keepers map[string]*remoteKeeper
 
 	seenMu sync.Mutex
@@ -83,7 +89,8 @@ type Runner struct {
 
 // heldLink is a link whose key this process holds.
 type heldLink struct {
-	pinned        bool // a DuckDb link whose file is on this host (else it runs here because this process leads)
+	pinned        bool      // a DuckDb link whose file is on this host (else it runs here because this process leads)
+	failedAt      time.Time // when starting it here last failed (it is tried again after retryStart)
 	lastPublished time.Time
 	lastPhase     string
 	lastValue     string
@@ -152,7 +159,13 @@ func (r *Runner) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.dropSession(true)
+	r.keepMu.Lock()
+	names := make([]string, 0, len(r.keepers))
 	for name := range r.keepers {
+		names = append(names, name)
+	}
+	r.keepMu.Unlock()
+	for _, name := range names {
 		r.stopKeeper(name)
 	}
 }
@@ -326,7 +339,10 @@ func (r *Runner) round(ctx context.Context, only string) error {
 		if !d.lc.Running || !r.candidate(d) {
 			continue
 		}
-		if _, ok := r.held[name]; ok {
+		if h, ok := r.held[name]; ok {
+			if !h.failedAt.IsZero() && time.Since(h.failedAt) >= retryStart {
+				r.retry(name, h, &d.lc)
+			}
 			r.publish(ctx, name, false)
 			continue
 		}
@@ -365,18 +381,38 @@ func (r *Runner) take(ctx context.Context, name string, d desired) error {
 	if !res.Succeeded {
 		return nil // another process was first
 	}
-	r.held[name] = &heldLink{pinned: d.target.Type == TypeDuckDB}
+	h := &heldLink{pinned: d.target.Type == TypeDuckDB}
+	r.held[name] = h
 	r.log.Info("running link connection here", "link", name, "controller", r.cat.host)
 	if err := r.cat.run(&d.lc); err != nil {
-		msg := err.Error()
-		if e, ok := errcatalog.As(err); ok {
-			msg = e.Message
-		}
-		r.cat.m.Failed(name, errors.New(msg))
+		r.failed(name, h, err)
 		r.publish(ctx, name, true)
 		return err
 	}
 	return nil
+}
+
+// failed records that a held link could not be started here: it shows Failed with the reason until it is
+// started on a later try (retry), stopped, or taken elsewhere.
+func (r *Runner) failed(name string, h *heldLink, err error) {
+	msg := err.Error()
+	if e, ok := errcatalog.As(err); ok {
+		msg = e.Message
+	}
+	r.cat.m.Stop(name) // a former failure's record, so that this one's reason shows
+	r.cat.m.Failed(name, errors.New(msg))
+	h.failedAt = time.Now()
+}
+
+// retry starts again a held link that could not be started (its target was unreachable, say).
+func (r *Runner) retry(name string, h *heldLink, lc *LinkConnection) {
+	r.cat.m.Stop(name)
+	if err := r.cat.run(lc); err != nil {
+		r.failed(name, h, err)
+		return
+	}
+	h.failedAt = time.Time{}
+	r.log.Info("link connection started here after a failed start", "link", name)
 }
 
 // release stops a link this process runs and deletes its key (if still held under this lease).
@@ -451,17 +487,26 @@ func (r *Runner) progressOf(name string) progress {
 // it runs), and stops those of links that stopped (or all of them in a controller that does not lead).
 func (r *Runner) keep(want map[string]desired, holders map[string]holder) {
 	leads := r.cfg.Leads()
+	r.keepMu.Lock()
+	var gone []string
 	for name := range r.keepers {
 		d, ok := want[name]
 		if _, held := holders[name]; !leads || !ok || !d.lc.Running || !held {
-			r.stopKeeper(name)
+			gone = append(gone, name)
 		}
+	}
+	r.keepMu.Unlock()
+	for _, name := range gone {
+		r.stopKeeper(name)
 	}
 	if !leads {
 		return
 	}
 	for name, d := range want {
-		if _, ok := r.keepers[name]; ok || !d.lc.Running {
+		r.keepMu.Lock()
+		_, ok := r.keepers[name]
+		r.keepMu.Unlock()
+		if ok || !d.lc.Running {
 			continue
 		}
 		if _, held := holders[name]; !held {
@@ -473,7 +518,9 @@ func (r *Runner) keep(want map[string]desired, holders map[string]holder) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		k := &remoteKeeper{cancel: cancel, done: make(chan struct{})}
+		r.keepMu.Lock()
 		r.keepers[name] = k
+		r.keepMu.Unlock()
 		go func() {
 			defer close(k.done)
 			r.cat.m.keepSlotCopy(ctx, def, r.progressOf(name), func(msg string) {
@@ -486,20 +533,22 @@ func (r *Runner) keep(want map[string]desired, holders map[string]holder) {
 }
 
 func (r *Runner) stopKeeper(name string) {
+	r.keepMu.Lock()
 	k := r.keepers[name]
+	delete(r.keepers, name)
+	r.keepMu.Unlock()
 	if k == nil {
 		return
 	}
 	k.cancel()
 	<-k.done
-	delete(r.keepers, name)
 }
 
 // copyErr is why the elected controller's keeper of the link's slot copy failed last ("" if it did not).
 func (r *Runner) copyErr(name string) string {
-	r.mu.Lock()
+	r.keepMu.Lock()
 	k := r.keepers[name]
-	r.mu.Unlock()
+	r.keepMu.Unlock()
 	if k == nil {
 		return ""
 	}

@@ -320,6 +320,50 @@ func TestClusterLinkNeverRunsTwice(t *testing.T) {
 	}
 }
 
+// TestClusterLinkTakenOverOnceItsTargetIsReachable: the process that takes a link over cannot reach its target
+// (it refuses connections): it keeps the link, whose status says why it fails and where, and starts it by itself
+// once the target is back; the target ends equal to the source.
+func TestClusterLinkTakenOverOnceItsTargetIsReachable(t *testing.T) {
+	ctx := context.Background()
+	f := newRunnerFixture(t)
+	c1 := f.controller("ctl-1", f.etcd.Endpoints(), true)
+	c2 := f.controller("ctl-2", f.etcd.Endpoints(), false)
+	f.createLink(c1)
+	waitRunsOn(t, c2, "ctl-1", 30*time.Second)
+	admin, err := pgx.Connect(ctx, f.srcConn) // the writer has the fixture's connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	f.startWriter()
+	time.Sleep(500 * time.Millisecond)
+
+	if _, err := admin.Exec(ctx, "ALTER DATABASE tgt ALLOW_CONNECTIONS false"); err != nil {
+		t.Fatal(err)
+	}
+	c1.runner.Close()
+	c1.leads.Store(false)
+	c2.leads.Store(true)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, on, ok := c2.cat.StatusAt("w", "L")
+		if ok && on == "ctl-2" && st.Phase == "Failed" && strings.Contains(st.Err, "tgt") {
+			t.Logf("while the target refuses: %s on %s: %s", st.Phase, on, st.Err)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the link's status does not say its target cannot be reached: %q %+v %v", on, st, ok)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := admin.Exec(ctx, "ALTER DATABASE tgt ALLOW_CONNECTIONS true"); err != nil {
+		t.Fatal(err)
+	}
+	waitRunsOn(t, c2, "ctl-2", 30*time.Second)
+	f.stopWriter()
+	f.checkTargetEqualsSource()
+}
+
 // cutProxy forwards TCP connections to an address until cut: then it closes every connection and refuses new
 // ones until healed (a process cut off from etcd while etcd and the others go on).
 type cutProxy struct {
