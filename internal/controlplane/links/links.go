@@ -65,8 +65,8 @@ type Manager struct {
 	// SpoolDir is where links spool source transactions too large for memory ("" is the system's temporary
 	// directory); set before any link starts.
 	SpoolDir string
-	// Base, when set before any link starts, bounds every link: a controller that lost its leadership stops its
-	// links with it, at once, before another controller runs them.
+	// Base, when set, bounds every link started from then on (SetBase): in cluster mode the lease the links run
+	// under, so that a process whose lease is in doubt stops its links at once, before another process runs them.
 	Base context.Context
 }
 
