@@ -75,6 +75,7 @@ type Runner struct {
 	done chan struct{}
 
 	mu     sync.Mutex // one round at a time; Start, Stop and Delete run one of their own
+	closed bool       // Close ran: no round takes a link up any more
 	sess   *concurrency.Session
 	gen    context.Context // the links' base: ended the moment the session's lease is in doubt
 	endGen context.CancelFunc
@@ -158,6 +159,7 @@ func (r *Runner) Close() {
 	<-r.done
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closed = true
 	r.dropSession(true)
 	r.keepMu.Lock()
 	names := make([]string, 0, len(r.keepers))
@@ -300,6 +302,9 @@ func (r *Runner) readHolders(ctx context.Context) (map[string]holder, error) {
 func (r *Runner) round(ctx context.Context, only string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return errors.New("this controller is stopping: it runs no link any more")
+	}
 	if err := r.ensureSession(ctx); err != nil {
 		return err
 	}
