@@ -121,18 +121,20 @@ type App struct {
 	Links     *links.Manager
 	// LinkCatalog holds the link connection definitions (the Synapse API's state).
 	LinkCatalog *links.Catalog
-	gw          *gatewayEndpoints
-	metrics     *metrics.Metrics
-	http        *http.Server
-	listener    net.Listener
-	cancel      context.CancelFunc
-	done        chan struct{}
-	ready       atomic.Bool
-	closing     atomic.Bool // Close runs: a lost lease is expected
-	closeOnce   sync.Once
-	front       switchHandler      // what the API address answers with
-	leadership  *leader.Leadership // on etcd: this process is the controller while it holds it
-	leading     context.Context    // everything that acts on the state runs under it: ended when leadership is lost
+	// linkRunner runs the links whose candidate this process is (cluster mode; nil on bbolt).
+	linkRunner *links.Runner
+	gw         *gatewayEndpoints
+	metrics    *metrics.Metrics
+	http       *http.Server
+	listener   net.Listener
+	cancel     context.CancelFunc
+	done       chan struct{}
+	ready      atomic.Bool
+	closing    atomic.Bool // Close runs: a lost lease is expected
+	closeOnce  sync.Once
+	front      switchHandler      // what the API address answers with
+	leadership *leader.Leadership // on etcd: this process is the controller while it holds it
+	leading    context.Context    // everything that acts on the state runs under it: ended when leadership is lost
 	// stopFollowing ends a waiting controller's following of the shared state's endpoints (cluster mode).
 	stopFollowing context.CancelFunc
 	presence      *lease.Registration // cluster mode: this controller serves the endpoints on its host
@@ -154,6 +156,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		{"reach the instances", a.reachInstances},
 		{"route sessions", a.routeSessions},
 		{"listen", a.listen},
+		{"run links", a.runLinks},
 		{"become the controller", a.lead},
 		{"build components", a.build},
 		{"open server endpoints", a.openEndpoints},
@@ -354,10 +357,6 @@ func (a *App) build(ctx context.Context) error {
 		a.stopFollowing() // elected: the service opens, holds and releases from now on
 		a.gw.releaseFollowedHolds()
 	}
-	targets, err := links.NewTargetDirs(a.opts.DataDir, a.opts.LinkTargetDirs)
-	if err != nil {
-		return err
-	}
 	runCtx, cancel := context.WithCancel(a.leading)
 	a.cancel = cancel
 	a.Ops = operations.New(runCtx, a.Store, a.log)
@@ -382,17 +381,6 @@ func (a *App) build(ctx context.Context) error {
 		GraceUnit: a.opts.GraceUnit},
 		a.Store, a.Ops, a.Cluster, a.gw, obs, a.log)
 	a.gw.svc = a.Service
-	a.Links = links.New(a.Store, a.Cluster, a.log)
-	a.Links.Base = a.leading // the links run while this process is the controller, and stop when it is not
-	// A source transaction too large for memory waits for its commit in a spool file here (unlinked at once).
-	a.Links.SpoolDir = filepath.Join(a.opts.DataDir, "link-spool")
-	if err := os.MkdirAll(a.Links.SpoolDir, 0o700); err != nil {
-		return fmt.Errorf("link spool directory: %w", err)
-	}
-	a.LinkCatalog = links.NewCatalog(a.Links, targets)
-	if cli, _ := a.Store.Etcd(); cli != nil {
-		a.LinkCatalog.SetHost(a.controllerName())
-	}
 	go func() {
 		defer close(a.done)
 		// Re-adopt instances first (one reconcile pass), then resume interrupted operations.
@@ -400,11 +388,44 @@ func (a *App) build(ctx context.Context) error {
 		if err := a.Ops.ResumeAll(); err != nil {
 			a.log.Error("resume operations", "err", err)
 		}
-		a.LinkCatalog.Resume()
+		if a.linkRunner == nil {
+			a.LinkCatalog.Resume() // cluster mode: the runner takes the links up once this controller is ready
+		}
 		a.ready.Store(true)
 		obs.Run(runCtx, a.opts.ReconcileInterval, a.logWarn)
 	}()
 	return nil
+}
+
+// runLinks prepares the link connections. In the embedded mode the controller resumes them once built. In cluster
+// mode every controller runs links from now on, the waiting ones too (links.Runner): each link in one process
+// at a time, under a lease of that process; the elected controller runs the links into PostgreSQL, and each
+// controller the DuckDb links whose file is on its host.
+func (a *App) runLinks(context.Context) error {
+	targets, err := links.NewTargetDirs(a.opts.DataDir, a.opts.LinkTargetDirs)
+	if err != nil {
+		return err
+	}
+	a.Links = links.New(a.Store, a.Cluster, a.log)
+	// A source transaction too large for memory waits for its commit in a spool file here (unlinked at once).
+	a.Links.SpoolDir = filepath.Join(a.opts.DataDir, "link-spool")
+	if err := os.MkdirAll(a.Links.SpoolDir, 0o700); err != nil {
+		return fmt.Errorf("link spool directory: %w", err)
+	}
+	a.LinkCatalog = links.NewCatalog(a.Links, targets)
+	cli, prefix := a.Store.Etcd()
+	if cli == nil {
+		return nil
+	}
+	a.LinkCatalog.SetHost(a.controllerName())
+	a.linkRunner = links.NewRunner(a.LinkCatalog, links.RunnerConfig{Client: cli, Prefix: prefix, TTL: a.leaderTTL(),
+		Leads: a.leadsReady, ControllersPrefix: controllersPrefix(prefix), Logger: a.log})
+	return nil
+}
+
+// leadsReady reports whether this process is the elected controller, built and ready (its leadership not lost).
+func (a *App) leadsReady() bool {
+	return a.ready.Load() && a.leading.Err() == nil // ready is stored after leading: reading it first orders them
 }
 
 func (a *App) logWarn(msg string, args ...any) { a.log.Warn(msg, args...) }
@@ -523,6 +544,9 @@ func (a *App) close() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = a.http.Shutdown(sctx)
 		cancel()
+	}
+	if a.linkRunner != nil {
+		a.linkRunner.Close() // its links stop, and their keys go at once: the next candidates take them up
 	}
 	if a.Links != nil {
 		a.Links.StopAll()

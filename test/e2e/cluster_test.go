@@ -25,7 +25,6 @@ import (
 	"github.com/fogo-db/fogo/internal/app"
 	"github.com/fogo-db/fogo/internal/controlplane/links"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
-	"github.com/fogo-db/fogo/internal/link"
 	"github.com/fogo-db/fogo/internal/link/target"
 	"github.com/fogo-db/fogo/internal/pki"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
@@ -799,14 +798,30 @@ func TestClusterLinkAcrossHostLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	if err := f.app.Links.Start(links.Def{Name: "lk", Group: "fg", Database: "shop", Target: store,
-		Tables: []link.TableMapping{{SourceTable: "ledger"}}}); err != nil {
+	// Through the catalog, as the API does: the link runs under its own lease (on the elected controller, a
+	// PostgreSQL target), and the elected controller keeps its slot copy from the checkpoint it publishes.
+	cat := f.app.LinkCatalog
+	for _, ls := range []links.LinkedService{{Workspace: "w", Name: "src", Type: links.TypePostgreSQL, ConnectionString: "dbname=shop"},
+		{Workspace: "w", Name: "dst", Type: links.TypePostgreSQL, ConnectionString: tgt.ConnString("postgres")}} {
+		if err := cat.PutLinkedService(ls); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lc, err := cat.PutConnection(links.LinkConnection{Workspace: "w", Name: "lk", SourceService: "src", TargetService: "dst",
+		SourceResourceID: fgPath("east", "fg")})
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.app.Links.Stop("lk") })
+	if _, err := cat.EditTables("w", "lk", []links.LinkTable{{ID: "ledger", SourceTable: "ledger"}}, []string{"add"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.Start("w", "lk"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cat.Stop("w", "lk") })
 	rw := f.listenerOf("east", "fg", "readWriteEndpoint")
 	convergeLink(t, f, rw, store)
-	waitSlotCopy(t, f, "west", "shop", "fogo_link_lk")
+	waitSlotCopy(t, f, "west", "shop", lc.Slot)
 
 	// One host at a time: a connection attempt to the cut-off host hangs until the writer's timeout, which a
 	// whole list would spend on it alone.
@@ -829,9 +844,9 @@ func TestClusterLinkAcrossHostLoss(t *testing.T) {
 	f.waitGroupState("west", "fg", "CATCH_UP")
 	convergeLink(t, f, rw, store)
 	lost := missingAt(t, rw, "shop", acked)
-	st, _ := f.app.Links.Status("lk")
-	t.Logf("%d acknowledged writes, %d lost with the cut-off host (forced failover), target equal to the new primary; link %s applied %d",
-		len(acked), lost, st.Phase, st.Applied)
+	st, on, _ := cat.StatusAt("w", "lk")
+	t.Logf("%d acknowledged writes, %d lost with the cut-off host (forced failover), target equal to the new primary; link %s on %s applied %d",
+		len(acked), lost, st.Phase, on, st.Applied)
 }
 
 // TestClusterAgentKilled: kill -9 of an agent is not the loss of its instances. The primary's agent killed while a

@@ -387,7 +387,7 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 				"the next checkpoint may invalidate it, and the link would then resynchronise every table."}
 		}
 	}
-	if st, ok := a.cat.Status(ws, name); ok {
+	if st, runsOn, ok := a.cat.StatusAt(ws, name); ok {
 		switch {
 		case st.Phase == "Failed":
 			out["status"] = "Failed"
@@ -408,8 +408,8 @@ func (a *API) detailedStatus(w http.ResponseWriter, ws, name string) {
 		if st.Err != "" {
 			out["error"] = map[string]any{"message": st.Err}
 		}
-		if host := a.cat.Host(); host != "" && st.Phase != "Failed" {
-			out["runsOn"] = host // cluster mode: the controller whose process runs the link
+		if runsOn != "" {
+			out["runsOn"] = runsOn // cluster mode: the controller whose process runs the link (holds its lease)
 		}
 		out["checkpointLsn"] = st.Checkpoint.String()
 		if !st.LastHeard.IsZero() {

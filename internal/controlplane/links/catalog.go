@@ -37,7 +37,7 @@ type LinkedService struct {
 	ConnectionString string `json:"connectionString,omitempty"`
 	Path             string `json:"path,omitempty"` // DuckDb
 	// Host is, in cluster mode, the controller whose host holds a DuckDb target's file: links into it run only
-	// while that controller leads (the file is not on the others' hosts).
+	// in that controller, elected or not (the file is not on the others' hosts).
 	Host string `json:"host,omitempty"`
 }
 
@@ -79,6 +79,8 @@ type Catalog struct {
 	m       *Manager
 	targets *TargetDirs
 	host    string // this controller's name in cluster mode ("" in the embedded mode)
+	// runner, in cluster mode, runs the links whose candidate this process is, each under a lease (NewRunner).
+	runner *Runner
 }
 
 // SetHost names this controller (cluster mode): DuckDb targets made here are pinned to its host.
@@ -318,6 +320,9 @@ func (c *Catalog) Start(workspace, name string) error {
 	if len(lc.Tables) == 0 {
 		return errcatalog.Newf("InvalidParameterValue", "Link connection '%s' has no tables; add them with edittables.", name)
 	}
+	if c.runner != nil {
+		return c.startInCluster(lc)
+	}
 	if err := c.run(lc); err != nil {
 		return err
 	}
@@ -329,10 +334,54 @@ func (c *Catalog) Start(workspace, name string) error {
 	return err
 }
 
-// Stop stops it.
+// startInCluster records that the link should run, then runs a round of this process's runner: if this process
+// is its candidate the link starts here now, and a start that fails is undone and answered (as in the embedded
+// mode); otherwise its candidate takes it up (a DuckDb link whose controller is gone waits for it, and its status
+// says so). DropExisting stays recorded until the link is stopped: a process that takes the link over before
+// it has a checkpoint drops the target tables as the first start would have.
+func (c *Catalog) startInCluster(lc *LinkConnection) error {
+	if _, err := c.def(lc); err != nil {
+		return err
+	}
+	if _, err := c.update(lc.Workspace, lc.Name, func(l *LinkConnection) error {
+		l.Running, l.StartTime = true, time.Now().UTC()
+		return nil
+	}); err != nil {
+		return err
+	}
+	err := c.runner.startNow(key(lc.Workspace, lc.Name))
+	if err == nil {
+		return nil
+	}
+	if _, uerr := c.update(lc.Workspace, lc.Name, func(l *LinkConnection) error {
+		l.Running = false
+		return nil
+	}); uerr != nil {
+		return errors.Join(err, uerr)
+	}
+	if rerr := c.runner.stopNow(key(lc.Workspace, lc.Name)); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return err
+}
+
+// Stop stops it (in cluster mode: wherever it runs, and returns once no process runs it).
 func (c *Catalog) Stop(workspace, name string) error {
 	if _, err := c.Connection(workspace, name); err != nil {
 		return err
+	}
+	if c.runner != nil {
+		if _, err := c.update(workspace, name, func(l *LinkConnection) error {
+			l.Running, l.StopTime = false, time.Now().UTC()
+			l.DropExisting = false // it has started once
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := c.runner.stopNow(key(workspace, name)); err != nil {
+			return errcatalog.Newf("ConflictingDatabaseOperation", "Link connection '%s': %v", name, err)
+		}
+		return nil
 	}
 	c.m.Stop(key(workspace, name))
 	_, err := c.update(workspace, name, func(l *LinkConnection) error {
@@ -349,6 +398,14 @@ const dropOwnedTimeout = 30 * time.Second
 // its slot copy on the geo-secondary), which would otherwise retain WAL for ever. A source that cannot be reached
 // (or refuses) does not stop the delete: the log names what is left to drop by hand.
 func (c *Catalog) Delete(workspace, name string) error {
+	if c.runner != nil {
+		// Wherever it runs, it stops first: its slot cannot be dropped while a process reads from it.
+		if _, err := c.Connection(workspace, name); err == nil {
+			if err := c.Stop(workspace, name); err != nil {
+				return err
+			}
+		}
+	}
 	c.m.Stop(key(workspace, name))
 	if lc, err := c.Connection(workspace, name); err == nil {
 		slot := lc.Slot
@@ -427,7 +484,40 @@ func (c *Catalog) Resume() {
 
 // Status returns a running link's status (ok false when it does not run).
 func (c *Catalog) Status(workspace, name string) (link.Status, bool) {
-	return c.m.Status(key(workspace, name))
+	st, _, ok := c.StatusAt(workspace, name)
+	return st, ok
+}
+
+// StatusAt returns a running link's status and, in cluster mode, the controller whose process runs it (ok false
+// when it does not run). In cluster mode a link that should run but runs nowhere now is Starting, and its error
+// says what it waits for (a DuckDb link whose controller is gone says so).
+func (c *Catalog) StatusAt(workspace, name string) (link.Status, string, bool) {
+	k := key(workspace, name)
+	if st, ok := c.m.Status(k); ok {
+		if c.runner != nil && st.Err == "" {
+			st.Err = c.runner.copyErr(k)
+		}
+		return st, c.host, true
+	}
+	if c.runner == nil {
+		return link.Status{}, "", false
+	}
+	p, ok, err := c.runner.placement(k)
+	if err != nil {
+		return link.Status{Phase: "Starting", Err: err.Error()}, "", true
+	}
+	if ok {
+		st := p.Status
+		if st.Err == "" {
+			st.Err = c.runner.copyErr(k)
+		}
+		return st, p.RunsOn, true
+	}
+	lc, err := c.Connection(workspace, name)
+	if err != nil || !lc.Running {
+		return link.Status{}, "", false
+	}
+	return link.Status{Phase: "Starting", Err: c.runner.waiting(lc)}, "", true
 }
 
 // Query runs a read-only query against the link's target: it may read the link's target tables and nothing else
@@ -485,7 +575,7 @@ func (c *Catalog) openTarget(lc *LinkConnection) (*target.Store, error) {
 	if ls.Type == TypeDuckDB {
 		if ls.Host != c.host {
 			return nil, fmt.Errorf("the DuckDb target file is on the host of controller %q, and this controller is %q: "+
-				"the link runs while that controller leads (a DuckDb target stays on the host that holds its file)", ls.Host, c.host)
+				"the link runs in that controller (a DuckDb target stays on the host that holds its file)", ls.Host, c.host)
 		}
 		return c.openDuckDB(ls.Path)
 	}
@@ -642,6 +732,7 @@ func (c *Catalog) run(lc *LinkConnection) error {
 		return errcatalog.Newf("InvalidParameterValue", "The target cannot be opened: %v", err)
 	}
 	def.Target, def.OwnTarget = st, true
+	def.RemoteKeeper = c.runner != nil // cluster mode: the elected controller keeps the slot copy
 	if err := c.m.Start(def); err != nil {
 		st.Close()
 		return errcatalog.Newf("ConflictingDatabaseOperation", "%v", err)

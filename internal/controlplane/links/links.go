@@ -47,6 +47,9 @@ type Def struct {
 	// Interval > 0 runs the link in batches (dataProcessIntervalMinutes): every Interval it applies what the
 	// source committed until then, and is idle in between.
 	Interval time.Duration
+	// RemoteKeeper: another process keeps the slot copy (cluster mode: the elected controller, which alone may
+	// restart a geo-secondary and holds the group locks), from the checkpoint this process publishes.
+	RemoteKeeper bool
 }
 
 // Manager runs links.
@@ -62,9 +65,16 @@ type Manager struct {
 	// SpoolDir is where links spool source transactions too large for memory ("" is the system's temporary
 	// directory); set before any link starts.
 	SpoolDir string
-	// Base, when set before any link starts, bounds every link: a controller that lost its leadership stops its
-	// links with it, at once, before another controller runs them.
+	// Base, when set, bounds every link started from then on (SetBase): in cluster mode the lease the links run
+	// under, so that a process whose lease is in doubt stops its links at once, before another process runs them.
 	Base context.Context
+}
+
+// SetBase bounds the links started from now on by ctx (cluster mode: the lease they run under).
+func (m *Manager) SetBase(ctx context.Context) {
+	m.mu.Lock()
+	m.Base = ctx
+	m.mu.Unlock()
 }
 
 // New returns a manager.
@@ -108,8 +118,8 @@ func (m *Manager) Start(def Def) error {
 	w := &worker{def: def, cancel: cancel, done: make(chan struct{})}
 	m.links[def.Name] = w
 	go m.supervise(ctx, w)
-	if def.Group != "" && !def.Unprotected {
-		go m.keepSlotCopy(ctx, w)
+	if def.Group != "" && !def.Unprotected && !def.RemoteKeeper {
+		go m.keepSlotCopy(ctx, def, w.progress, w.setCopyErr)
 	}
 	go m.watchSlot(ctx, def)
 	return nil
@@ -420,9 +430,32 @@ func (m *Manager) gate(def Def, primary, secondary string) func(ctx context.Cont
 	}
 }
 
-// keepSlotCopy keeps a copy of the link's slot on the geo-secondary, advanced to the link's checkpoint. A round
-// that fails is retried with backoff, and the link's status says why its copy is not kept (copyErr).
-func (m *Manager) keepSlotCopy(ctx context.Context, w *worker) {
+// progress is what the slot copy keeper needs of a running link: its phase and checkpoint (ok false while it has
+// not started yet).
+type progress func() (phase string, checkpoint lsn.LSN, ok bool)
+
+// progress is the local link's phase and checkpoint.
+func (w *worker) progress() (string, lsn.LSN, bool) {
+	w.mu.Lock()
+	l := w.link
+	w.mu.Unlock()
+	if l == nil {
+		return "", 0, false
+	}
+	st := l.Status()
+	return st.Phase, st.Checkpoint, true
+}
+
+// setCopyErr records why the last round of the slot copy keeper failed ("" when it did not).
+func (w *worker) setCopyErr(msg string) {
+	w.mu.Lock()
+	w.copyErr = msg
+	w.mu.Unlock()
+}
+
+// keepSlotCopy keeps a copy of the link's slot on the geo-secondary, advanced to the link's checkpoint (as
+// progress reports it). A round that fails is retried with backoff, and setErr says why the copy is not kept.
+func (m *Manager) keepSlotCopy(ctx context.Context, def Def, p progress, setErr func(string)) {
 	lastErr := ""
 	wait := time.Second
 	var ks keeperState
@@ -432,31 +465,25 @@ func (m *Manager) keepSlotCopy(ctx context.Context, w *worker) {
 			return
 		case <-time.After(wait):
 		}
-		w.mu.Lock()
-		l := w.link
-		w.mu.Unlock()
-		if l == nil {
+		phase, checkpoint, ok := p()
+		if !ok || (phase != "Streaming" && phase != "Idle") { // Idle: between two batches
 			continue
 		}
-		if ph := l.Status().Phase; ph != "Streaming" && ph != "Idle" { // Idle: between two batches
-			continue
-		}
-		err := m.syncCopy(ctx, w.def, l, &ks)
+		err := m.syncCopy(ctx, def, checkpoint, &ks)
 		if ctx.Err() != nil {
 			return
 		}
 		if msg := fmt.Sprint(err); err != nil && msg != lastErr {
-			m.log.Warn("link slot copy", "link", w.def.Name, "err", err)
+			m.log.Warn("link slot copy", "link", def.Name, "err", err)
 		}
 		lastErr = fmt.Sprint(err)
-		w.mu.Lock()
 		if err != nil {
-			w.copyErr = "slot copy on the geo-secondary: " + err.Error()
+			setErr("slot copy on the geo-secondary: " + err.Error())
 			wait = min(2*wait, maxCopyBackoff)
 		} else {
-			w.copyErr, wait = "", time.Second
+			setErr("")
+			wait = time.Second
 		}
-		w.mu.Unlock()
 	}
 }
 
@@ -484,12 +511,12 @@ type keeperState struct {
 	restartStandby  bool // the keeper stopped the standby to copy the slot, and starting it again failed
 }
 
-func (m *Manager) syncCopy(ctx context.Context, def Def, l *link.Link, ks *keeperState) error {
+func (m *Manager) syncCopy(ctx context.Context, def Def, checkpoint lsn.LSN, ks *keeperState) error {
 	t, err := m.topology(def)
 	if err != nil || t.secondary.ID == "" || !t.secondary.Seeded || t.secondary.NeedsRejoin {
 		return err
 	}
-	slot := l.SlotName()
+	slot := slotOf(def)
 	hs := m.cl.Handle(&t.secondary)
 	if _, running := hs.Running(); !running {
 		if ks.restartStandby { // the keeper stopped it: starting it again is its job
@@ -524,7 +551,7 @@ func (m *Manager) syncCopy(ctx context.Context, def Def, l *link.Link, ks *keepe
 	if err != nil {
 		return err
 	}
-	to := min(l.Status().Checkpoint, flushed)
+	to := min(checkpoint, flushed)
 	if to <= have {
 		ks.advanceFailures = 0
 		return nil
