@@ -206,11 +206,12 @@ func (i *Instance) WaitReady(ctx context.Context) error {
 
 // Stop shuts the instance down in mode and waits. Not running is fine.
 func (i *Instance) Stop(ctx context.Context, mode ShutdownMode) error {
-	if _, running := i.Running(); !running {
+	// Signal the postmaster as pg_ctl does, but let the host watch for the end closely (see Host.Shutdown; one
+	// that does not run is stopped already).
+	if sig, ok := shutdownSignals[mode]; ok && i.machine().Shutdown(ctx, i.Dir, sig, 120*time.Second) == nil {
 		return nil
 	}
-	// Signal the postmaster as pg_ctl does, but let the host watch for the end closely (see Host.Shutdown).
-	if sig, ok := shutdownSignals[mode]; ok && i.machine().Shutdown(ctx, i.Dir, sig, 120*time.Second) == nil {
+	if _, running := i.Running(); !running {
 		return nil
 	}
 	if ctx.Err() != nil {
