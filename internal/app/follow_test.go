@@ -15,6 +15,7 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/service"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/testutil/etcdtest"
+	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
 
 // TestFollowStateFromWatch: a host following a state in etcd opens a new server's endpoint, and closes a deleted
@@ -68,7 +69,7 @@ func TestFollowStateFromWatch(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	port := freePort(t)
+	port := pgtest.FreePort(t)
 	put("a", port)
 	took := within(port, true, 5*time.Second)
 	t.Logf("a new server's endpoint opened %s after its record was written", took)
@@ -80,27 +81,16 @@ func TestFollowStateFromWatch(t *testing.T) {
 	within(port, false, 5*time.Second)
 
 	g.shutdown()
-	port = freePort(t)
+	port = pgtest.FreePort(t)
 	put("b", port)
 	time.Sleep(time.Second)
 	within(port, false, 0)
 }
 
-// freePort is a TCP port free on loopback now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // TestEndpointsAvoidInstancePorts: an agent never opens an endpoint or listener on one of its instances' ports
 // (the instance could not start on it); it says why.
 func TestEndpointsAvoidInstancePorts(t *testing.T) {
-	port := freePort(t)
+	port := pgtest.FreePort(t)
 	g, err := newGatewayEndpoints(gatewayConfig{InstancePortLow: port, InstancePortHigh: port + 1}, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -110,11 +100,11 @@ func TestEndpointsAvoidInstancePorts(t *testing.T) {
 	if err := g.OpenServer(srv); err == nil || !strings.Contains(err.Error(), "instance port range") {
 		t.Fatalf("an endpoint on an instance port: %v", err)
 	}
-	fg := &model.FailoverGroup{Name: "fg", RWPort: freePort(t), ROPort: port + 1}
+	fg := &model.FailoverGroup{Name: "fg", RWPort: pgtest.FreePort(t), ROPort: port + 1}
 	if err := g.OpenGroup(fg); err == nil || !strings.Contains(err.Error(), "instance port range") {
 		t.Fatalf("a listener on an instance port: %v", err)
 	}
-	srv.GatewayPort = freePort(t)
+	srv.GatewayPort = pgtest.FreePort(t)
 	if err := g.OpenServer(srv); err != nil {
 		t.Fatalf("an endpoint outside the instance ports: %v", err)
 	}

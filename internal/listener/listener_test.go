@@ -19,6 +19,7 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/service"
 	"github.com/fogo-db/fogo/internal/gateway"
 	"github.com/fogo-db/fogo/internal/listener"
+	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
 
 // fakeBackend speaks just enough of the protocol for a session: trust authentication, BackendKeyData,
@@ -151,23 +152,13 @@ func loopback(port int) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // open starts a group's listeners over routes and returns them with the group key and the read-write address.
 func open(t *testing.T, routes listener.Routes, cfg listener.Config, gcfg gateway.Config) (*listener.Listeners, string, string) {
 	t.Helper()
 	gw := gateway.NewManager(gcfg)
 	t.Cleanup(gw.CloseAll)
 	l := listener.New(cfg, gw, routes)
-	g := &model.FailoverGroup{Name: "fg", RWPort: freePort(t), ROPort: freePort(t)}
+	g := &model.FailoverGroup{Name: "fg", RWPort: pgtest.FreePort(t), ROPort: pgtest.FreePort(t)}
 	if err := l.Open(g); err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +325,7 @@ func TestReleaseCutsReadOnlySessionsOnPromotedSecondary(t *testing.T) {
 	gw := gateway.NewManager(gateway.Config{})
 	t.Cleanup(gw.CloseAll)
 	l := listener.New(listener.Config{}, gw, routes)
-	g := &model.FailoverGroup{Name: "fg", RWPort: freePort(t), ROPort: freePort(t)}
+	g := &model.FailoverGroup{Name: "fg", RWPort: pgtest.FreePort(t), ROPort: pgtest.FreePort(t)}
 	if err := l.Open(g); err != nil {
 		t.Fatal(err)
 	}
