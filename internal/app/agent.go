@@ -444,6 +444,9 @@ func hostAPIs(cli *clientv3.Client, prefix, token, caFile string, leaderRev func
 	// A host that is gone should cost seconds, not the default half minute per call.
 	tr.DialContext = (&net.Dialer{Timeout: agentDialTimeout, KeepAlive: 15 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = agentDialTimeout
+	// Calls come in bursts (the reconciler, the monitor and an operation at once): keep enough connections to each
+	// host open that a failover's calls do not pay a new TLS handshake (the default keeps 2).
+	tr.MaxIdleConnsPerHost = 16
 	return &cluster.Agents{Etcd: cli, Prefix: prefix, Token: token, HTTP: &http.Client{Transport: tr}, RootCert: caFile,
 		LeaderRev: leaderRev}, nil
 }

@@ -224,7 +224,16 @@ func (e *Endpoint) handle(client net.Conn) {
 	if database == "" {
 		database = params["user"]
 	}
-	backend, addr, first, err := e.connectBackend(database, startup)
+	var early *earlyGate
+	var backend net.Conn
+	var addr string
+	var first []byte
+	if mode == replNone {
+		backend, addr, first, early, _ = e.connectEarly(context.Background(), database, startup)
+	}
+	if backend == nil {
+		backend, addr, first, err = e.connectBackend(database, startup)
+	}
 	if err != nil {
 		var re *RouteError
 		if !errors.As(err, &re) {
@@ -236,7 +245,7 @@ func (e *Endpoint) handle(client net.Conn) {
 	defer backend.Close()
 	sess.route(SessionInfo{Database: database, User: params["user"], Backend: addr}, backend)
 	_ = client.SetDeadline(time.Time{})
-	if _, err := client.Write(withoutChannelBinding(first)); err != nil {
+	if err := e.forwardStartup(client, first, early); err != nil {
 		return
 	}
 	e.active.Add(1)
@@ -245,7 +254,7 @@ func (e *Endpoint) handle(client net.Conn) {
 		e.relayLogical(client, backend, addr)
 		return
 	}
-	e.relay(sess, client, backend, addr)
+	e.relay(sess, client, backend, addr, early)
 }
 
 // refuse counts a refused session and sends its FATAL ErrorResponse, bounded by the startup timeout.

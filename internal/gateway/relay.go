@@ -12,13 +12,13 @@ import (
 // relay copies bytes both ways until either side ends. The backend's messages are framed until the first
 // ReadyForQuery to record its BackendKeyData for cancel requests. After that, a plain TCP session is handed to
 // the event loop (eventloop_linux.go); a TLS session keeps going through the netpoller.
-func (e *Endpoint) relay(sess *session, client, backend net.Conn, addr string) {
+func (e *Endpoint) relay(sess *session, client, backend net.Conn, addr string, early *earlyGate) {
 	c2b := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(backend, client)
 		c2b <- err
 	}()
-	key, haveKey, err := e.relayUntilReady(client, backend)
+	key, haveKey, err := e.relayUntilReady(client, backend, early)
 	if haveKey {
 		e.cancels.add(key, addr)
 		defer e.cancels.remove(key)
@@ -70,8 +70,8 @@ func closeWrite(c net.Conn) {
 }
 
 // relayUntilReady forwards whole backend messages until ReadyForQuery (or an error message ends the session),
-// returning the BackendKeyData it saw.
-func (e *Endpoint) relayUntilReady(client, backend net.Conn) ([8]byte, bool, error) {
+// returning the BackendKeyData it saw. An early session's answers wait for its route (see forwardStartup).
+func (e *Endpoint) relayUntilReady(client, backend net.Conn, early *earlyGate) ([8]byte, bool, error) {
 	var key [8]byte
 	var have bool
 	for {
@@ -83,7 +83,7 @@ func (e *Endpoint) relayUntilReady(client, backend net.Conn) ([8]byte, bool, err
 			copy(key[:], msg[5:13])
 			have = true
 		}
-		if _, err := client.Write(withoutChannelBinding(msg)); err != nil {
+		if err := e.forwardStartup(client, msg, early); err != nil {
 			return key, have, err
 		}
 		if msg[0] == 'Z' || msg[0] == 'E' {

@@ -135,7 +135,7 @@ func (e *Endpoint) relayLogical(client, backend net.Conn, addr string) {
 			}
 		}
 	}()
-	key, haveKey, err := e.relayUntilReady(client, backend)
+	key, haveKey, err := e.relayUntilReady(client, backend, nil)
 	if haveKey {
 		e.cancels.add(key, addr)
 		defer e.cancels.remove(key)

@@ -35,8 +35,8 @@ import (
 // Routes answers where a group's database lives now.
 type Routes interface {
 	ResolveGroupDatabase(groupKey, database string, readOnly bool) (addr string, err error)
-	// FailoverTargets are the addresses of the group's geo-secondaries.
-	FailoverTargets(groupKey string) ([]string, error)
+	// FailoverTargets are the addresses of the group's geo-secondaries, by database.
+	FailoverTargets(groupKey string) (map[string]string, error)
 }
 
 // Config tunes the listeners.
@@ -68,10 +68,11 @@ type Listeners struct {
 
 	mu      sync.Mutex
 	gates   map[string]*gate
-	waiting map[string]*atomic.Int64 // group key -> sessions waiting on the read-write listener
-	open    map[string]bool          // group key -> listeners open
-	routeOf map[string]string        // group key + "/" + database -> the read-write backend last routed to
-	cutting sync.Map                 // group key -> *atomic.Bool: a background CutStale of the group runs
+	waiting map[string]*atomic.Int64     // group key -> sessions waiting on the read-write listener
+	open    map[string]bool              // group key -> listeners open
+	routeOf map[string]string            // group key + "/" + database -> the read-write backend last routed to
+	targets map[string]map[string]string // group key -> its geo-secondaries by database, as read at its last hold
+	cutting sync.Map                     // group key -> *atomic.Bool: a background CutStale of the group runs
 }
 
 // New returns listeners that open their endpoints in gw (shared with the server endpoints, so cancel requests
@@ -87,7 +88,7 @@ func New(cfg Config, gw *gateway.Manager, routes Routes) *Listeners {
 		cfg.Logger = slog.Default()
 	}
 	return &Listeners{cfg: cfg, gw: gw, routes: routes, gates: map[string]*gate{},
-		waiting: map[string]*atomic.Int64{}, open: map[string]bool{}, routeOf: map[string]string{}}
+		waiting: map[string]*atomic.Int64{}, open: map[string]bool{}, routeOf: map[string]string{}, targets: map[string]map[string]string{}}
 }
 
 func endpointName(kind, group string) string { return "listener-" + kind + ":" + group }
@@ -146,11 +147,17 @@ func (l *Listeners) prewarm(group string) {
 	targets, err := l.routes.FailoverTargets(group)
 	if err != nil {
 		l.cfg.Logger.Debug("listener: prewarm the failover targets", "group", group, "err", err)
+		l.mu.Lock()
+		delete(l.targets, group) // no early sessions toward targets read at an earlier hold
+		l.mu.Unlock()
 		return
 	}
 	for _, addr := range targets {
 		l.gw.Prewarm(addr, min(n, maxPrewarm))
 	}
+	l.mu.Lock()
+	l.targets[group] = targets
+	l.mu.Unlock()
 }
 
 // maxPrewarm bounds the ready connections a hold asks for per geo-secondary.
@@ -320,6 +327,33 @@ type resolver struct {
 	l        *Listeners
 	group    string
 	readOnly bool
+}
+
+// ResolveEarly names, while a failover holds the group's read-write sessions, the geo-secondary of database (the
+// primary the failover makes): the gateway opens the session there at once and holds back its answers until
+// confirm, which waits for the release and checks that the route is that instance (see gateway.EarlyResolver).
+func (r resolver) ResolveEarly(_ context.Context, database string) (string, func(context.Context) error, bool) {
+	if r.readOnly || !r.l.gate(r.group).isHeld() {
+		return "", nil, false
+	}
+	r.l.mu.Lock()
+	addr := r.l.targets[r.group][database]
+	r.l.mu.Unlock()
+	if addr == "" {
+		return "", nil, false
+	}
+	confirm := func(ctx context.Context) error {
+		got, err := r.Resolve(ctx, database)
+		if err != nil {
+			return err
+		}
+		if got != addr {
+			return &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf(
+				"fogo listener: the failover of group %q did not make the geo-secondary of %q its primary; connect again", r.group, database)}
+		}
+		return nil
+	}
+	return addr, confirm, true
 }
 
 func (r resolver) Resolve(ctx context.Context, database string) (string, error) {

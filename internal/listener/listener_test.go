@@ -130,7 +130,7 @@ func (r *fakeRoutes) set(port int, err error) {
 	r.mu.Unlock()
 }
 
-func (r *fakeRoutes) FailoverTargets(string) ([]string, error) { return nil, nil }
+func (r *fakeRoutes) FailoverTargets(string) (map[string]string, error) { return nil, nil }
 
 func (r *fakeRoutes) ResolveGroupDatabase(_, database string, readOnly bool) (string, error) {
 	r.mu.Lock()

@@ -137,10 +137,10 @@ func (s *Routes) ResolveGroupDatabase(groupKey, database string, readOnly bool) 
 	return "", ErrNoReadableSecondary
 }
 
-// FailoverTargets returns the addresses of a group's geo-secondaries (the primaries a failover would make),
-// from the records alone: nothing is asked of the hosts.
-func (s *Routes) FailoverTargets(groupKey string) ([]string, error) {
-	var out []string
+// FailoverTargets returns the addresses of a group's geo-secondaries (the primaries a failover would make) by
+// database, from the records alone: nothing is asked of the hosts.
+func (s *Routes) FailoverTargets(groupKey string) (map[string]string, error) {
+	out := map[string]string{}
 	err := s.st.View(func(tx *store.Tx) error {
 		var g model.FailoverGroup
 		if err := tx.MustGet(store.Groups, groupKey, &g); err != nil {
@@ -154,7 +154,7 @@ func (s *Routes) FailoverTargets(groupKey string) ([]string, error) {
 			if ok, err := tx.Get(store.Instances, d.Secondary, &sec); err != nil {
 				return err
 			} else if ok && sec.Seeded && !sec.NeedsRejoin {
-				out = append(out, s.cl.Addr(&sec))
+				out[d.Name] = s.cl.Addr(&sec)
 			}
 		}
 		return nil
