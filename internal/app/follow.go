@@ -2,7 +2,9 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/fogo-db/fogo/internal/controlplane/model"
@@ -28,7 +30,7 @@ func (g *gatewayEndpoints) followState(ctx context.Context, st *store.Store, r *
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		g.follow(ctx, r, st.Changes(ctx))
+		g.follow(ctx, r, st.Changes(ctx), st.WatchBucket(ctx, store.Operations))
 	}()
 	return func() {
 		cancel()
@@ -41,9 +43,20 @@ func (g *gatewayEndpoints) followState(ctx context.Context, st *store.Store, r *
 // on this host; new read-write sessions wait while a failover of their group holds them; and when a group's
 // roles change, the sessions relayed to an instance that lost its role are cut. The elected controller does all
 // this itself, from the operations it runs.
-func (g *gatewayEndpoints) follow(ctx context.Context, r *service.Routes, changes <-chan struct{}) {
+//
+// ops, when given, carries every operation as it is written: a failover's hold and release are decided from it
+// at once, without reading anything (a pass reads the groups and the operation, several etcd round trips that
+// clients held by the failover would wait for), and passes leave them to it while it speaks about the group.
+func (g *gatewayEndpoints) follow(ctx context.Context, r *service.Routes, changes <-chan struct{}, ops <-chan []byte) {
 	f := &follower{g: g, r: r, servers: map[string]*model.Server{}, groups: map[string]*model.FailoverGroup{}, roles: map[string]string{},
-		failed: map[string]time.Time{}}
+		failed: map[string]time.Time{}, watched: map[string]time.Time{}}
+	if ops != nil {
+		go func() {
+			for raw := range ops {
+				f.operationWritten(raw)
+			}
+		}()
+	}
 	t := time.NewTicker(followFallback)
 	defer t.Stop()
 	for {
@@ -68,6 +81,51 @@ type follower struct {
 	// failed holds when an endpoint (server key, or "group:" + group key) last failed to open: it is tried again
 	// after followRetry, and its failure logged once.
 	failed map[string]time.Time
+
+	mu sync.Mutex
+	// watched holds when the operations' watch last decided a group's hold (see operationWritten).
+	watched map[string]time.Time
+}
+
+// watchAuthority is how long the operations' watch decides a group's hold after it last spoke about it (twice the
+// fallback pass's default interval); passes decide it again after that (a watch that was set up again may have
+// missed a write).
+const watchAuthority = 4 * time.Second
+
+// operationWritten holds or releases the listeners of the group a failover operation acts on, from the
+// operation as it was just written.
+func (f *follower) operationWritten(raw []byte) {
+	var op model.Operation
+	if json.Unmarshal(raw, &op) != nil {
+		return
+	}
+	switch op.Kind {
+	case model.OpPlanned, model.OpForced, model.OpTryPlanned:
+	default:
+		return
+	}
+	var plan struct {
+		Group string `json:"group"`
+	}
+	if json.Unmarshal(op.Params, &plan) != nil || plan.Group == "" {
+		return
+	}
+	f.mu.Lock()
+	f.watched[plan.Group] = time.Now()
+	f.mu.Unlock()
+	if !op.Done() && holdSteps[op.Step] {
+		f.g.lis.Hold(plan.Group)
+	} else if f.g.lis.Held(plan.Group) {
+		f.g.lis.Release(plan.Group)
+	}
+}
+
+// watchDecides reports whether the operations' watch decides group's hold now.
+func (f *follower) watchDecides(group string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	at, ok := f.watched[group]
+	return ok && time.Since(at) < watchAuthority
 }
 
 // followRetry is how long a following host waits before trying again to open an endpoint that failed (its port is
@@ -91,14 +149,27 @@ func (f *follower) tryOpen(key, what string, open func() error) bool {
 }
 
 func (f *follower) once() error {
-	servers, err := f.r.Servers()
-	if err != nil {
-		return err
-	}
+	// The groups first: a failover's hold and release reach the listeners before anything else is read.
 	groups, err := f.r.Groups()
 	if err != nil {
 		return err
 	}
+	rolesChanged := f.followGroups(groups)
+	servers, err := f.r.Servers()
+	if err != nil {
+		return err
+	}
+	f.followServers(servers)
+	if rolesChanged {
+		for _, s := range f.servers {
+			f.g.cutFenced(s.ID)
+		}
+	}
+	return nil
+}
+
+// followServers opens the endpoints of new servers and closes those of deleted ones.
+func (f *follower) followServers(servers []model.Server) {
 	now := map[string]bool{}
 	for i := range servers {
 		s := &servers[i]
@@ -113,8 +184,13 @@ func (f *follower) once() error {
 			delete(f.servers, key)
 		}
 	}
-	now = map[string]bool{}
-	rolesChanged := false
+}
+
+// followGroups opens the listeners of new groups and closes those of deleted ones, holds and releases them with
+// their failovers, and cuts the sessions on instances that lost their role; it reports whether a group's roles
+// changed.
+func (f *follower) followGroups(groups []model.FailoverGroup) (rolesChanged bool) {
+	now := map[string]bool{}
 	for i := range groups {
 		g := &groups[i]
 		key := g.Key()
@@ -128,7 +204,9 @@ func (f *follower) once() error {
 			}
 			f.groups[key] = g
 		}
-		if f.holds(g) {
+		if f.watchDecides(key) {
+			// the operations' watch holds and releases this group's listeners now
+		} else if f.holds(g) {
 			f.g.lis.Hold(key)
 		} else if f.g.lis.Held(key) {
 			f.g.lis.Release(key)
@@ -147,12 +225,7 @@ func (f *follower) once() error {
 			delete(f.roles, key)
 		}
 	}
-	if rolesChanged {
-		for _, s := range f.servers {
-			f.g.cutFenced(s.ID)
-		}
-	}
-	return nil
+	return rolesChanged
 }
 
 // holds reports whether a failover of g holds new read-write sessions now.

@@ -131,8 +131,13 @@ func clusterFailovers(ctx context.Context, c *clustersim.Cluster, o ClusterOptio
 		return nil, err
 	}
 	if benchLogLevel() <= slog.LevelDebug { // each operation's step timings, from the controller's log
-		for _, line := range c.Controller.LogSince(0, "operation steps", "msg=demoted", "msg=promoted") {
+		for _, line := range c.Controller.LogSince(0, "operation steps", "msg=demoted", "msg=promoted", "early session") {
 			fmt.Fprintln(o.Progress, line)
+		}
+		for _, p := range []*clustersim.Proc{c.East, c.West} { // the client's listener may be on an agent's host
+			for _, line := range p.LogSince(0, "early session", "failover targets", "msg=\"listener: held") {
+				fmt.Fprintln(o.Progress, p.Name+": "+line)
+			}
 		}
 	}
 	for it := 0; it < o.Unplanned; it++ {

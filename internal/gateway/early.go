@@ -16,6 +16,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"time"
 )
 
 // EarlyResolver is a Resolver that may name, while it would make a session wait, the backend the session will
@@ -47,6 +48,7 @@ func (e *Endpoint) connectEarly(ctx context.Context, database string, startup []
 		if backend != nil {
 			backend.Close()
 		}
+		e.cfg.Logger.Debug("gateway: no early session", "backend", addr, "err", err, "answer", string(first))
 		return nil, "", nil, nil, false
 	}
 	return backend, addr, first, &earlyGate{confirm: confirm}, true
@@ -58,8 +60,10 @@ func (e *Endpoint) connectEarly(ctx context.Context, database string, startup []
 func (e *Endpoint) forwardStartup(client net.Conn, msg []byte, g *earlyGate) error {
 	if g != nil && !g.confirmed && isAuthOK(msg) {
 		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ResolveTimeout)
+		start := time.Now()
 		err := g.confirm(ctx)
 		cancel()
+		e.cfg.Logger.Debug("gateway: early session", "waited", time.Since(start).Round(time.Millisecond), "err", err)
 		if err != nil {
 			var re *RouteError
 			if !errors.As(err, &re) {

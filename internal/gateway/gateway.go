@@ -224,16 +224,7 @@ func (e *Endpoint) handle(client net.Conn) {
 	if database == "" {
 		database = params["user"]
 	}
-	var early *earlyGate
-	var backend net.Conn
-	var addr string
-	var first []byte
-	if mode == replNone {
-		backend, addr, first, early, _ = e.connectEarly(context.Background(), database, startup)
-	}
-	if backend == nil {
-		backend, addr, first, err = e.connectBackend(database, startup)
-	}
+	backend, addr, first, early, err := e.connectBackend(database, startup, mode == replNone)
 	if err != nil {
 		var re *RouteError
 		if !errors.As(err, &re) {
@@ -268,18 +259,26 @@ func (e *Endpoint) refuse(client net.Conn, code, message string) {
 // first answer. A backend that answers "cannot connect now" (57P03: starting up, shutting down, in recovery)
 // before anything reached the client is left for a fresh resolution: during a failover the resolver waits for
 // the new primary, so the client is connected there instead of being refused. Bounded by ResolveTimeout.
-func (e *Endpoint) connectBackend(database string, startup []byte) (net.Conn, string, []byte, error) {
+//
+// With early, each attempt first tries the resolver's early route (see EarlyResolver): a session refused by an old
+// primary that shuts down for a failover is opened on the new one as soon as the failover holds its listener.
+func (e *Endpoint) connectBackend(database string, startup []byte, early bool) (net.Conn, string, []byte, *earlyGate, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ResolveTimeout)
 	defer cancel()
 	var retryUntil time.Time
 	for attempt := 0; ; attempt++ {
+		if early {
+			if backend, addr, first, gate, ok := e.connectEarly(ctx, database, startup); ok {
+				return backend, addr, first, gate, nil
+			}
+		}
 		addr, err := e.resolver.Resolve(ctx, database)
 		if err != nil {
-			return nil, "", nil, err
+			return nil, "", nil, nil, err
 		}
 		backend, first, err := e.dialStartup(addr, startup)
 		if err == nil && !cannotConnectNow(first) {
-			return backend, addr, first, nil
+			return backend, addr, first, nil, nil
 		}
 		if backend != nil {
 			backend.Close()
@@ -288,11 +287,11 @@ func (e *Endpoint) connectBackend(database string, startup []byte) (net.Conn, st
 			retryUntil = time.Now().Add(e.cfg.RetryFor)
 		}
 		if time.Now().After(retryUntil) {
-			return nil, "", nil, unavailable(database, err)
+			return nil, "", nil, nil, unavailable(database, err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, "", nil, unavailable(database, err)
+			return nil, "", nil, nil, unavailable(database, err)
 		case <-time.After(min(time.Duration(attempt+1)*10*time.Millisecond, 200*time.Millisecond)):
 		}
 	}

@@ -68,11 +68,11 @@ type Listeners struct {
 
 	mu      sync.Mutex
 	gates   map[string]*gate
-	waiting map[string]*atomic.Int64     // group key -> sessions waiting on the read-write listener
-	open    map[string]bool              // group key -> listeners open
-	routeOf map[string]string            // group key + "/" + database -> the read-write backend last routed to
-	targets map[string]map[string]string // group key -> its geo-secondaries by database, as read at its last hold
-	cutting sync.Map                     // group key -> *atomic.Bool: a background CutStale of the group runs
+	waiting map[string]*atomic.Int64 // group key -> sessions waiting on the read-write listener
+	open    map[string]bool          // group key -> listeners open
+	routeOf map[string]string        // group key + "/" + database -> the read-write backend last routed to
+	targets map[string]*targetSet    // group key -> what its last hold's failover makes primary
+	cutting sync.Map                 // group key -> *atomic.Bool: a background CutStale of the group runs
 }
 
 // New returns listeners that open their endpoints in gw (shared with the server endpoints, so cancel requests
@@ -88,7 +88,7 @@ func New(cfg Config, gw *gateway.Manager, routes Routes) *Listeners {
 		cfg.Logger = slog.Default()
 	}
 	return &Listeners{cfg: cfg, gw: gw, routes: routes, gates: map[string]*gate{},
-		waiting: map[string]*atomic.Int64{}, open: map[string]bool{}, routeOf: map[string]string{}, targets: map[string]map[string]string{}}
+		waiting: map[string]*atomic.Int64{}, open: map[string]bool{}, routeOf: map[string]string{}, targets: map[string]*targetSet{}}
 }
 
 func endpointName(kind, group string) string { return "listener-" + kind + ":" + group }
@@ -130,34 +130,49 @@ func (l *Listeners) Close(g *model.FailoverGroup) {
 	l.mu.Unlock()
 }
 
-// Hold makes new read-write sessions of the group wait (a failover starts), and has connections to its
-// geo-secondaries made ready for them meanwhile (see gateway's Prewarm).
+// Hold makes new read-write sessions of the group wait (a failover starts), and has the sessions that will follow
+// it prepared meanwhile on the instances it makes primary (its targets): connections made ready (gateway's
+// Prewarm) and sessions opened early (see ResolveEarly).
 func (l *Listeners) Hold(group string) {
-	l.gate(group).hold()
-	l.prewarm(group)
+	ts := &targetSet{ready: make(chan struct{})}
+	l.mu.Lock()
+	prev := l.targets[group]
+	l.targets[group] = ts
+	l.mu.Unlock()
+	if !l.gate(group).hold() { // a following host holds again at each pass of the failover
+		l.mu.Lock()
+		l.targets[group] = prev
+		l.mu.Unlock()
+		return
+	}
+	l.prewarm(group, ts)
 }
 
-// prewarm asks the gateway for as many ready connections to each of the group's geo-secondaries as the
-// read-write sessions that will follow the failover: those relayed now and those waiting, and a few more.
-func (l *Listeners) prewarm(group string) {
+// targetSet is what a hold's failover makes primary, by database; ready is closed once it is read (m is nil if
+// it could not be).
+type targetSet struct {
+	ready chan struct{}
+	m     map[string]string
+}
+
+// prewarm reads the group's failover targets into ts, and asks the gateway for as many ready connections to each
+// as the read-write sessions that will follow the failover: those relayed now and those waiting, and a few more.
+func (l *Listeners) prewarm(group string, ts *targetSet) {
+	defer close(ts.ready)
 	n := int(l.waitingCounter(group).Load()) + 2
 	if ep, ok := l.gw.Get(endpointName(ReadWrite, group)); ok {
 		n += int(ep.Stats().Active)
 	}
 	targets, err := l.routes.FailoverTargets(group)
 	if err != nil {
-		l.cfg.Logger.Debug("listener: prewarm the failover targets", "group", group, "err", err)
-		l.mu.Lock()
-		delete(l.targets, group) // no early sessions toward targets read at an earlier hold
-		l.mu.Unlock()
+		l.cfg.Logger.Debug("listener: read the failover targets", "group", group, "err", err)
 		return
 	}
+	ts.m = targets
+	l.cfg.Logger.Debug("listener: held; early sessions and prewarmed connections go to the failover targets", "group", group, "targets", targets)
 	for _, addr := range targets {
 		l.gw.Prewarm(addr, min(n, maxPrewarm))
 	}
-	l.mu.Lock()
-	l.targets[group] = targets
-	l.mu.Unlock()
 }
 
 // maxPrewarm bounds the ready connections a hold asks for per geo-secondary.
@@ -283,12 +298,15 @@ type gate struct {
 	released chan struct{}
 }
 
-func (g *gate) hold() {
+// hold closes the gate; it reports whether it was open.
+func (g *gate) hold() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.held {
-		g.held, g.released = true, make(chan struct{})
+	if g.held {
+		return false
 	}
+	g.held, g.released = true, make(chan struct{})
+	return true
 }
 
 func (g *gate) release() {
@@ -332,13 +350,22 @@ type resolver struct {
 // ResolveEarly names, while a failover holds the group's read-write sessions, the geo-secondary of database (the
 // primary the failover makes): the gateway opens the session there at once and holds back its answers until
 // confirm, which waits for the release and checks that the route is that instance (see gateway.EarlyResolver).
-func (r resolver) ResolveEarly(_ context.Context, database string) (string, func(context.Context) error, bool) {
+func (r resolver) ResolveEarly(ctx context.Context, database string) (string, func(context.Context) error, bool) {
 	if r.readOnly || !r.l.gate(r.group).isHeld() {
 		return "", nil, false
 	}
 	r.l.mu.Lock()
-	addr := r.l.targets[r.group][database]
+	ts := r.l.targets[r.group]
 	r.l.mu.Unlock()
+	if ts == nil {
+		return "", nil, false
+	}
+	select { // the hold has just begun: its targets are being read
+	case <-ts.ready:
+	case <-ctx.Done():
+		return "", nil, false
+	}
+	addr := ts.m[database]
 	if addr == "" {
 		return "", nil, false
 	}

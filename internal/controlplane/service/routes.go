@@ -1,10 +1,12 @@
 package service
 
 import (
+	"encoding/json"
 	"errors"
 
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
+	"github.com/fogo-db/fogo/internal/controlplane/failover"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 )
@@ -137,8 +139,10 @@ func (s *Routes) ResolveGroupDatabase(groupKey, database string, readOnly bool) 
 	return "", ErrNoReadableSecondary
 }
 
-// FailoverTargets returns the addresses of a group's geo-secondaries (the primaries a failover would make) by
-// database, from the records alone: nothing is asked of the hosts.
+// FailoverTargets returns, by database, the addresses of the instances a failover of the group makes primary:
+// those its running failover operation planned, or else its geo-secondaries (from the records alone: nothing is
+// asked of the hosts). Read in the middle of a failover whose roles are already recorded, the group's
+// secondaries would be the old primaries: the plan names the new ones throughout.
 func (s *Routes) FailoverTargets(groupKey string) (map[string]string, error) {
 	out := map[string]string{}
 	err := s.st.View(func(tx *store.Tx) error {
@@ -146,18 +150,50 @@ func (s *Routes) FailoverTargets(groupKey string) (map[string]string, error) {
 		if err := tx.MustGet(store.Groups, groupKey, &g); err != nil {
 			return err
 		}
+		targets := map[string]string{} // database -> instance ID
 		for _, d := range g.Databases {
-			var sec model.Instance
-			if d.Secondary == "" {
+			targets[d.Name] = d.Secondary
+		}
+		if plan, ok, err := runningFailoverPlan(tx, &g); err != nil {
+			return err
+		} else if ok {
+			for _, pr := range plan.Pairs {
+				targets[pr.Database] = pr.NewPrimary
+			}
+		}
+		for db, id := range targets {
+			var inst model.Instance
+			if id == "" {
 				continue
 			}
-			if ok, err := tx.Get(store.Instances, d.Secondary, &sec); err != nil {
+			if ok, err := tx.Get(store.Instances, id, &inst); err != nil {
 				return err
-			} else if ok && sec.Seeded && !sec.NeedsRejoin {
-				out[d.Name] = s.cl.Addr(&sec)
+			} else if ok && inst.Seeded && !inst.NeedsRejoin {
+				out[db] = s.cl.Addr(&inst)
 			}
 		}
 		return nil
 	})
 	return out, err
+}
+
+// runningFailoverPlan returns the plan of the group's failover operation when one runs.
+func runningFailoverPlan(tx *store.Tx, g *model.FailoverGroup) (failover.Plan, bool, error) {
+	var plan failover.Plan
+	if g.Operation == "" {
+		return plan, false, nil
+	}
+	var op model.Operation
+	if ok, err := tx.Get(store.Operations, g.Operation, &op); err != nil || !ok || op.Done() {
+		return plan, false, err
+	}
+	switch op.Kind {
+	case model.OpPlanned, model.OpForced, model.OpTryPlanned:
+	default:
+		return plan, false, nil
+	}
+	if len(op.Params) == 0 || json.Unmarshal(op.Params, &plan) != nil || plan.Group != g.Key() {
+		return plan, false, nil
+	}
+	return plan, true, nil
 }

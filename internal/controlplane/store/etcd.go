@@ -360,6 +360,43 @@ func (s *Store) Changes(ctx context.Context) <-chan struct{} {
 	return out
 }
 
+// WatchBucket sends, for a store on etcd, every value written to bucket (one that is not sealed) as it is
+// committed, until ctx ends; nil on bbolt or for a sealed bucket. A watch that had to be set up again starts from
+// the current values: nothing is replayed. The channel is closed when ctx ends.
+func (s *Store) WatchBucket(ctx context.Context, bucket string) <-chan []byte {
+	b, ok := s.b.(*etcdBackend)
+	if !ok || sealedBuckets[bucket] {
+		return nil
+	}
+	out := make(chan []byte, 64)
+	go func() {
+		defer close(out)
+		for ctx.Err() == nil {
+			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+			for resp := range b.cli.Watch(wctx, b.key(bucket, ""), clientv3.WithPrefix()) {
+				if resp.Err() != nil {
+					break
+				}
+				for _, ev := range resp.Events {
+					if ev.Type != clientv3.EventTypePut {
+						continue
+					}
+					select {
+					case out <- ev.Kv.Value:
+					case <-ctx.Done():
+					}
+				}
+			}
+			cancel()
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	return out
+}
+
 // Bind ends every later etcd request of the store when ctx ends (a controller that lost its leadership stops
 // at once instead of waiting for its requests to time out). A bbolt store ignores it.
 func (s *Store) Bind(ctx context.Context) {
