@@ -109,3 +109,63 @@ func TestEndpointsAvoidInstancePorts(t *testing.T) {
 		t.Fatalf("an endpoint outside the instance ports: %v", err)
 	}
 }
+
+// TestFollowHoldsFromTheOperations: a following host holds a group's read-write sessions when a failover of the
+// group writes a step that holds them, and releases them when it writes one that does not, from the operations'
+// watch alone: the group's record does not name the operation, so a pass would never hold it.
+func TestFollowHoldsFromTheOperations(t *testing.T) {
+	defer func(d time.Duration) { followFallback = d }(followFallback)
+	followFallback = time.Hour
+	srv := etcdtest.Start(t)
+	log := slog.New(slog.DiscardHandler)
+	s, err := openSealedState(t.TempDir(), "", &store.EtcdConfig{Endpoints: srv.Endpoints(), Prefix: "/holds"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.st
+	t.Cleanup(func() { st.Close() })
+	routes := service.NewRoutes(st, cluster.New(cluster.Config{Logger: log}, st))
+	g, err := newGatewayEndpoints(gatewayConfig{}, routes, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := g.followState(ctx, st, routes)
+	defer stop()
+	defer g.shutdown()
+	fg := model.FailoverGroup{Name: "fg",
+		RWPort: pgtest.FreePort(t), ROPort: pgtest.FreePort(t)}
+	if err := st.Update(func(tx *store.Tx) error { return tx.Put(store.Groups, fg.Key(), &fg) }); err != nil {
+		t.Fatal(err)
+	}
+	op := model.Operation{ID: "op1", Kind: model.OpPlanned, Status: model.OpInProgress, Step: "catch-up",
+		Params: []byte(`{"group":"` + fg.Key() + `"}`)}
+	write := func(step string) {
+		t.Helper()
+		op.Step = step
+		if err := st.Update(func(tx *store.Tx) error { return tx.Put(store.Operations, op.ID, &op) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := func(want bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for g.lis.Held(fg.Key()) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("held = %v after 5 s, want %v (step %s)", !want, want, op.Step)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	write("catch-up")
+	time.Sleep(300 * time.Millisecond)
+	held(false)
+	write("demote")
+	held(true)
+	write("record")
+	time.Sleep(300 * time.Millisecond)
+	held(true) // the passes the writes start leave the hold to the watch
+	write("rejoin")
+	held(false)
+}
