@@ -60,7 +60,7 @@ the state, and the endpoints' multi-host lists name this host.`,
 				fmt.Fprintln(os.Stderr, "fogo agent is stopping (its instances keep running)")
 				return nil
 			case <-a.Fenced():
-				return errors.New("lost the agent lease (etcd unreachable, or this process frozen, for half its TTL): the primaries on this host were stopped, and the agent exits; start it again once etcd is reachable")
+				return errors.New("lost the agent lease (etcd unreachable, or this process frozen, for two thirds of its TTL): the primaries on this host were stopped, and the agent exits; start it again once etcd is reachable")
 			}
 		},
 	}

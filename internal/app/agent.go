@@ -276,7 +276,10 @@ func (a *Agent) register(ctx context.Context) error {
 }
 
 // guard fences the host's primaries once the agent's lease may be about to expire: it was not renewed for so
-// long (etcd unreachable, the agent frozen) that less than half its TTL is left by what etcd last said. The
+// long (etcd unreachable, the agent frozen) that less than a third of its TTL is left by what etcd last said
+// (Patroni's defaults leave a third too: ttl 30 s, loop_wait and retry_timeout 10 s each). Half left it fenced
+// healthy hosts: one etcd member of three killed under load, the election and the client's move to another member
+// took more than half the TTL once. A third (2 s of a 6 s lease) is still ample to stop the primaries. The
 // controller promotes another copy of a primary whose host does not answer only once this lease has expired, so
 // the primaries here stop taking writes before that can happen. The host API refuses everything from then on,
 // and Fenced is closed when the primaries are stopped (serve exits; a supervisor starts it again, and it
@@ -288,7 +291,7 @@ func (a *Agent) guard(context.Context) error {
 	if ttl <= 0 {
 		ttl = agent.DefaultTTL
 	}
-	lost, err := lease.Guard(ctx, cli, a.reg.Lease(), ttl, ttl/2, a.reg.Done())
+	lost, err := lease.Guard(ctx, cli, a.reg.Lease(), ttl, ttl/3, a.reg.Done())
 	if err != nil {
 		return err
 	}
