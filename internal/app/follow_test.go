@@ -18,30 +18,41 @@ import (
 	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
 
-// TestFollowStateFromWatch: a host following a state in etcd opens a new server's endpoint, and closes a deleted
-// one's, from the store's watch alone (the fallback pass is made too rare to matter). After shutdown nothing opens
-// again.
-func TestFollowStateFromWatch(t *testing.T) {
-	defer func(d time.Duration) { followFallback = d }(followFallback)
+// followingHost starts a host following a state in etcd under prefix, with the fallback pass made too rare to
+// matter (what it does comes from the watches); it stops with the test.
+func followingHost(t *testing.T, prefix string) (*store.Store, *gatewayEndpoints) {
+	t.Helper()
+	fallback := followFallback
 	followFallback = time.Hour
 	srv := etcdtest.Start(t)
 	log := slog.New(slog.DiscardHandler)
-	s, err := openSealedState(t.TempDir(), "", &store.EtcdConfig{Endpoints: srv.Endpoints(), Prefix: "/follow"}, log)
+	s, err := openSealedState(t.TempDir(), "", &store.EtcdConfig{Endpoints: srv.Endpoints(), Prefix: prefix}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	st := s.st
-	t.Cleanup(func() { st.Close() })
 	routes := service.NewRoutes(st, cluster.New(cluster.Config{Logger: log}, st))
 	g, err := newGatewayEndpoints(gatewayConfig{}, routes, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	stop := g.followState(ctx, st, routes)
-	defer stop()
-	defer g.shutdown()
+	t.Cleanup(func() {
+		g.shutdown()
+		stop()
+		cancel()
+		st.Close()
+		followFallback = fallback
+	})
+	return st, g
+}
+
+// TestFollowStateFromWatch: a host following a state in etcd opens a new server's endpoint, and closes a deleted
+// one's, from the store's watch alone (the fallback pass is made too rare to matter). After shutdown nothing opens
+// again.
+func TestFollowStateFromWatch(t *testing.T) {
+	st, g := followingHost(t, "/follow")
 	time.Sleep(500 * time.Millisecond) // past the first pass: what follows comes from the watch
 
 	put := func(name string, port int) {
@@ -114,26 +125,7 @@ func TestEndpointsAvoidInstancePorts(t *testing.T) {
 // group writes a step that holds them, and releases them when it writes one that does not, from the operations'
 // watch alone: the group's record does not name the operation, so a pass would never hold it.
 func TestFollowHoldsFromTheOperations(t *testing.T) {
-	defer func(d time.Duration) { followFallback = d }(followFallback)
-	followFallback = time.Hour
-	srv := etcdtest.Start(t)
-	log := slog.New(slog.DiscardHandler)
-	s, err := openSealedState(t.TempDir(), "", &store.EtcdConfig{Endpoints: srv.Endpoints(), Prefix: "/holds"}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := s.st
-	t.Cleanup(func() { st.Close() })
-	routes := service.NewRoutes(st, cluster.New(cluster.Config{Logger: log}, st))
-	g, err := newGatewayEndpoints(gatewayConfig{}, routes, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	stop := g.followState(ctx, st, routes)
-	defer stop()
-	defer g.shutdown()
+	st, g := followingHost(t, "/holds")
 	fg := model.FailoverGroup{Name: "fg",
 		RWPort: pgtest.FreePort(t), ROPort: pgtest.FreePort(t)}
 	if err := st.Update(func(tx *store.Tx) error { return tx.Put(store.Groups, fg.Key(), &fg) }); err != nil {
