@@ -45,8 +45,9 @@ type Manager struct {
 	store *store.Store
 	log   *slog.Logger
 
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex
+	mu     sync.Mutex
+	locks  map[string]*sync.Mutex
+	silent map[string]silence // agent name -> its last failure to answer (see HostAnswers)
 
 	startHook atomic.Pointer[StartHook]
 	agents    agentDirectory

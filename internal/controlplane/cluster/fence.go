@@ -69,8 +69,16 @@ func (m *Manager) StopFenced(ctx context.Context, rec *model.Instance) (string, 
 // cut off): the instance may still take writes from clients that reach it, so it counts as stopped only once its
 // agent's lease has expired — an agent stops its primaries before its lease can expire. It waits for that, up to
 // the lease's TTL and a margin; decided is false when the host answers (stop it through the agent).
+//
+// A host that failed to answer within the last agentSilentRecently is not asked again: the monitor asked just
+// before the failover started, and asking again would keep the failover waiting a whole agentPingTimeout past
+// the lease's expiry (a lease expired means the same whether the host answers now or not: its agent stopped the
+// primaries, see agent.Guard).
 func (m *Manager) fencedByLease(ctx context.Context, rec *model.Instance) (how string, decided bool, err error) {
-	perr := m.HostAnswers(ctx, rec)
+	perr := m.recentSilence(rec.Host)
+	if perr == nil {
+		perr = m.HostAnswers(ctx, rec)
+	}
 	if perr == nil || m.cfg.Agents == nil {
 		return "", false, nil
 	}
@@ -116,5 +124,35 @@ func (m *Manager) HostAnswers(ctx context.Context, rec *model.Instance) error {
 	cl, _ := m.hostClient(rec.Host)
 	pctx, cancel := context.WithTimeout(ctx, agentPingTimeout)
 	defer cancel()
-	return cl.Ping(pctx)
+	err := cl.Ping(pctx)
+	m.mu.Lock()
+	if m.silent == nil {
+		m.silent = map[string]silence{}
+	}
+	if err != nil {
+		m.silent[rec.Host] = silence{at: time.Now(), err: err}
+	} else {
+		delete(m.silent, rec.Host)
+	}
+	m.mu.Unlock()
+	return err
+}
+
+// agentSilentRecently is how long a host's failure to answer stands for fencedByLease.
+const agentSilentRecently = 3 * time.Second
+
+// silence is a host's last failure to answer.
+type silence struct {
+	at  time.Time
+	err error
+}
+
+// recentSilence returns the host's failure to answer if it came within agentSilentRecently.
+func (m *Manager) recentSilence(host string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s, ok := m.silent[host]; ok && time.Since(s.at) < agentSilentRecently {
+		return s.err
+	}
+	return nil
 }
