@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -173,14 +174,20 @@ func (m *Manager) SaveInstance(rec *model.Instance) error {
 // ErrNoFreePort says the port range is exhausted.
 var ErrNoFreePort = errors.New("no free port in the configured range")
 
-// AllocatePort leases the lowest free port in the range that nothing listens on, recording the owner.
+// AllocatePort leases the lowest free port in the range that nothing listens on, recording the owner. The port
+// is one every host serves the endpoint on (cluster mode: the agents' hosts too), so a port an agent's host API
+// or its instances use is never taken.
 func (m *Manager) AllocatePort(tx *store.Tx, owner string) (int, error) {
 	leased := map[string]bool{} // one read of the leases (on etcd, one range instead of a request per port)
 	if err := tx.Scan(store.Ports, "", func(key string, _ []byte) error { leased[key] = true; return nil }); err != nil {
 		return 0, fmt.Errorf("allocate port: %w", err)
 	}
+	agents, err := store.List[model.Agent](tx, store.Agents, "")
+	if err != nil {
+		return 0, fmt.Errorf("allocate port: %w", err)
+	}
 	for p := m.cfg.PortLow; p <= m.cfg.PortHigh; p++ {
-		if leased[strconv.Itoa(p)] {
+		if leased[strconv.Itoa(p)] || usedOnAgentHost(agents, p) {
 			continue
 		}
 		if !portFree(p) {
@@ -189,6 +196,19 @@ func (m *Manager) AllocatePort(tx *store.Tx, owner string) (int, error) {
 		return p, tx.Put(store.Ports, strconv.Itoa(p), owner)
 	}
 	return 0, fmt.Errorf("allocate port %d-%d: %w", m.cfg.PortLow, m.cfg.PortHigh, ErrNoFreePort)
+}
+
+// usedOnAgentHost reports whether port is an agent's host API port or in its instances' range.
+func usedOnAgentHost(agents []model.Agent, port int) bool {
+	for _, a := range agents {
+		if port >= a.PortLow && port <= a.PortHigh {
+			return true
+		}
+		if u, err := url.Parse(a.URL); err == nil && u.Port() == strconv.Itoa(port) {
+			return true
+		}
+	}
+	return false
 }
 
 // ReleasePort returns a port to the pool.
