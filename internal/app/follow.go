@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/controlplane/failover"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/service"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
@@ -96,24 +97,17 @@ const watchAuthority = 4 * time.Second
 // operation as it was just written.
 func (f *follower) operationWritten(raw []byte) {
 	var op model.Operation
-	if json.Unmarshal(raw, &op) != nil {
+	if json.Unmarshal(raw, &op) != nil || !op.IsFailover() {
 		return
 	}
-	switch op.Kind {
-	case model.OpPlanned, model.OpForced, model.OpTryPlanned:
-	default:
-		return
-	}
-	var plan struct {
-		Group string `json:"group"`
-	}
+	var plan failover.Plan
 	if json.Unmarshal(op.Params, &plan) != nil || plan.Group == "" {
 		return
 	}
 	f.mu.Lock()
 	f.watched[plan.Group] = time.Now()
 	f.mu.Unlock()
-	if !op.Done() && holdSteps[op.Step] {
+	if holdsSessions(&op) {
 		f.g.lis.Hold(plan.Group)
 	} else if f.g.lis.Held(plan.Group) {
 		f.g.lis.Release(plan.Group)
@@ -234,14 +228,12 @@ func (f *follower) holds(g *model.FailoverGroup) bool {
 		return false
 	}
 	op, err := f.r.Operation(g.Operation)
-	if err != nil || op.Done() {
-		return false
-	}
-	switch op.Kind {
-	case model.OpPlanned, model.OpForced, model.OpTryPlanned:
-		return holdSteps[op.Step]
-	}
-	return false
+	return err == nil && holdsSessions(op)
+}
+
+// holdsSessions reports whether op is a failover that holds its group's new read-write sessions now.
+func holdsSessions(op *model.Operation) bool {
+	return op.IsFailover() && !op.Done() && holdSteps[op.Step]
 }
 
 // releaseFollowedHolds lets go of the holds a waiting controller mirrored, once it is elected: a failover it

@@ -72,13 +72,13 @@ func (m *Metrics) ObserveOperation(op *model.Operation, initiatedBy string) {
 	if op.Status != model.OpSucceeded {
 		return
 	}
-	switch op.Kind {
-	case model.OpPlanned, model.OpForced, model.OpTryPlanned:
-		if initiatedBy == "" {
-			initiatedBy = "user"
-		}
-		m.failovers.WithLabelValues(op.Kind, initiatedBy).Inc()
+	if !op.IsFailover() {
+		return
 	}
+	if initiatedBy == "" {
+		initiatedBy = "user"
+	}
+	m.failovers.WithLabelValues(op.Kind, initiatedBy).Inc()
 }
 
 var (

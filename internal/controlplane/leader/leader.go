@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/lease"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -99,26 +100,7 @@ func CurrentRev(ctx context.Context, cli *clientv3.Client, prefix string) (int64
 // Changes signals, without blocking, every change of the election (a leader elected, resigned or expired) until
 // ctx ends; also whenever its watch had to be set up again.
 func Changes(ctx context.Context, cli *clientv3.Client, prefix string) <-chan struct{} {
-	out := make(chan struct{}, 1)
-	signal := func() {
-		select {
-		case out <- struct{}{}:
-		default:
-		}
-	}
-	go func() {
-		for ctx.Err() == nil {
-			for range cli.Watch(clientv3.WithRequireLeader(ctx), electionKey(prefix)+"/", clientv3.WithPrefix()) {
-				signal()
-			}
-			signal()
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
-	}()
-	return out
+	return store.WatchSignals(ctx, cli, electionKey(prefix)+"/", clientv3.WithPrefix())
 }
 
 // Current returns the name of the controller that leads ("" if none).

@@ -55,5 +55,14 @@ type Operation struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
+// IsFailover reports whether the operation is a failover (planned, forced, or planned before forced).
+func (o *Operation) IsFailover() bool {
+	switch o.Kind {
+	case OpPlanned, OpForced, OpTryPlanned:
+		return true
+	}
+	return false
+}
+
 // Done reports whether the operation reached a terminal status.
 func (o *Operation) Done() bool { return o.Status != OpInProgress }

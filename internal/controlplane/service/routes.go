@@ -184,13 +184,8 @@ func runningFailoverPlan(tx *store.Tx, g *model.FailoverGroup) (failover.Plan, b
 		return plan, false, nil
 	}
 	var op model.Operation
-	if ok, err := tx.Get(store.Operations, g.Operation, &op); err != nil || !ok || op.Done() {
+	if ok, err := tx.Get(store.Operations, g.Operation, &op); err != nil || !ok || op.Done() || !op.IsFailover() {
 		return plan, false, err
-	}
-	switch op.Kind {
-	case model.OpPlanned, model.OpForced, model.OpTryPlanned:
-	default:
-		return plan, false, nil
 	}
 	if len(op.Params) == 0 || json.Unmarshal(op.Params, &plan) != nil || plan.Group != g.Key() {
 		return plan, false, nil

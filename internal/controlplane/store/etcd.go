@@ -333,6 +333,13 @@ func (s *Store) Changes(ctx context.Context) <-chan struct{} {
 	if !ok {
 		return nil
 	}
+	return WatchSignals(ctx, b.cli, b.revKey())
+}
+
+// WatchSignals signals, without blocking, every change etcd reports of key (with opts, e.g. WithPrefix) until
+// ctx ends, and also whenever its watch had to be set up again (compacted, or no etcd leader: a change may have
+// been missed meanwhile). Signals coalesce: a reader that is busy gets one for all the changes it missed.
+func WatchSignals(ctx context.Context, cli *clientv3.Client, key string, opts ...clientv3.OpOption) <-chan struct{} {
 	out := make(chan struct{}, 1)
 	signal := func() {
 		select {
@@ -343,9 +350,9 @@ func (s *Store) Changes(ctx context.Context) <-chan struct{} {
 	go func() {
 		for ctx.Err() == nil {
 			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-			for resp := range b.cli.Watch(wctx, b.revKey()) {
+			for resp := range cli.Watch(wctx, key, opts...) {
 				if resp.Err() != nil {
-					break // compacted, or no leader: set the watch up again
+					break
 				}
 				signal()
 			}
