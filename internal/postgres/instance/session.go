@@ -120,6 +120,11 @@ func (s *Session) Promote(ctx context.Context) error {
 
 // promoteAndWait promotes a standby and returns once it has left recovery (pg_is_in_recovery() follows the
 // shared state, also within one statement), at most about 120 s later; a primary already is left alone.
+//
+// It asks again every 20 ms while it waits: PostgreSQL 15's startup process can notice a promotion and then sleep
+// out the rest of wal_retrieve_retry_interval before it acts on it (when the promotion arrives while the WAL
+// receiver it asked for after a failed stream has not started yet: stopping that receiver wakes nobody). Each
+// request wakes it; one asked after the promotion ended is refused with 55000, which is ignored.
 const promoteAndWait = `DO $$
 BEGIN
 	IF pg_is_in_recovery() AND NOT pg_promote(false) THEN
@@ -128,6 +133,13 @@ BEGIN
 	FOR i IN 1..60000 LOOP
 		EXIT WHEN NOT pg_is_in_recovery();
 		PERFORM pg_sleep(0.002);
+		IF i % 10 = 0 THEN
+			BEGIN
+				PERFORM pg_promote(false);
+			EXCEPTION WHEN object_not_in_prerequisite_state THEN
+				NULL; -- the promotion ended meanwhile
+			END;
+		END IF;
 	END LOOP;
 	IF pg_is_in_recovery() THEN
 		RAISE EXCEPTION 'still in recovery after 120 s';
