@@ -72,7 +72,7 @@ func (i *Instance) Init(ctx context.Context) error {
 	}
 	defer h.Remove(pwfile)
 	_, err := h.Run(ctx, nil, "initdb", "-D", i.Dir, "-U", i.SuperUser, "--pwfile="+pwfile,
-		"--auth=scram-sha-256", "--data-checksums", "--encoding=UTF8", "--locale=C.UTF-8")
+		"--auth=scram-sha-256", "--data-checksums", "--encoding=UTF8", "--locale=C.UTF-8", "--wal-segsize=1")
 	if err != nil {
 		return fmt.Errorf("initdb %s: %w", i.Dir, err)
 	}

@@ -191,7 +191,17 @@ func TestBoundedSlotBecomesLost(t *testing.T) {
 		exec(t, p, fmt.Sprintf("INSERT INTO t VALUES (%d)", k))
 		exec(t, p, "SELECT pg_switch_wal()")
 	}
-	if st := slotStatus(t, p, "fogo_s1"); st.RetainedBytes < 2*16<<20 || st.WALStatus != "unreserved" {
+	var segment int64 // 1 MB for fogo's instances (faster promotions)
+	if c, err := p.Connect(ctx, "postgres"); err != nil {
+		t.Fatal(err)
+	} else {
+		err = c.QueryRow(ctx, "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").Scan(&segment)
+		c.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := slotStatus(t, p, "fogo_s1"); st.RetainedBytes < 2*segment || st.WALStatus != "unreserved" {
 		t.Fatalf("stopped standby's slot after three segments: %+v", st)
 	}
 	exec(t, p, "CHECKPOINT")
