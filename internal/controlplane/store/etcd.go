@@ -182,17 +182,23 @@ func (b *etcdBackend) begin() (*etcdTx, error) {
 }
 
 // etcdTx reads at revision rev and buffers its writes by full etcd key (nil: deleted).
+//
+// Only begin's read of the revision is linearizable (a round of etcd's consensus); the reads at rev that follow
+// are serializable, answered by the member from its own copy: what a key held at a given revision never changes,
+// and the member that answered begin has applied rev. A member the client moved to meanwhile that has not yet
+// applied rev answers ErrFutureRev, and the run starts again, as after a compaction.
 type etcdTx struct {
 	b *etcdBackend
 	// rev is the snapshot's revision; seenMod is the revision key's mod revision in it (0: absent).
 	rev, seenMod int64
 	writes       map[string]*[]byte
-	// compacted is set when a read found rev compacted away: the run is void and fn runs again.
+	// compacted is set when a read found rev compacted away, or not yet applied by the member that answered: the
+	// run is void and fn runs again.
 	compacted bool
 }
 
 func (t *etcdTx) readErr(bucket, key string, err error) error {
-	if errors.Is(err, rpctypes.ErrCompacted) {
+	if errors.Is(err, rpctypes.ErrCompacted) || errors.Is(err, rpctypes.ErrFutureRev) {
 		t.compacted = true
 	}
 	return fmt.Errorf("etcd state: read %s/%s: %w", bucket, key, err)
@@ -208,7 +214,7 @@ func (t *etcdTx) get(bucket, key string) ([]byte, error) {
 	}
 	ctx, cancel := t.b.request()
 	defer cancel()
-	resp, err := t.b.cli.Get(ctx, k, clientv3.WithRev(t.rev))
+	resp, err := t.b.cli.Get(ctx, k, clientv3.WithRev(t.rev), clientv3.WithSerializable())
 	if err != nil {
 		return nil, t.readErr(bucket, key, err)
 	}
@@ -237,7 +243,8 @@ func (t *etcdTx) scan(bucket, prefix string, fn func(key string, value []byte) e
 	merged := map[string][]byte{}
 	for {
 		ctx, cancel := t.b.request()
-		resp, err := t.b.cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithRev(t.rev), clientv3.WithLimit(etcdScanPage))
+		resp, err := t.b.cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithRev(t.rev), clientv3.WithLimit(etcdScanPage),
+			clientv3.WithSerializable())
 		cancel()
 		if err != nil {
 			return t.readErr(bucket, prefix+"*", err)
