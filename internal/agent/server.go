@@ -164,7 +164,9 @@ func (s *Server) do(ctx context.Context, op string, req *request) (*response, er
 		switch req.Signal {
 		case syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT:
 			timeout := min(max(time.Duration(req.TimeoutMS)*time.Millisecond, time.Second), maxShutdownWait)
+			start := time.Now()
 			err = s.Host.Shutdown(ctx, req.Path, req.Signal, timeout)
+			s.Log.Debug("host api: shutdown", "path", req.Path, "signal", req.Signal, "took", time.Since(start).Round(time.Millisecond), "err", err)
 		default:
 			return nil, refuse("signal %d is not a shutdown signal", req.Signal)
 		}

@@ -135,7 +135,7 @@ func clusterFailovers(ctx context.Context, c *clustersim.Cluster, o ClusterOptio
 			fmt.Fprintln(o.Progress, line)
 		}
 		for _, p := range []*clustersim.Proc{c.East, c.West} { // the client's listener may be on an agent's host
-			for _, line := range p.LogSince(0, "early session", "failover targets", "msg=\"listener: held") {
+			for _, line := range p.LogSince(0, "early session", "failover targets", "msg=\"listener: held", "host api: shutdown") {
 				fmt.Fprintln(o.Progress, p.Name+": "+line)
 			}
 		}
