@@ -371,7 +371,7 @@ func (a *App) build(ctx context.Context) error {
 	}
 	hooks := failover.Hooks{
 		Hold:    func(group string) { a.gw.lis.Hold(group) },
-		Release: func(group string) { a.gw.Released(group) },
+		Release: func(group string, recorded bool) { a.gw.Released(group, recorded) },
 	}
 	orch := failover.New(failover.Config{CatchUpTimeout: a.opts.CatchUpTimeout, TryPlannedTimeout: a.opts.TryPlannedTimeout, Logger: a.log},
 		a.Store, a.Cluster, hooks)

@@ -170,8 +170,8 @@ func (g *gatewayEndpoints) shutdown() {
 // Released follows the end of a failover of group: the group's listeners let new sessions through and cut the
 // read-write sessions still on a former primary, and every server endpoint cuts its sessions to a fenced
 // instance (a former primary that could not be stopped would otherwise keep serving them).
-func (g *gatewayEndpoints) Released(group string) {
-	g.lis.Release(group)
+func (g *gatewayEndpoints) Released(group string, recorded bool) {
+	g.lis.ReleaseRecorded(group, recorded)
 	servers, err := g.svc.Servers()
 	if err != nil {
 		g.log.Warn("cut sessions to fenced instances", "err", err)

@@ -110,7 +110,9 @@ func (f *follower) operationWritten(raw []byte) {
 	if holdsSessions(&op) {
 		f.g.lis.Hold(plan.Group)
 	} else if f.g.lis.Held(plan.Group) {
-		f.g.lis.Release(plan.Group)
+		// Recorded: the roles were written with the plan, before this write; the sessions that waited go to the
+		// targets read at the hold without another read of the store.
+		f.g.lis.ReleaseRecorded(plan.Group, plan.Recorded)
 	}
 }
 

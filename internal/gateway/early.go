@@ -31,6 +31,8 @@ type EarlyResolver interface {
 type earlyGate struct {
 	confirm   func(context.Context) error
 	confirmed bool
+	// onConfirm, when set, is called once the route is confirmed (the session may be cut from then on).
+	onConfirm func()
 }
 
 // connectEarly opens the session on the early route, if the resolver has one and that backend takes it.
@@ -73,6 +75,9 @@ func (e *Endpoint) forwardStartup(client net.Conn, msg []byte, g *earlyGate) err
 			return err
 		}
 		g.confirmed = true
+		if g.onConfirm != nil {
+			g.onConfirm()
+		}
 	}
 	if g != nil && g.confirmed {
 		msg = leftHotStandby(msg)

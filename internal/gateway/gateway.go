@@ -234,7 +234,7 @@ func (e *Endpoint) handle(client net.Conn) {
 		return
 	}
 	defer backend.Close()
-	sess.route(SessionInfo{Database: database, User: params["user"], Backend: addr}, backend)
+	sess.route(SessionInfo{Database: database, User: params["user"], Backend: addr}, backend, early)
 	_ = client.SetDeadline(time.Time{})
 	if err := e.forwardStartup(client, first, early); err != nil {
 		return

@@ -20,8 +20,10 @@ type session struct {
 	conns  []net.Conn // the client (raw, then TLS-wrapped) and, once routed, the backend
 	info   SessionInfo
 	routed bool
-	end    func() // set while the event loop relays the session: ends it there
-	ended  bool
+	// confirming: an early session whose route is not confirmed yet; Cut leaves it to the confirmation.
+	confirming bool
+	end        func() // set while the event loop relays the session: ends it there
+	ended      bool
 }
 
 // add makes c part of the session; a session already ended closes it at once.
@@ -34,12 +36,21 @@ func (s *session) add(c net.Conn) {
 	}
 }
 
-// route records where the session is relayed (and its backend connection).
-func (s *session) route(info SessionInfo, backend net.Conn) {
+// route records where the session is relayed (and its backend connection); early, when set, is the gate of an
+// early session: until it confirms the route, Cut leaves the session alone (a refused confirmation ends it with
+// the reason, where a cut would only close it).
+func (s *session) route(info SessionInfo, backend net.Conn, early *earlyGate) {
 	s.add(backend)
 	s.mu.Lock()
-	s.info, s.routed = info, true
+	s.info, s.routed, s.confirming = info, true, early != nil
 	s.mu.Unlock()
+	if early != nil {
+		early.onConfirm = func() {
+			s.mu.Lock()
+			s.confirming = false
+			s.mu.Unlock()
+		}
+	}
 }
 
 // onEnd sets how to end the session in the event loop; a session already ended is ended there at once.
@@ -97,7 +108,7 @@ func (e *Endpoint) Cut(cut func(SessionInfo) bool) int {
 	n := 0
 	for _, s := range routed {
 		s.mu.Lock()
-		info, ok := s.info, s.routed && !s.ended
+		info, ok := s.info, s.routed && !s.ended && !s.confirming
 		s.mu.Unlock()
 		if !ok {
 			continue

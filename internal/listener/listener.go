@@ -180,8 +180,27 @@ const maxPrewarm = 16
 
 // Release lets them through to the primary recorded now (a failover ended, whatever its outcome), and cuts the
 // read-write sessions still relayed to an instance that is not the primary now.
-func (l *Listeners) Release(group string) {
-	l.gate(group).release()
+func (l *Listeners) Release(group string) { l.ReleaseRecorded(group, false) }
+
+// ReleaseRecorded is Release, told whether the failover recorded the primaries it made (its plan's targets, read
+// at the hold) before it ended. If it did, the sessions that waited go to those targets, and the early sessions
+// are confirmed, without reading the store again: in cluster mode that read is several etcd round trips, which
+// every client held by the failover would wait for.
+func (l *Listeners) ReleaseRecorded(group string, recorded bool) {
+	var routes map[string]string
+	if recorded {
+		l.mu.Lock()
+		ts := l.targets[group]
+		l.mu.Unlock()
+		if ts != nil {
+			select {
+			case <-ts.ready:
+				routes = ts.m
+			default: // still being read: the sessions read the store
+			}
+		}
+	}
+	l.gate(group).release(routes)
 	l.CutStale(group)
 }
 
@@ -296,6 +315,8 @@ type gate struct {
 	mu       sync.Mutex
 	held     bool
 	released chan struct{}
+	// routes are the primaries, by database, that the failover whose hold ended recorded (nil: read the store).
+	routes map[string]string
 }
 
 // hold closes the gate; it reports whether it was open.
@@ -305,15 +326,16 @@ func (g *gate) hold() bool {
 	if g.held {
 		return false
 	}
-	g.held, g.released = true, make(chan struct{})
+	g.held, g.released, g.routes = true, make(chan struct{}), nil
 	return true
 }
 
-func (g *gate) release() {
+// release opens the gate; routes are the primaries its failover recorded, given to the sessions that waited.
+func (g *gate) release(routes map[string]string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.held {
-		g.held = false
+		g.held, g.routes = false, routes
 		close(g.released)
 	}
 }
@@ -324,20 +346,26 @@ func (g *gate) isHeld() bool {
 	return g.held
 }
 
-// wait returns when the gate is open, or ctx's error.
-func (g *gate) wait(ctx context.Context) error {
+// wait returns when the gate is open, or ctx's error. A caller that waited gets the routes its release named
+// (nil when it did not, or when the gate was open: the caller reads the store).
+func (g *gate) wait(ctx context.Context) (map[string]string, error) {
 	g.mu.Lock()
 	held, ch := g.held, g.released
 	g.mu.Unlock()
 	if !held {
-		return nil
+		return nil, nil
 	}
 	select {
 	case <-ch:
-		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.released != ch { // held again since: that hold's release will name its own routes
+		return nil, nil
+	}
+	return g.routes, nil
 }
 
 // resolver routes one listener's sessions.
@@ -388,12 +416,16 @@ func (r resolver) Resolve(ctx context.Context, database string) (string, error) 
 		wctx, cancel := context.WithTimeout(ctx, r.l.cfg.HoldTimeout)
 		waiting := r.l.waitingCounter(r.group)
 		waiting.Add(1)
-		err := r.l.gate(r.group).wait(wctx)
+		recorded, err := r.l.gate(r.group).wait(wctx)
 		waiting.Add(-1)
 		cancel()
 		if err != nil {
 			return "", &gateway.RouteError{Code: "57P03", Message: fmt.Sprintf(
 				"fogo listener: a failover of group %q is still in progress after %s; retry", r.group, r.l.cfg.HoldTimeout)}
+		}
+		if addr := recorded[database]; addr != "" {
+			r.l.routed(r.group, database, addr)
+			return addr, nil
 		}
 	}
 	addr, err := r.l.routes.ResolveGroupDatabase(r.group, database, r.readOnly)

@@ -111,6 +111,8 @@ type fakeRoutes struct {
 	err  error
 	// ro, when set, is the read-only listener's route (port, err); else it routes as the read-write one.
 	ro *fakeRoute
+	// targets are what FailoverTargets answers.
+	targets map[string]string
 }
 
 type fakeRoute struct {
@@ -130,7 +132,11 @@ func (r *fakeRoutes) set(port int, err error) {
 	r.mu.Unlock()
 }
 
-func (r *fakeRoutes) FailoverTargets(string) (map[string]string, error) { return nil, nil }
+func (r *fakeRoutes) FailoverTargets(string) (map[string]string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.targets, nil
+}
 
 func (r *fakeRoutes) ResolveGroupDatabase(_, database string, readOnly bool) (string, error) {
 	r.mu.Lock()
@@ -356,4 +362,58 @@ func TestReleaseCutsReadOnlySessionsOnPromotedSecondary(t *testing.T) {
 	routes.setRO(0, service.ErrNoReadableSecondary)
 	l.Release(group)
 	waitCut(t, onA, "no readable secondary")
+}
+
+// TestRecordedReleaseRoutesFromTheHold: a failover that recorded its targets as the primaries sends the sessions
+// it held to them (read at the hold) without reading the routes again: here the routes cannot be read at all,
+// and the held session lands on the target. One that did not record them (undone) leaves the route to the store:
+// the session opened early on the target is refused, and the next one goes to the primary the store names.
+func TestRecordedReleaseRoutesFromTheHold(t *testing.T) {
+	a, b := newFakeBackend(t, "A"), newFakeBackend(t, "B")
+	routes := &fakeRoutes{port: a.port(), targets: map[string]string{"db": loopback(b.port())}}
+	l, group, rw := open(t, routes, listener.Config{HoldTimeout: 20 * time.Second}, gateway.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	heldSession := func() chan string {
+		landed := make(chan string, 1)
+		go func() {
+			c, err := connect(ctx, rw)
+			if err != nil {
+				landed <- "error: " + err.Error()
+				return
+			}
+			defer c.Close(ctx)
+			name, err := landedOn(ctx, c)
+			if err != nil {
+				name = "error: " + err.Error()
+			}
+			landed <- name
+		}()
+		time.Sleep(300 * time.Millisecond) // connected and held
+		return landed
+	}
+
+	l.Hold(group)
+	landed := heldSession()
+	routes.set(a.port(), errors.New("the store cannot be read"))
+	l.ReleaseRecorded(group, true)
+	if got := <-landed; got != "B" {
+		t.Fatalf("held by a failover that recorded its target: the session got %q, want it on B", got)
+	}
+
+	routes.set(a.port(), nil)
+	l.Hold(group)
+	landed = heldSession()
+	l.ReleaseRecorded(group, false)
+	if got := <-landed; !strings.Contains(got, "57P03") {
+		t.Fatalf("held by a failover that was undone: the session got %q, want 57P03 (its early session is on B)", got)
+	}
+	c, err := connect(ctx, rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if got, err := landedOn(ctx, c); err != nil || got != "A" {
+		t.Fatalf("after the undone failover: %q %v, want A", got, err)
+	}
 }

@@ -52,8 +52,9 @@ func NewPlan(g *model.FailoverGroup, to armid.ServerID, mode string) Plan {
 
 // Hooks let the gateway follow a failover.
 type Hooks struct {
-	Hold    func(group string)
-	Release func(group string)
+	Hold func(group string)
+	// Release ends the hold; recorded tells whether the failover recorded its targets as the primaries.
+	Release func(group string, recorded bool)
 }
 
 // Config bounds the waits of a failover.
@@ -87,7 +88,7 @@ func New(cfg Config, st *store.Store, cl *cluster.Manager, hooks Hooks) *Orchest
 		hooks.Hold = func(string) {}
 	}
 	if hooks.Release == nil {
-		hooks.Release = func(string) {}
+		hooks.Release = func(string, bool) {}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

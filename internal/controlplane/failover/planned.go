@@ -31,7 +31,8 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 	if err != nil {
 		return err
 	}
-	if !x.plan.Demoting && !x.plan.Recorded {
+	resumed := x.plan.Demoting || x.plan.Recorded
+	if !resumed {
 		if err := x.checkPreconditions(ctx, olds, news); err != nil {
 			x.primaryDown = isPrimaryDown(err) // nothing was changed: tryPlanned goes on with a forced failover
 			return err
@@ -43,10 +44,6 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 			x.rolledBack = true // nothing was changed yet
 			return err
 		}
-		x.plan.Demoting = true
-		if err := x.save(); err != nil {
-			return err
-		}
 	}
 	// The sessions to the new primaries are opened before the hold: across regions a new TLS session takes
 	// several round trips, which the clients would otherwise wait for.
@@ -56,12 +53,23 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 	}
 	defer closeSessions(sessions)
 	// New read-write sessions wait from here on only: during the catch-up the primary still takes them. The hold
-	// is not written on its own: the demote step's write, next, tells the waiting controllers to hold too.
+	// is written with the decision to demote: the listeners of every other host hold as they read it, and no
+	// write of its own is left in the window where the clients wait.
 	x.run.Begin("hold")
+	if !resumed {
+		x.plan.Demoting = true
+		if err := x.save(); err != nil {
+			return err
+		}
+	}
 	x.o.hooks.Hold(x.plan.Group)
-	defer x.o.hooks.Release(x.plan.Group)
-	if err := x.run.Step("demote"); err != nil {
-		return err
+	defer func() { x.o.hooks.Release(x.plan.Group, x.plan.Recorded) }()
+	if resumed {
+		if err := x.run.Step("demote"); err != nil { // tells the other hosts to hold again
+			return err
+		}
+	} else {
+		x.run.Begin("demote") // nothing to write: the plan's Demoting, written with the hold, says it all
 	}
 	if !x.plan.Recorded && !x.plan.Promoting {
 		if err := eachPair(olds, news, func(o, n *model.Instance) error { return x.demote(ctx, o, sessions[n.ID], catchUp) }); err != nil {
@@ -107,9 +115,18 @@ func (x *execution) recordReleaseRejoin(ctx context.Context, kind string, mustRe
 // the reconciler retries the rejoin with backoff, and the group's replicationState reads SUSPENDED until the old
 // primary streams again.
 func (x *execution) releaseRejoin(ctx context.Context, mustRejoin bool) error {
-	x.run.Begin("release") // written with the rejoin step: the waiting controllers release when they read it
-	x.o.hooks.Release(x.plan.Group)
-	if err := x.run.Step("rejoin"); err != nil {
+	// The release is written with the rejoin step: the other hosts release when they read it. This process's own
+	// release (which also cuts the sessions left on an old primary, reading the store) runs meanwhile, so that
+	// the write does not wait for it.
+	x.run.Begin("release")
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		x.o.hooks.Release(x.plan.Group, x.plan.Recorded)
+	}()
+	err := x.run.Step("rejoin")
+	<-released
+	if err != nil {
 		return err
 	}
 	return x.rejoinAll(ctx, mustRejoin)
