@@ -592,3 +592,47 @@ func TestEtcdChanges(t *testing.T) {
 		t.Fatal("a bbolt store has changes to watch")
 	}
 }
+
+// TestEtcdBlindWriteStillConflicts: an update that reads nothing commits without a condition (one round trip),
+// yet it still voids a concurrent update that read before it: that one runs again and sees the blind write.
+func TestEtcdBlindWriteStillConflicts(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	open := func() *Store {
+		s, err := OpenEtcd(ctx, EtcdConfig{Endpoints: srv.Endpoints(), Prefix: "/blind"}, testKeys(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	s1, s2 := open(), open()
+	update(t, s1, func(tx *Tx) error { return tx.Put(Ports, "a", item{N: 1}) })
+	attempts := 0
+	var sawBlind bool
+	update(t, s1, func(tx *Tx) error {
+		attempts++
+		var a, b item
+		if _, err := tx.Get(Ports, "a", &a); err != nil {
+			return err
+		}
+		if attempts == 1 { // another process writes blind between this read and this commit
+			update(t, s2, func(tx *Tx) error { return tx.Put(Ports, "b", item{N: 7}) })
+		}
+		ok, err := tx.Get(Ports, "b", &b)
+		if err != nil {
+			return err
+		}
+		sawBlind = ok && b.N == 7
+		return tx.Put(Ports, "a", item{N: a.N + b.N})
+	})
+	if attempts != 2 || !sawBlind {
+		t.Fatalf("the update that read before a blind write committed after it ran %d times (saw it: %v), want 2 (and seen)", attempts, sawBlind)
+	}
+	var a item
+	view(t, s2, func(tx *Tx) error { _, err := tx.Get(Ports, "a", &a); return err })
+	if a.N != 8 {
+		t.Fatalf("a = %d, want 1 + 7", a.N)
+	}
+}

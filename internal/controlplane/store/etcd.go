@@ -134,18 +134,18 @@ func (b *etcdBackend) view(fn func(rawTx) error) error {
 
 // update runs fn on a snapshot, buffering its writes, then commits them in one etcd Txn on condition that no
 // update committed since the snapshot (the mod revision of the revision key is still the one seen). Otherwise
-// it runs fn again on a fresh snapshot, after a short random pause, up to etcdMaxAttempts times.
+// it runs fn again on a fresh snapshot, after a short random pause, up to etcdMaxAttempts times. The snapshot is
+// taken at fn's first read: an update that reads nothing (a step of an operation written as it begins) commits
+// without a condition, in one round trip instead of two; it still rewrites the revision key, so an update that
+// read before it and commits after it runs again.
 func (b *etcdBackend) update(fn func(rawTx) error) error {
 	for attempt := 1; attempt <= etcdMaxAttempts; attempt++ {
 		if attempt > 1 {
 			// Random, growing up to 20ms: writers that collided do not collide again in step.
 			time.Sleep(time.Duration(rand.Int64N(int64(min(attempt, 20)) * int64(time.Millisecond))))
 		}
-		tx, err := b.begin()
-		if err != nil {
-			return err
-		}
-		err = fn(tx)
+		tx := b.lazyTx()
+		err := fn(tx)
 		if tx.compacted {
 			continue
 		}
@@ -168,17 +168,29 @@ func (b *etcdBackend) update(fn func(rawTx) error) error {
 
 // begin starts a transaction at the current revision.
 func (b *etcdBackend) begin() (*etcdTx, error) {
-	ctx, cancel := b.request()
+	tx := b.lazyTx()
+	return tx, tx.snapshot()
+}
+
+// lazyTx starts a transaction whose snapshot is taken at its first read.
+func (b *etcdBackend) lazyTx() *etcdTx { return &etcdTx{b: b, writes: map[string]*[]byte{}} }
+
+// snapshot fixes the transaction's revision, once: the current one, read linearizably.
+func (t *etcdTx) snapshot() error {
+	if t.begun {
+		return nil
+	}
+	ctx, cancel := t.b.request()
 	defer cancel()
-	resp, err := b.cli.Get(ctx, b.revKey())
+	resp, err := t.b.cli.Get(ctx, t.b.revKey())
 	if err != nil {
-		return nil, fmt.Errorf("etcd state: %w", err)
+		return fmt.Errorf("etcd state: %w", err)
 	}
-	tx := &etcdTx{b: b, rev: resp.Header.Revision, writes: map[string]*[]byte{}}
+	t.rev, t.begun = resp.Header.Revision, true
 	if len(resp.Kvs) > 0 {
-		tx.seenMod = resp.Kvs[0].ModRevision
+		t.seenMod = resp.Kvs[0].ModRevision
 	}
-	return tx, nil
+	return nil
 }
 
 // etcdTx reads at revision rev and buffers its writes by full etcd key (nil: deleted).
@@ -189,8 +201,10 @@ func (b *etcdBackend) begin() (*etcdTx, error) {
 // applied rev answers ErrFutureRev, and the run starts again, as after a compaction.
 type etcdTx struct {
 	b *etcdBackend
-	// rev is the snapshot's revision; seenMod is the revision key's mod revision in it (0: absent).
+	// rev is the snapshot's revision; seenMod is the revision key's mod revision in it (0: absent). begun: they
+	// are set (the transaction has read).
 	rev, seenMod int64
+	begun        bool
 	writes       map[string]*[]byte
 	// compacted is set when a read found rev compacted away, or not yet applied by the member that answered: the
 	// run is void and fn runs again.
@@ -211,6 +225,9 @@ func (t *etcdTx) get(bucket, key string) ([]byte, error) {
 			return nil, nil
 		}
 		return *w, nil
+	}
+	if err := t.snapshot(); err != nil {
+		return nil, err
 	}
 	ctx, cancel := t.b.request()
 	defer cancel()
@@ -241,6 +258,9 @@ func (t *etcdTx) scan(bucket, prefix string, fn func(key string, value []byte) e
 	from := base + prefix
 	end := clientv3.GetPrefixRangeEnd(from)
 	merged := map[string][]byte{}
+	if err := t.snapshot(); err != nil {
+		return err
+	}
 	for {
 		ctx, cancel := t.b.request()
 		resp, err := t.b.cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithRev(t.rev), clientv3.WithLimit(etcdScanPage),
@@ -312,10 +332,11 @@ func (t *etcdTx) commit() (bool, error) {
 	ops = append(ops, clientv3.OpPut(t.b.revKey(), fmt.Sprint(t.rev)))
 	ctx, cancel := t.b.request()
 	defer cancel()
-	resp, err := t.b.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(t.b.revKey()), "=", t.seenMod)).
-		Then(ops...).
-		Commit()
+	txn := t.b.cli.Txn(ctx)
+	if t.begun { // a transaction that read nothing has nothing that could have changed under it
+		txn = txn.If(clientv3.Compare(clientv3.ModRevision(t.b.revKey()), "=", t.seenMod))
+	}
+	resp, err := txn.Then(ops...).Commit()
 	if err != nil {
 		return false, fmt.Errorf("etcd state: commit: %w", err)
 	}
