@@ -101,11 +101,14 @@ func parsePortRange(s string) (int, int, error) {
 	return low, high, nil
 }
 
-// newLogger logs text to stderr at the level named by --log-level.
+// newLogger logs text to stderr at the level named by --log-level; it is slog's default logger too (what the
+// packages without a logger of their own write, e.g. the 500s of errcatalog.Write).
 func newLogger(logLevel string) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
+	l := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(l)
+	return l, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strconv"
@@ -106,11 +107,14 @@ type body struct {
 	Target  string `json:"target,omitempty"`
 }
 
-// Write answers with the ARM error envelope. Errors that are not *Error are answered as a generic 500.
+// Write answers with the ARM error envelope. Errors that are not *Error are answered as a generic 500, and
+// logged (slog's default logger): the caller reads only "an unexpected error", so the log is the one place
+// that says what it was.
 func Write(w http.ResponseWriter, err error) {
 	e, ok := As(err)
 	if !ok {
 		e = New("InternalServerError")
+		slog.Error("answered 500 InternalServerError", "err", err)
 	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("x-ms-failure-cause", failureCause(e.Status))

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fogo-db/fogo/internal/app"
+	"github.com/fogo-db/fogo/internal/testutil/pgtest"
 )
 
 // pauseSignal forwards records to h and reports each "pausing before step" on steps.
@@ -138,17 +138,7 @@ func TestSessionsOnFencedPrimaryAreCut(t *testing.T) {
 	if !running {
 		t.Fatal("east is not running")
 	}
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			_ = syscall.Kill(pid, syscall.SIGCONT)
-		}
-	}
-	defer resume()
+	resume := pgtest.Freeze(t, pid)
 
 	op := f.do(http.MethodPost, fgPath("fen-west", "fen-fg")+"/forceFailoverAllowDataLoss", nil)
 	if op.Status != 202 {

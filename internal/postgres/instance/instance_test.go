@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -347,21 +344,11 @@ func TestPromoteWhileTheWALReceiverStarts(t *testing.T) {
 		t.Fatal("the standby's WAL receiver did not connect to the new primary_conninfo")
 	}
 
-	pid, err := postmasterPID(standby)
-	if err != nil {
-		t.Fatal(err)
+	pid, running := standby.Running()
+	if !running {
+		t.Fatal("the standby does not run")
 	}
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			_ = syscall.Kill(pid, syscall.SIGCONT)
-		}
-	}
-	t.Cleanup(resume)
+	resume := pgtest.Freeze(t, pid)
 	stream.Close() // the stream fails; the startup process asks the stopped postmaster for a new receiver
 	waitFor(t, 30*time.Second, "the startup process to wait for a receiver that has not started", func() bool {
 		var receivers int
@@ -392,16 +379,6 @@ func TestPromoteWhileTheWALReceiverStarts(t *testing.T) {
 	if _, err := conn.Exec(ctx, "CREATE TABLE written_after_promotion(id int)"); err != nil {
 		t.Fatalf("write right after the promotion: %v", err)
 	}
-}
-
-// postmasterPID reads the postmaster's PID from the first line of postmaster.pid.
-func postmasterPID(in *instance.Instance) (int, error) {
-	b, err := os.ReadFile(filepath.Join(in.Dir, "postmaster.pid"))
-	if err != nil {
-		return 0, err
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	return strconv.Atoi(strings.TrimSpace(line))
 }
 
 // waitFor polls cond every 20 ms until it holds, failing the test after timeout.

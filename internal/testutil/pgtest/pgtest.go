@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -159,4 +161,17 @@ func NewStandby(t testing.TB, primary *instance.Instance, slot string) *instance
 		t.Fatal(err)
 	}
 	return s
+}
+
+// Freeze stops process pid with SIGSTOP (a postmaster: it forks nothing and relays no signal until resumed) and
+// returns the function that resumes it with SIGCONT, once; the test's cleanup resumes it too.
+func Freeze(t testing.TB, pid int) (resume func()) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("freeze process %d: %v", pid, err)
+	}
+	var once sync.Once
+	resume = func() { once.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(resume)
+	return resume
 }
