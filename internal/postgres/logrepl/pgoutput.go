@@ -189,7 +189,7 @@ func (r *reader) time() time.Time { return pgTime(int64(r.u64())) }
 
 func (r *reader) tuple() Tuple {
 	n := int(r.u16())
-	t := make(Tuple, 0, n)
+	t := make(Tuple, 0, min(n, len(r.b))) // each value takes a byte at least: a short message allocates little
 	for i := 0; i < n && r.err == nil; i++ {
 		kind := ValueKind(r.u8())
 		switch kind {
