@@ -1,0 +1,4 @@
+package lostxact
+
+// SwitchPoint is switchPoint, for the tests.
+var SwitchPoint = switchPoint
