@@ -200,11 +200,11 @@ func (f *follower) followGroups(groups []model.FailoverGroup) (rolesChanged bool
 			}
 			f.groups[key] = g
 		}
-		if f.watchDecides(key) {
-			// the operations' watch holds and releases this group's listeners now
-		} else if f.holds(g) {
+		switch {
+		case f.watchDecides(key): // the operations' watch holds and releases this group's listeners now
+		case f.holds(g):
 			f.g.lis.Hold(key)
-		} else if f.g.lis.Held(key) {
+		case f.g.lis.Held(key):
 			f.g.lis.Release(key)
 		}
 		roles := fmt.Sprint(g.Epoch, g.Databases)

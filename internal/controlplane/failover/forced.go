@@ -39,7 +39,7 @@ func (x *execution) forced(ctx context.Context) error {
 	}
 	x.run.Begin("hold") // written with the check or fence step, next
 	x.o.hooks.Hold(x.plan.Group)
-	defer func() { x.o.hooks.Release(x.plan.Group, x.plan.Recorded) }()
+	defer x.release()
 
 	if !x.plan.Promoting {
 		if err := x.run.Step("check"); err != nil {

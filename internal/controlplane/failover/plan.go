@@ -166,6 +166,17 @@ type execution struct {
 	rolledBack bool
 	// primaryDown: the planned attempt was refused because a primary is not running (nothing was changed).
 	primaryDown bool
+	// released: this process ended its hold of the group (see release).
+	released bool
+}
+
+// release ends this process's hold of the group, once: at the release step, or on the way out of a failover
+// that ended before it (each release cuts the sessions left on an old primary, reading the store).
+func (x *execution) release() {
+	if !x.released {
+		x.released = true
+		x.o.hooks.Release(x.plan.Group, x.plan.Recorded)
+	}
 }
 
 func (x *execution) save() error { return x.run.SetParams(x.plan) }

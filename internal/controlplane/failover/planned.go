@@ -63,7 +63,7 @@ func (x *execution) planned(ctx context.Context, catchUp time.Duration) error {
 		}
 	}
 	x.o.hooks.Hold(x.plan.Group)
-	defer func() { x.o.hooks.Release(x.plan.Group, x.plan.Recorded) }()
+	defer x.release()
 	if resumed {
 		if err := x.run.Step("demote"); err != nil { // tells the other hosts to hold again
 			return err
@@ -122,7 +122,7 @@ func (x *execution) releaseRejoin(ctx context.Context, mustRejoin bool) error {
 	released := make(chan struct{})
 	go func() {
 		defer close(released)
-		x.o.hooks.Release(x.plan.Group, x.plan.Recorded)
+		x.release()
 	}()
 	err := x.run.Step("rejoin")
 	<-released

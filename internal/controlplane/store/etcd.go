@@ -375,24 +375,30 @@ func WatchSignals(ctx context.Context, cli *clientv3.Client, key string, opts ..
 		default:
 		}
 	}
-	go func() {
-		for ctx.Err() == nil {
-			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-			for resp := range cli.Watch(wctx, key, opts...) {
-				if resp.Err() != nil {
-					break
-				}
-				signal()
-			}
-			cancel()
-			signal()
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
-	}()
+	go keepWatching(ctx, cli, key, opts, func(clientv3.WatchResponse) { signal() }, signal)
 	return out
+}
+
+// keepWatching watches key (with opts) until ctx ends, calling each with every response. A watch that ends
+// (compacted, or no etcd leader) is set up again a second later, after lapsed is called: changes may have been
+// missed meanwhile.
+func keepWatching(ctx context.Context, cli *clientv3.Client, key string, opts []clientv3.OpOption,
+	each func(clientv3.WatchResponse), lapsed func()) {
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for resp := range cli.Watch(wctx, key, opts...) {
+			if resp.Err() != nil {
+				break
+			}
+			each(resp)
+		}
+		cancel()
+		lapsed()
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // WatchBucket sends, for a store on etcd, every value written to bucket (one that is not sealed) as it is
@@ -406,28 +412,17 @@ func (s *Store) WatchBucket(ctx context.Context, bucket string) <-chan []byte {
 	out := make(chan []byte, 64)
 	go func() {
 		defer close(out)
-		for ctx.Err() == nil {
-			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-			for resp := range b.cli.Watch(wctx, b.key(bucket, ""), clientv3.WithPrefix()) {
-				if resp.Err() != nil {
-					break
+		keepWatching(ctx, b.cli, b.key(bucket, ""), []clientv3.OpOption{clientv3.WithPrefix()}, func(resp clientv3.WatchResponse) {
+			for _, ev := range resp.Events {
+				if ev.Type != clientv3.EventTypePut {
+					continue
 				}
-				for _, ev := range resp.Events {
-					if ev.Type != clientv3.EventTypePut {
-						continue
-					}
-					select {
-					case out <- ev.Kv.Value:
-					case <-ctx.Done():
-					}
+				select {
+				case out <- ev.Kv.Value:
+				case <-ctx.Done():
 				}
 			}
-			cancel()
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
+		}, func() {})
 	}()
 	return out
 }

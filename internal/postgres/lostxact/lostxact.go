@@ -184,7 +184,6 @@ func (d *decoder) add(m any, divergence lsn.LSN) error {
 			return errors.New("decode the old primary's WAL: a commit without its begin")
 		}
 		if v.EndLSN > divergence {
-			d.cur.CommitLSN, d.cur.CommitTime = v.CommitLSN, v.CommitTime
 			d.lost = append(d.lost, *d.cur)
 		}
 		d.cur = nil
