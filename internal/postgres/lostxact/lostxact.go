@@ -2,11 +2,12 @@
 // where the new primary's timeline forked off its own, with each of their changes, decoded from the old primary's
 // own WAL before pg_rewind throws it away.
 //
-// The WAL is kept for it by a logical replication slot (pgoutput, over a publication of all tables) on the primary,
-// which fogo advances to what the geo-secondary has flushed, never further: whatever the old primary committed
-// that the new one did not receive lies past the slot. After the failover the old primary is started in isolation
-// and the slot is peeked (nothing is consumed) from there to the end of its WAL; the transactions whose commit
-// record ends past the divergence point are the lost ones (a commit the new primary replayed ends before it).
+// The WAL is kept for it by a logical replication slot (the test_decoding plugin, which needs no publication, so
+// it puts no replica-identity demand on the user's tables) on every primary that has a geo-secondary. fogo advances
+// it to what the geo-secondary has replayed, never further (Keep): whatever the old primary committed that the new
+// one did not receive lies past the slot. After the failover the old primary is started in isolation, the slot is
+// moved to the divergence point read from the new primary's timeline history, and the rest is decoded (Read). A
+// commit record starts at or past the divergence point exactly when the new primary never replayed it.
 package lostxact
 
 import (
@@ -20,53 +21,61 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/fogo-db/fogo/internal/postgres/logrepl"
 	"github.com/fogo-db/fogo/internal/postgres/lsn"
 )
 
-// Slot and Publication are the names fogo's lost-transaction slot and its publication have in each database.
-const (
-	Slot        = "fogo_lost_txns"
-	Publication = "fogo_lost_txns"
-)
+// Slot is the name of fogo's lost-transaction slot in each primary. It starts with "fogo_", so the slot files a
+// base backup or a rewind copies are dropped with fogo's other slots.
+const Slot = "fogo_lost_txns"
 
 // Txn is one transaction the old primary committed that the new primary never received.
 type Txn struct {
-	XID        uint32    `json:"xid"`
+	XID uint32 `json:"xid"`
+	// CommitLSN is the end of its commit record on the old primary's timeline.
 	CommitLSN  lsn.LSN   `json:"commitLsn"`
 	CommitTime time.Time `json:"commitTime"`
-	Changes    []Change  `json:"changes"`
+	// ChangeCount is the number of its changes; Changes holds them unless the read's limits were reached first.
+	ChangeCount int      `json:"changeCount"`
+	Changes     []Change `json:"changes,omitempty"`
 }
 
-// Change is one row change (or a truncate) of a lost transaction. Values are PostgreSQL's text form; a nil value is
-// NULL. Old holds what the replica identity logged (the key, or the whole row with REPLICA IDENTITY FULL).
+// Change is one row change (or a truncate) of a lost transaction.
 type Change struct {
-	Schema string             `json:"schema"`
-	Table  string             `json:"table"`
-	Op     string             `json:"op"` // insert, update, delete, truncate
-	Key    []string           `json:"key,omitempty"`
-	Old    map[string]*string `json:"old,omitempty"`
-	New    map[string]*string `json:"new,omitempty"`
+	Schema string `json:"schema"`
+	Table  string `json:"table"`
+	Op     string `json:"op"` // insert, update, delete, truncate
+	// Key names the table's replica identity columns (its primary key by default), read on the old primary; empty
+	// when it has none.
+	Key []string `json:"key,omitempty"`
+	// Old is what the replica identity logged of the row before (its key, or the whole row with REPLICA IDENTITY
+	// FULL); an update logs it only when the key changed. New is the row after.
+	Old []Column `json:"old,omitempty"`
+	New []Column `json:"new,omitempty"`
+	// AlsoTruncated are the other tables one TRUNCATE statement emptied with this one; TruncateFlags its
+	// "restart_seqs" or "cascade".
+	AlsoTruncated []string `json:"alsoTruncated,omitempty"`
+	TruncateFlags string   `json:"truncateFlags,omitempty"`
 }
 
-// Prepare makes the publication and the slot in conn's database when they are absent: from then on the primary
-// keeps every WAL record past the slot. It must run on a primary.
+// Column is one column value in PostgreSQL's text form; a nil Value is NULL. Unchanged marks a TOASTed value an
+// update did not change, which the WAL does not carry.
+type Column struct {
+	Name      string  `json:"name"`
+	Type      string  `json:"type"`
+	Value     *string `json:"value"`
+	Unchanged bool    `json:"unchanged,omitempty"`
+}
+
+// Prepare makes the slot in conn's database when it is absent: from then on the primary keeps every WAL record
+// past it. It must run on a primary. Making a logical slot waits for the transactions running at that moment to
+// end, so ctx should be bounded.
 func Prepare(ctx context.Context, conn *pgx.Conn) error {
-	var pub bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", Publication).Scan(&pub); err != nil {
-		return fmt.Errorf("lost-transaction publication: %w", err)
-	}
-	if !pub {
-		if _, err := conn.Exec(ctx, "CREATE PUBLICATION "+Publication+" FOR ALL TABLES"); err != nil && !isDuplicate(err) {
-			return fmt.Errorf("create the lost-transaction publication: %w", err)
-		}
-	}
 	var slot bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", Slot).Scan(&slot); err != nil {
 		return fmt.Errorf("lost-transaction slot: %w", err)
 	}
 	if !slot {
-		if _, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", Slot); err != nil && !isDuplicate(err) {
+		if _, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'test_decoding')", Slot); err != nil && !isDuplicate(err) {
 			return fmt.Errorf("create the lost-transaction slot: %w", err)
 		}
 	}
@@ -78,14 +87,78 @@ func isDuplicate(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == "42710" // duplicate_object: made meanwhile
 }
 
-// Advance moves the slot forward to upTo (what the geo-secondary has flushed); a position the slot has passed
-// already leaves it where it is. It returns the slot's position after.
-func Advance(ctx context.Context, conn *pgx.Conn, upTo lsn.LSN) (lsn.LSN, error) {
-	var cur string
+// Kept is what Keep did on one primary.
+type Kept struct {
+	// Standbys is the number of physical slots (geo-secondaries); Connected of them streamed.
+	Standbys, Connected int
+	// At is the slot's position after (0 without a slot).
+	At lsn.LSN
+	// Dropped: the primary has no standby any more, and its slot was dropped.
+	Dropped bool
+}
+
+// Keep is the slot's upkeep on a primary, run periodically: with a geo-secondary (a physical slot), the slot exists
+// and follows what every geo-secondary has replayed (the end of a whole record, reported by its walsender); while
+// one is not connected, it stays where it is. Without one, there is no failover to report on, and a slot left
+// from before is dropped so that it keeps no WAL.
+func Keep(ctx context.Context, conn *pgx.Conn) (Kept, error) {
+	var k Kept
+	var replayed *string
+	err := conn.QueryRow(ctx, `SELECT count(*), count(r.replay_lsn), min(r.replay_lsn)::text
+		FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+		WHERE s.slot_type = 'physical'`).Scan(&k.Standbys, &k.Connected, &replayed)
+	if err != nil {
+		return k, fmt.Errorf("read the geo-secondaries' progress: %w", err)
+	}
+	if k.Standbys == 0 {
+		var dropped bool
+		if err := conn.QueryRow(ctx, `SELECT count(pg_drop_replication_slot(slot_name)) > 0 FROM pg_replication_slots
+			WHERE slot_name = $1 AND NOT active`, Slot).Scan(&dropped); err != nil {
+			return k, fmt.Errorf("drop the lost-transaction slot: %w", err)
+		}
+		k.Dropped = dropped
+		return k, nil
+	}
+	if err := Prepare(ctx, conn); err != nil {
+		return k, err
+	}
+	if k.Connected < k.Standbys || replayed == nil {
+		at, err := slotAt(ctx, conn)
+		k.At = at
+		return k, err
+	}
+	upTo, err := lsn.Parse(*replayed)
+	if err != nil {
+		return k, err
+	}
+	k.At, err = Advance(ctx, conn, upTo)
+	return k, err
+}
+
+// slotAt is the slot's confirmed position.
+func slotAt(ctx context.Context, conn *pgx.Conn) (lsn.LSN, error) {
+	var cur *string
 	if err := conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", Slot).Scan(&cur); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return 0, ErrNoSlot
+		}
 		return 0, fmt.Errorf("read the lost-transaction slot: %w", err)
 	}
-	at, err := lsn.Parse(cur)
+	if cur == nil {
+		return 0, errors.New("the lost-transaction slot has no position (it was invalidated: its WAL is gone)")
+	}
+	return lsn.Parse(*cur)
+}
+
+// ErrNoSlot: the instance has no lost-transaction slot (it was a primary without a geo-secondary, or its slot was
+// never made).
+var ErrNoSlot = errors.New("the old primary has no lost-transaction slot")
+
+// Advance moves the slot forward to upTo, which must be the end of a WAL record (a standby's replay position, or
+// a timeline's switch point); a position the slot has passed already leaves it where it is. It returns the
+// slot's position after.
+func Advance(ctx context.Context, conn *pgx.Conn, upTo lsn.LSN) (lsn.LSN, error) {
+	at, err := slotAt(ctx, conn)
 	if err != nil {
 		return 0, err
 	}
@@ -137,106 +210,165 @@ func switchPoint(history string, timeline uint32) (lsn.LSN, error) {
 	return 0, fmt.Errorf("timeline %d is not in the new primary's history", timeline)
 }
 
-// Read decodes, on the old primary, the transactions in the slot's WAL whose commit record ends past divergence,
-// in commit order. Nothing is consumed: it can be read again.
-func Read(ctx context.Context, conn *pgx.Conn, divergence lsn.LSN) ([]Txn, error) {
-	rows, err := conn.Query(ctx, "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, "+
-		"'proto_version', '1', 'publication_names', $2)", Slot, Publication)
+// Limits bound what Read keeps in memory: past them, transactions and changes are counted, not kept.
+type Limits struct {
+	Transactions int // listed transactions
+	Changes      int // kept changes, over all transactions
+}
+
+// DefaultLimits keep about 100,000 changes (some tens of MB).
+var DefaultLimits = Limits{Transactions: 100_000, Changes: 100_000}
+
+// Result is what Read found on the old primary.
+type Result struct {
+	// Divergence is where the new primary's timeline left the old primary's; SlotAt where the slot stood before
+	// Read moved it there. End is the end of the old primary's WAL as it was read.
+	Divergence lsn.LSN `json:"divergence"`
+	SlotAt     lsn.LSN `json:"slotAt"`
+	End        lsn.LSN `json:"end"`
+	// Transactions are the lost transactions in commit order, up to the limits.
+	Transactions []Txn `json:"transactions"`
+	// TransactionCount and ChangeCount count every lost transaction and change, listed or not.
+	TransactionCount int `json:"transactionCount"`
+	ChangeCount      int `json:"changeCount"`
+	// Truncated: the limits were reached, so some transactions or changes are counted but not listed.
+	Truncated bool `json:"truncated,omitempty"`
+	// Incomplete says why some lost transactions may be missing from the count (the slot had passed the
+	// divergence point); "" when the report is whole.
+	Incomplete string `json:"incomplete,omitempty"`
+}
+
+// Read decodes, on the old primary (running in isolation), the transactions whose commit record starts at or past
+// divergence: the slot is moved to divergence first (an idempotent step, so a read that was interrupted can be
+// done again with the same result), then its changes are peeked, in commit order.
+func Read(ctx context.Context, conn *pgx.Conn, divergence lsn.LSN, limits Limits) (Result, error) {
+	res := Result{Divergence: divergence, Transactions: []Txn{}}
+	at, err := slotAt(ctx, conn)
 	if err != nil {
-		return nil, fmt.Errorf("read the lost-transaction slot: %w", err)
+		return res, err
 	}
-	defer rows.Close()
-	d := decoder{rels: map[uint32]logrepl.Relation{}}
+	res.SlotAt = at
+	if at > divergence {
+		res.Incomplete = fmt.Sprintf("the lost-transaction slot stood at %s, %d bytes past the divergence point %s, "+
+			"so transactions that committed between the two are not listed", at, at-divergence, divergence)
+	} else if _, err := Advance(ctx, conn, divergence); err != nil {
+		return res, err
+	}
+	if _, err := conn.Exec(ctx, "SET TimeZone = 'UTC'"); err != nil {
+		return res, err
+	}
+	rows, err := conn.Query(ctx, "SELECT lsn::text, xid::text::bigint, data FROM pg_logical_slot_peek_changes($1, NULL, NULL, "+
+		"'include-xids', '1', 'include-timestamp', '1', 'skip-empty-xacts', '1')", Slot)
+	if err != nil {
+		return res, fmt.Errorf("read the lost-transaction slot: %w", err)
+	}
+	d := assembler{res: &res, limits: limits, divergence: divergence}
 	for rows.Next() {
-		var data []byte
-		if err := rows.Scan(&data); err != nil {
-			return nil, err
+		var at, data string
+		var xid int64
+		if err := rows.Scan(&at, &xid, &data); err != nil {
+			rows.Close()
+			return res, err
 		}
-		m, err := logrepl.Decode(data)
-		if err != nil {
-			return nil, fmt.Errorf("decode the old primary's WAL: %w", err)
-		}
-		if err := d.add(m, divergence); err != nil {
-			return nil, err
+		if err := d.add(at, uint32(xid), data); err != nil {
+			rows.Close()
+			return res, err
 		}
 	}
+	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read the lost-transaction slot: %w", err)
+		return res, fmt.Errorf("read the lost-transaction slot: %w", err)
 	}
-	return d.lost, nil
+	var end string
+	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&end); err != nil {
+		return res, err
+	}
+	if res.End, err = lsn.Parse(end); err != nil {
+		return res, err
+	}
+	return res, addKeys(ctx, conn, res.Transactions)
 }
 
-// decoder assembles pgoutput messages into transactions.
-type decoder struct {
-	rels map[uint32]logrepl.Relation
-	cur  *Txn
-	lost []Txn
+// assembler groups test_decoding's lines into transactions, within the limits.
+type assembler struct {
+	res        *Result
+	limits     Limits
+	divergence lsn.LSN
+	cur        *Txn
+	kept       int
 }
 
-func (d *decoder) add(m any, divergence lsn.LSN) error {
-	switch v := m.(type) {
-	case logrepl.Relation:
-		d.rels[v.ID] = v
-	case logrepl.Begin:
-		d.cur = &Txn{XID: v.XID, CommitLSN: v.FinalLSN, CommitTime: v.CommitTime}
-	case logrepl.Commit:
+func (d *assembler) add(at string, xid uint32, data string) error {
+	ev, err := parseLine(data)
+	if err != nil {
+		return fmt.Errorf("decode the old primary's WAL: %w", err)
+	}
+	switch ev.kind {
+	case "begin":
+		d.cur = &Txn{XID: xid}
+	case "change":
+		if d.cur == nil {
+			return errors.New("decode the old primary's WAL: a change outside a transaction")
+		}
+		d.cur.ChangeCount++
+		if d.kept < d.limits.Changes && len(d.res.Transactions) < d.limits.Transactions {
+			d.cur.Changes = append(d.cur.Changes, ev.change)
+			d.kept++
+		} else {
+			d.res.Truncated = true
+		}
+	case "commit":
 		if d.cur == nil {
 			return errors.New("decode the old primary's WAL: a commit without its begin")
 		}
-		if v.EndLSN > divergence {
-			d.lost = append(d.lost, *d.cur)
+		end, err := lsn.Parse(at)
+		if err != nil {
+			return err
+		}
+		d.cur.CommitLSN, d.cur.CommitTime = end, ev.time
+		// The slot starts at the divergence point, so every commit decoded lies past it; the check guards the
+		// one promise the report makes.
+		if end > d.divergence {
+			d.res.TransactionCount++
+			d.res.ChangeCount += d.cur.ChangeCount
+			if len(d.res.Transactions) < d.limits.Transactions {
+				d.res.Transactions = append(d.res.Transactions, *d.cur)
+			} else {
+				d.res.Truncated = true
+			}
 		}
 		d.cur = nil
-	case logrepl.Insert:
-		return d.change(v.RelationID, "insert", nil, v.New)
-	case logrepl.Update:
-		return d.change(v.RelationID, "update", v.Old, v.New)
-	case logrepl.Delete:
-		return d.change(v.RelationID, "delete", v.Old, nil)
-	case logrepl.Truncate:
-		for _, id := range v.RelationIDs {
-			if err := d.change(id, "truncate", nil, nil); err != nil {
-				return err
+	}
+	return nil
+}
+
+// addKeys names each changed table's replica identity columns, read from the old primary's catalog.
+func addKeys(ctx context.Context, conn *pgx.Conn, txns []Txn) error {
+	keys := map[[2]string][]string{}
+	for i := range txns {
+		for j := range txns[i].Changes {
+			c := &txns[i].Changes[j]
+			name := [2]string{c.Schema, c.Table}
+			k, ok := keys[name]
+			if !ok {
+				rows, err := conn.Query(ctx, `SELECT a.attname FROM pg_class c
+					JOIN pg_index i ON i.indrelid = c.oid AND (i.indisreplident OR (i.indisprimary AND c.relreplident = 'd'))
+					JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+					WHERE c.oid = to_regclass(format('%I.%I', $1::text, $2::text))
+					ORDER BY array_position(i.indkey::int2[], a.attnum)`, c.Schema, c.Table)
+				if err != nil {
+					return fmt.Errorf("read the key of %s.%s: %w", c.Schema, c.Table, err)
+				}
+				k, err = pgx.CollectRows(rows, pgx.RowTo[string])
+				if err != nil {
+					return fmt.Errorf("read the key of %s.%s: %w", c.Schema, c.Table, err)
+				}
+				keys[name] = k
+			}
+			if c.Op != "truncate" {
+				c.Key = k
 			}
 		}
 	}
 	return nil
-}
-
-func (d *decoder) change(rel uint32, op string, old, new logrepl.Tuple) error {
-	if d.cur == nil {
-		return fmt.Errorf("decode the old primary's WAL: a %s outside a transaction", op)
-	}
-	r, ok := d.rels[rel]
-	if !ok {
-		return fmt.Errorf("decode the old primary's WAL: a %s of relation %d, never described", op, rel)
-	}
-	c := Change{Schema: r.Namespace, Table: r.Name, Op: op, Old: row(r, old), New: row(r, new)}
-	for _, col := range r.Columns {
-		if col.Key {
-			c.Key = append(c.Key, col.Name)
-		}
-	}
-	d.cur.Changes = append(d.cur.Changes, c)
-	return nil
-}
-
-// row maps a tuple to its relation's column names (nil for no tuple). An unchanged TOASTed value is left out.
-func row(r logrepl.Relation, t logrepl.Tuple) map[string]*string {
-	if t == nil {
-		return nil
-	}
-	out := map[string]*string{}
-	for i, v := range t {
-		if i >= len(r.Columns) || v.Kind == logrepl.Unchanged {
-			continue
-		}
-		if v.Kind == logrepl.Null {
-			out[r.Columns[i].Name] = nil
-			continue
-		}
-		s := string(v.Data)
-		out[r.Columns[i].Name] = &s
-	}
-	return out
 }

@@ -46,8 +46,9 @@ func scanLSN(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) lsn.LSN
 }
 
 // TestLostTransactionsAfterAForcedFailover proves the method on PostgreSQL 15. A primary streams to a standby; the
-// slot follows what the standby flushed. Then the stream is cut, and the primary goes on acknowledging commits the
-// standby never receives: small ones, an update and a delete, and one transaction of 50,000 rows that takes its WAL
+// slot follows what the standby replayed (Keep). Then the stream is cut, and the primary goes on acknowledging
+// commits the standby never receives: small ones, an update and a delete, an update of a table without a key
+// (which a slot must not forbid), names that need quoting, and one transaction of 50,000 rows that takes its WAL
 // far past the divergence point; one more transaction is in flight when the primary is killed (kill -9). The
 // standby is promoted. The old primary, started again (crash recovery), has in its slot every acknowledged commit
 // the new primary lacks, with their rows, and nothing else: not the commits the standby did receive after the
@@ -59,12 +60,9 @@ func TestLostTransactionsAfterAForcedFailover(t *testing.T) {
 	standby := pgtest.NewStandby(t, primary, "lost_standby")
 	p := connect(t, ctx, primary)
 	exec(t, ctx, p, "CREATE TABLE ledger(id int PRIMARY KEY, note text)")
-	if err := lostxact.Prepare(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	if err := lostxact.Prepare(ctx, p); err != nil { // idempotent
-		t.Fatalf("Prepare again: %v", err)
-	}
+	exec(t, ctx, p, "CREATE TABLE nokey(v text)")
+	exec(t, ctx, p, `CREATE TABLE "Odd ""Name"""("a b" int PRIMARY KEY, "x]:y" text[], flag bool, n numeric)`)
+	exec(t, ctx, p, "INSERT INTO nokey VALUES ('a')")
 	s := connect(t, ctx, standby)
 	waitReplay := func() {
 		t.Helper()
@@ -83,12 +81,25 @@ func TestLostTransactionsAfterAForcedFailover(t *testing.T) {
 		exec(t, ctx, p, "INSERT INTO ledger VALUES ($1, 'kept')", id)
 	}
 	waitReplay()
-	flushed := scanLSN(t, ctx, s, "SELECT pg_last_wal_receive_lsn()::text")
-	if at, err := lostxact.Advance(ctx, p, flushed); err != nil || at != flushed {
-		t.Fatalf("Advance to %s: %s %v", flushed, at, err)
+	replayed := scanLSN(t, ctx, s, "SELECT pg_last_wal_replay_lsn()::text")
+	var slotAt lsn.LSN
+	deadline := time.Now().Add(30 * time.Second)
+	for slotAt < replayed { // the standby reports its replay position every second
+		k, err := lostxact.Keep(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k.Standbys != 1 || k.Dropped {
+			t.Fatalf("Keep: %+v, want one standby and a slot", k)
+		}
+		slotAt = k.At
+		if time.Now().After(deadline) {
+			t.Fatalf("the slot stayed at %s, the standby replayed %s", slotAt, replayed)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	if at, err := lostxact.Advance(ctx, p, flushed-1); err != nil || at != flushed {
-		t.Fatalf("Advance backwards: %s %v, want it left at %s", at, err, flushed)
+	if at, err := lostxact.Advance(ctx, p, slotAt-1); err != nil || at != slotAt {
+		t.Fatalf("Advance backwards: %s %v, want it left at %s", at, err, slotAt)
 	}
 	for id := 31; id <= 50; id++ {
 		exec(t, ctx, p, "INSERT INTO ledger VALUES ($1, 'kept, past the slot')", id)
@@ -98,7 +109,6 @@ func TestLostTransactionsAfterAForcedFailover(t *testing.T) {
 	// The stream is cut: what the primary acknowledges from here on is lost.
 	exec(t, ctx, s, "ALTER SYSTEM SET primary_conninfo = ''")
 	exec(t, ctx, s, "SELECT pg_reload_conf()")
-	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var receivers int
 		if err := s.QueryRow(ctx, "SELECT count(*) FROM pg_stat_wal_receiver").Scan(&receivers); err != nil {
@@ -112,22 +122,29 @@ func TestLostTransactionsAfterAForcedFailover(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	if k, err := lostxact.Keep(ctx, p); err != nil || k.Connected != 0 || k.At != slotAt {
+		t.Fatalf("Keep with the standby gone: %+v %v, want the slot left at %s", k, err, slotAt)
+	}
 	var oldTimeline uint32
 	if err := p.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&oldTimeline); err != nil {
 		t.Fatal(err)
 	}
-	acknowledged := map[string]bool{} // every lost change, as "op id"
+	acknowledged := map[string]bool{} // every lost change, as "table op key"
 	for id := 51; id <= 60; id++ {
 		exec(t, ctx, p, "INSERT INTO ledger VALUES ($1, 'lost')", id)
-		acknowledged["insert "+strconv.Itoa(id)] = true
+		acknowledged["ledger insert "+strconv.Itoa(id)] = true
 	}
 	exec(t, ctx, p, "UPDATE ledger SET note = 'lost update' WHERE id = 5")
-	acknowledged["update 5"] = true
+	acknowledged["ledger update 5"] = true
 	exec(t, ctx, p, "DELETE FROM ledger WHERE id = 6")
-	acknowledged["delete 6"] = true
+	acknowledged["ledger delete 6"] = true
+	exec(t, ctx, p, "UPDATE nokey SET v = 'b'") // a publication of all tables would refuse this
+	acknowledged["nokey update b"] = true
+	exec(t, ctx, p, `INSERT INTO "Odd ""Name""" VALUES (7, ARRAY['it''s', 'a b'], true, 1.50)`)
+	acknowledged[`Odd "Name" insert 7`] = true
 	exec(t, ctx, p, "INSERT INTO ledger SELECT g, 'lost, far past' FROM generate_series(100001, 150000) g")
 	for id := 100001; id <= 150000; id++ {
-		acknowledged["insert "+strconv.Itoa(id)] = true
+		acknowledged["ledger insert "+strconv.Itoa(id)] = true
 	}
 	end := scanLSN(t, ctx, p, "SELECT pg_current_wal_flush_lsn()::text")
 	inFlight := connect(t, ctx, primary)
@@ -144,10 +161,10 @@ func TestLostTransactionsAfterAForcedFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if divergence < flushed || divergence >= end {
-		t.Fatalf("divergence %s, want between the slot (%s) and the old primary's end (%s)", divergence, flushed, end)
+	if divergence < slotAt || divergence >= end {
+		t.Fatalf("divergence %s, want between the slot (%s) and the old primary's end (%s)", divergence, slotAt, end)
 	}
-	t.Logf("slot at %s, divergence at %s, the old primary's WAL ends past %s (%d kB beyond)", flushed, divergence, end, (end-divergence)/1024)
+	t.Logf("slot at %s, divergence at %s, the old primary's WAL ends past %s (%d kB beyond)", slotAt, divergence, end, (end-divergence)/1024)
 	var onNew []int
 	rows, err := s.Query(ctx, "SELECT id FROM ledger ORDER BY id")
 	if err != nil {
@@ -164,38 +181,34 @@ func TestLostTransactionsAfterAForcedFailover(t *testing.T) {
 		t.Fatalf("the new primary has %d rows (%v), want ids 1-50", len(onNew), rows.Err())
 	}
 
-	// The old primary again, alone: its slot still holds everything past the standby's last flush.
+	// The old primary again, alone: its slot still holds everything past the standby's last replay.
 	if err := primary.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	old := connect(t, ctx, primary)
-	lost, err := lostxact.Read(ctx, old, divergence)
+	res, err := lostxact.Read(ctx, old, divergence, lostxact.DefaultLimits)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if res.Incomplete != "" || res.Truncated || res.SlotAt != slotAt || res.End < end {
+		t.Fatalf("read: incomplete %q, truncated %v, slot at %s (want %s), end %s (want past %s)", res.Incomplete,
+			res.Truncated, res.SlotAt, slotAt, res.End, end)
+	}
 	reported := map[string]bool{}
 	var xids []uint32
-	for _, txn := range lost {
-		if txn.CommitLSN <= divergence || txn.CommitTime.IsZero() {
-			t.Fatalf("a reported transaction committed at %s (%s), not past the divergence %s", txn.CommitLSN, txn.CommitTime, divergence)
+	changes := 0
+	for _, txn := range res.Transactions {
+		if txn.CommitLSN <= divergence || txn.CommitTime.IsZero() || txn.ChangeCount != len(txn.Changes) {
+			t.Fatalf("a reported transaction committed at %s (%s), not past the divergence %s, or with %d of %d changes",
+				txn.CommitLSN, txn.CommitTime, divergence, len(txn.Changes), txn.ChangeCount)
+		}
+		if d := time.Since(txn.CommitTime); d < 0 || d > 5*time.Minute {
+			t.Fatalf("commit time %s is not a time of this test", txn.CommitTime)
 		}
 		xids = append(xids, txn.XID)
+		changes += txn.ChangeCount
 		for _, c := range txn.Changes {
-			if c.Schema != "public" || c.Table != "ledger" || len(c.Key) != 1 || c.Key[0] != "id" {
-				t.Fatalf("change %+v: not of public.ledger keyed by id", c)
-			}
-			row := c.New
-			if c.Op == "delete" {
-				row = c.Old
-			}
-			id := row["id"]
-			if id == nil {
-				t.Fatalf("change %+v without its id", c)
-			}
-			reported[c.Op+" "+*id] = true
-			if c.Op == "update" && (c.New["note"] == nil || *c.New["note"] != "lost update") {
-				t.Fatalf("the lost update reads %+v", c.New)
-			}
+			reported[describe(t, c)] = true
 		}
 	}
 	var missing, extra []string
@@ -215,11 +228,104 @@ func TestLostTransactionsAfterAForcedFailover(t *testing.T) {
 		t.Fatalf("the report lacks %d acknowledged lost changes (%v) and has %d it should not (%v)",
 			len(missing), head(missing), len(extra), head(extra))
 	}
-	if len(lost) != 13 {
-		t.Fatalf("%d lost transactions (xids %v), want 13: ten inserts, an update, a delete, one of 50,000 rows", len(lost), xids)
+	if len(res.Transactions) != 15 || res.TransactionCount != 15 || res.ChangeCount != changes {
+		t.Fatalf("%d lost transactions (xids %v; counted %d, %d changes), want 15: ten inserts, an update, a delete, "+
+			"the keyless update, the odd insert, one of 50,000 rows", len(res.Transactions), xids, res.TransactionCount, res.ChangeCount)
 	}
-	if again, err := lostxact.Read(ctx, old, divergence); err != nil || len(again) != len(lost) {
-		t.Fatalf("read again: %d transactions, %v; want the same %d (nothing consumed)", len(again), err, len(lost))
+	again, err := lostxact.Read(ctx, old, divergence, lostxact.DefaultLimits)
+	if err != nil || again.TransactionCount != res.TransactionCount || again.ChangeCount != res.ChangeCount || again.Incomplete != "" {
+		t.Fatalf("read again: %d transactions, %d changes, %q, %v; want the same %d (nothing consumed)",
+			again.TransactionCount, again.ChangeCount, again.Incomplete, err, res.TransactionCount)
+	}
+	small, err := lostxact.Read(ctx, old, divergence, lostxact.Limits{Transactions: 5, Changes: 3})
+	if err != nil || !small.Truncated || len(small.Transactions) != 5 || small.TransactionCount != 15 || small.ChangeCount != changes {
+		t.Fatalf("read within limits: %d listed of %d, %d changes, truncated %v, %v", len(small.Transactions),
+			small.TransactionCount, small.ChangeCount, small.Truncated, err)
+	}
+	kept := 0
+	for _, txn := range small.Transactions {
+		kept += len(txn.Changes)
+	}
+	if kept != 3 {
+		t.Fatalf("%d changes kept, want the limit of 3", kept)
+	}
+}
+
+// describe names a reported change as the test's ledger does, checking what each kind must carry.
+func describe(t *testing.T, c lostxact.Change) string {
+	t.Helper()
+	switch c.Table {
+	case "ledger":
+		if c.Schema != "public" || len(c.Key) != 1 || c.Key[0] != "id" {
+			t.Fatalf("change %+v: not of public.ledger keyed by id", c)
+		}
+		row := c.New
+		if c.Op == "delete" {
+			row = c.Old
+		}
+		id := value(row, "id")
+		if id == nil {
+			t.Fatalf("change %+v without its id", c)
+		}
+		if c.Op == "update" && (value(c.New, "note") == nil || *value(c.New, "note") != "lost update") {
+			t.Fatalf("the lost update reads %+v", c.New)
+		}
+		return "ledger " + c.Op + " " + *id
+	case "nokey":
+		if len(c.Key) != 0 || c.Old != nil || value(c.New, "v") == nil {
+			t.Fatalf("the keyless update reads %+v", c)
+		}
+		return "nokey " + c.Op + " " + *value(c.New, "v")
+	case `Odd "Name"`:
+		want := map[string]string{"a b": "7", "x]:y": `{it's,"a b"}`, "flag": "t", "n": "1.50"}
+		types := map[string]string{"a b": "integer", "x]:y": "text[]", "flag": "boolean", "n": "numeric"}
+		for name, v := range want {
+			if got := value(c.New, name); got == nil || *got != v {
+				t.Fatalf("column %q of the odd insert reads %v, want %q (%+v)", name, got, v, c.New)
+			}
+		}
+		for _, col := range c.New {
+			if types[col.Name] != col.Type {
+				t.Fatalf("column %q has type %q, want %q", col.Name, col.Type, types[col.Name])
+			}
+		}
+		return `Odd "Name" ` + c.Op + " " + *value(c.New, "a b")
+	}
+	t.Fatalf("a change of a table the test never wrote: %+v", c)
+	return ""
+}
+
+func value(cols []lostxact.Column, name string) *string {
+	for _, c := range cols {
+		if c.Name == name {
+			return c.Value
+		}
+	}
+	return nil
+}
+
+// TestKeepWithoutAStandby: a primary without a geo-secondary gets no slot, and one left from before is dropped,
+// so it keeps no WAL.
+func TestKeepWithoutAStandby(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := connect(t, ctx, pgtest.NewPrimary(t))
+	k, err := lostxact.Keep(ctx, p)
+	if err != nil || k.Standbys != 0 || k.Dropped || k.At != 0 {
+		t.Fatalf("Keep: %+v %v, want nothing done", k, err)
+	}
+	if err := lostxact.Prepare(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := lostxact.Prepare(ctx, p); err != nil {
+		t.Fatalf("Prepare again: %v", err)
+	}
+	if k, err := lostxact.Keep(ctx, p); err != nil || !k.Dropped {
+		t.Fatalf("Keep: %+v %v, want the slot dropped", k, err)
+	}
+	var slots int
+	if err := p.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots").Scan(&slots); err != nil || slots != 0 {
+		t.Fatalf("%d slots (%v), want none", slots, err)
 	}
 }
 
