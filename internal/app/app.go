@@ -27,6 +27,7 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/failover"
 	"github.com/fogo-db/fogo/internal/controlplane/leader"
 	"github.com/fogo-db/fogo/internal/controlplane/links"
+	"github.com/fogo-db/fogo/internal/controlplane/lostreport"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/operations"
 	"github.com/fogo-db/fogo/internal/controlplane/service"
@@ -637,6 +638,18 @@ func (m metricsSource) LinkSlots() []metrics.LinkSlot {
 	var out []metrics.LinkSlot
 	for name, w := range m.a.LinkCatalog.SlotsWAL() {
 		out = append(out, metrics.LinkSlot{Link: name, RetainedBytes: w.RetainedBytes, WALStatus: w.WALStatus})
+	}
+	return out
+}
+
+func (m metricsSource) LostReports() []metrics.LostReport {
+	reports, err := lostreport.All(m.a.Store)
+	if err != nil {
+		return nil
+	}
+	out := make([]metrics.LostReport, 0, len(reports))
+	for _, r := range reports {
+		out = append(out, metrics.LostReport{Group: r.Group, Database: r.Database, Status: r.Status, Transactions: r.TransactionCount})
 	}
 	return out
 }

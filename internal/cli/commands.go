@@ -343,7 +343,7 @@ func failoverGroupCommand(o *Options) *cobra.Command {
 	setPrimary.Flags().BoolVar(&f.allowDataLoss, "allow-data-loss", false, "forced failover: promote at once, transactions not yet replicated are lost")
 	setPrimary.Flags().BoolVar(&f.tryPlanned, "try-planned-before-forced", false, "try a planned failover, fall back to a forced one if it cannot complete in time")
 
-	cmd.AddCommand(create, show, list, update, del, setPrimary)
+	cmd.AddCommand(create, show, list, update, del, setPrimary, lostTransactionsCommand(o))
 	return cmd
 }
 

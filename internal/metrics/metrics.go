@@ -28,6 +28,15 @@ type Source interface {
 	ListenerStats() []listener.Stats
 	// LinkSlots returns the WAL each link connection's slot holds on its source.
 	LinkSlots() []LinkSlot
+	// LostReports returns every forced failover's lost-transaction report, one per database.
+	LostReports() []LostReport
+}
+
+// LostReport is one database's lost-transaction report of one forced failover.
+type LostReport struct {
+	Group, Database string
+	Status          string // Pending, Complete, Incomplete, Failed
+	Transactions    int
 }
 
 // LinkSlot is the WAL a link connection's replication slot holds on its source.
@@ -105,7 +114,13 @@ var (
 	linkSlotUnreservedDesc = prometheus.NewDesc("fogo_link_slot_unreserved",
 		"1 when a link connection's slot holds more WAL than max_slot_wal_keep_size (wal_status unreserved or lost): the next checkpoint may invalidate it, and the link then resynchronises every table.",
 		[]string{"link"}, nil)
-	epochDesc     = prometheus.NewDesc("fogo_group_epoch", "The group's failover epoch.", []string{"group"}, nil)
+	epochDesc    = prometheus.NewDesc("fogo_group_epoch", "The group's failover epoch.", []string{"group"}, nil)
+	lostTxnsDesc = prometheus.NewDesc("fogo_lost_transactions_total",
+		"Transactions forced failovers lost: committed on an old primary, never received by the new one (the sum of the lost-transaction reports).",
+		[]string{"group", "database"}, nil)
+	lostReportsDesc = prometheus.NewDesc("fogo_lost_transaction_reports",
+		"Lost-transaction reports by status: Pending (the old primary was not read yet), Complete, Incomplete or Failed.",
+		[]string{"group", "status"}, nil)
 	lisActiveDesc = prometheus.NewDesc("fogo_listener_connections_active",
 		"Sessions relayed by a listener now.", []string{"group", "listener"}, nil)
 	lisWaitingDesc = prometheus.NewDesc("fogo_listener_connections_waiting",
@@ -124,7 +139,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{roleDesc, upDesc, lagBytesDesc, lagSecondsDesc, streamingDesc, slotRetainedDesc, slotLostDesc, linkSlotRetainedDesc, linkSlotUnreservedDesc, epochDesc,
-		lisActiveDesc, lisWaitingDesc, lisAcceptedDesc, lisRefusedDesc} {
+		lostTxnsDesc, lostReportsDesc, lisActiveDesc, lisWaitingDesc, lisAcceptedDesc, lisRefusedDesc} {
 		ch <- d
 	}
 }
@@ -146,6 +161,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(linkSlotRetainedDesc, prometheus.GaugeValue, float64(s.RetainedBytes), s.Link)
 		ch <- prometheus.MustNewConstMetric(linkSlotUnreservedDesc, prometheus.GaugeValue, unreserved, s.Link)
 	}
+	c.collectLost(ch)
 	groups, insts, err := c.src.Groups()
 	if err != nil {
 		return
@@ -155,6 +171,22 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for _, d := range g.Databases {
 			c.collectDatabase(ch, &g, d, insts)
 		}
+	}
+}
+
+// collectLost sums the lost-transaction reports by group and database, and counts them by status.
+func (c *collector) collectLost(ch chan<- prometheus.Metric) {
+	lost := map[[2]string]int{}
+	byStatus := map[[2]string]int{}
+	for _, r := range c.src.LostReports() {
+		lost[[2]string{r.Group, r.Database}] += r.Transactions
+		byStatus[[2]string{r.Group, r.Status}]++
+	}
+	for k, n := range lost {
+		ch <- prometheus.MustNewConstMetric(lostTxnsDesc, prometheus.CounterValue, float64(n), k[0], k[1])
+	}
+	for k, n := range byStatus {
+		ch <- prometheus.MustNewConstMetric(lostReportsDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
 	}
 }
 

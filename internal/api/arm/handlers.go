@@ -182,6 +182,10 @@ func (a *API) failoverGroup(w http.ResponseWriter, r *http.Request, p path) {
 		writeJSON(w, http.StatusOK, out)
 		return
 	}
+	if p.action == "losttransactions" {
+		a.lostTransactions(w, r, sid, p)
+		return
+	}
 	if p.action != "" {
 		a.failoverAction(w, r, sid, p)
 		return

@@ -16,7 +16,8 @@ const maxBody = 1 << 20
 type path struct {
 	sub, rg                string
 	server, child, name    string // child: "databases" | "failovergroups" | ""
-	action                 string // failover, forcefailoverallowdataloss, trypannedbeforeforcedfailover
+	action                 string // failover, forcefailoverallowdataloss, trypannedbeforeforcedfailover, losttransactions
+	report                 string // losttransactions/{report}: a forced failover's operation ID
 	list                   bool   // a collection
 	opKind, opID, location string // operation status / result
 }
@@ -59,6 +60,11 @@ func parsePath(p string) (path, bool) {
 		out.server, out.child, out.name = rest[1], strings.ToLower(rest[2]), rest[3]
 	case 5:
 		out.server, out.child, out.name, out.action = rest[1], strings.ToLower(rest[2]), rest[3], strings.ToLower(rest[4])
+	case 6:
+		if !strings.EqualFold(rest[4], "lostTransactions") {
+			return out, false
+		}
+		out.server, out.child, out.name, out.action, out.report = rest[1], strings.ToLower(rest[2]), rest[3], "losttransactions", rest[5]
 	default:
 		return out, false
 	}
@@ -66,6 +72,9 @@ func parsePath(p string) (path, bool) {
 		return out, false
 	}
 	if out.child != "" && out.child != "databases" && out.child != "failovergroups" {
+		return out, false
+	}
+	if out.action == "losttransactions" && out.child != "failovergroups" {
 		return out, false
 	}
 	return out, true

@@ -19,6 +19,7 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
+	"github.com/fogo-db/fogo/internal/postgres/lostxact"
 	"github.com/fogo-db/fogo/internal/postgres/pgbin"
 )
 
@@ -35,6 +36,8 @@ type Config struct {
 	SuperPassword      string
 	Logger             *slog.Logger
 	ExtraInstanceConfs map[string]string
+	// LostLimits bound what one lost-transaction report keeps (zero: lostxact.DefaultLimits).
+	LostLimits lostxact.Limits
 	// Agents, when set, is cluster mode: servers are placed on the agents' hosts and their instances reached
 	// through the agents.
 	Agents *Agents
@@ -306,12 +309,18 @@ func (m *Manager) Seed(ctx context.Context, rec, upstream *model.Instance) error
 	return nil
 }
 
-// Rejoin turns a former primary into a standby of upstream: stop, rewind if diverged, configure, start.
+// Rejoin turns a former primary into a standby of upstream: stop, report what a forced failover lost (see
+// reportLost), rewind if diverged, configure, start.
 func (m *Manager) Rejoin(ctx context.Context, rec, upstream *model.Instance) error {
 	h, up := m.Handle(rec), m.Handle(upstream)
 	if _, running := h.Running(); running {
 		if err := h.TryShuttingDownFastImmediate(ctx, 10*time.Second); err != nil {
 			return fmt.Errorf("rejoin %s: stop: %w", rec.ID, err)
+		}
+	}
+	if rec.LostReport != "" {
+		if err := m.reportLost(ctx, rec, upstream); err != nil {
+			return fmt.Errorf("rejoin %s: %w", rec.ID, err)
 		}
 	}
 	if err := up.EnsurePhysicalSlot(ctx, rec.SlotName); err != nil {

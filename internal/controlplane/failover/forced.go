@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
+	"github.com/fogo-db/fogo/internal/controlplane/lostreport"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
 	"github.com/fogo-db/fogo/internal/errcatalog"
 	"github.com/fogo-db/fogo/internal/postgres/instance"
 )
@@ -138,8 +140,7 @@ func (x *execution) readyToPromote(ctx context.Context, n *model.Instance) error
 func (x *execution) fenceForced(ctx context.Context, olds []*model.Instance) error {
 	if !x.plan.Fenced {
 		for _, o := range olds {
-			o.NeedsRejoin = true
-			if err := x.o.cl.SaveInstance(o); err != nil {
+			if err := x.fenceRecord(o); err != nil {
 				return fmt.Errorf("fence %s: %w", o.Database, err)
 			}
 		}
@@ -181,6 +182,42 @@ func (x *execution) fenceForced(ctx context.Context, olds []*model.Instance) err
 		}
 	}
 	return err
+}
+
+// fenceRecord marks one old primary NeedsRejoin and opens its lost-transaction report, in one write: from here
+// on it is never routed to nor started as a primary, and it is read for the report before it is rewound.
+func (x *execution) fenceRecord(o *model.Instance) error {
+	o.NeedsRejoin, o.LostReport = true, x.run.Op.ID
+	r := lostreport.Report{Operation: x.run.Op.ID, Kind: x.run.Op.Kind, Group: x.plan.Group, Database: o.Database,
+		Failover: x.run.Op.Created, OldPrimary: o.ID}
+	for _, pr := range x.plan.Pairs {
+		if pr.OldPrimary == o.ID {
+			r.NewPrimary = pr.NewPrimary
+		}
+	}
+	return x.o.st.Update(func(tx *store.Tx) error {
+		if err := tx.Put(store.Instances, o.ID, o); err != nil {
+			return err
+		}
+		return lostreport.Open(tx, r)
+	})
+}
+
+// unfenceRecord lifts what fenceRecord wrote, when the failover is undone: the old primary lost nothing.
+func (x *execution) unfenceRecord(id string) error {
+	return x.o.st.Update(func(tx *store.Tx) error {
+		var cur model.Instance
+		if err := tx.MustGet(store.Instances, id, &cur); err != nil {
+			return err
+		}
+		if cur.LostReport != "" {
+			if err := lostreport.Discard(tx, cur.LostReport, cur.Database); err != nil {
+				return err
+			}
+		}
+		cur.NeedsRejoin, cur.LostReport = false, ""
+		return tx.Put(store.Instances, id, &cur)
+	})
 }
 
 // promoteForced records the intent and promotes every geo-secondary (idempotent), starting it if it does not run.
@@ -239,12 +276,7 @@ func (x *execution) undoForced(ctx context.Context, olds, news []*model.Instance
 	}
 	if x.plan.Fenced {
 		for _, o := range olds {
-			cur, err := x.o.cl.GetInstance(o.ID)
-			if err != nil {
-				return fmt.Errorf("%w (and un-fencing the primary of %s failed: %v)", cause, o.Database, err)
-			}
-			cur.NeedsRejoin = false
-			if err := x.o.cl.SaveInstance(cur); err != nil {
+			if err := x.unfenceRecord(o.ID); err != nil {
 				return fmt.Errorf("%w (and un-fencing the primary of %s failed: %v)", cause, o.Database, err)
 			}
 		}

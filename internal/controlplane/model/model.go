@@ -92,6 +92,9 @@ type Instance struct {
 	// NeedsRejoin marks a former primary that must be rewound (if diverged) and restarted as a standby of
 	// Upstream before it may run again: after a forced failover it is fenced until then.
 	NeedsRejoin bool `json:"needsRejoin,omitempty"`
+	// LostReport is the forced failover (operation ID) whose lost-transaction report waits for this former
+	// primary: it is read, in isolation, before it is rewound.
+	LostReport string `json:"lostReport,omitempty"`
 	// Seeded is false until the base backup of a standby finished.
 	Seeded bool `json:"seeded"`
 	// Reseed marks a standby whose slot on its upstream was invalidated (max_slot_wal_keep_size): the WAL it needs

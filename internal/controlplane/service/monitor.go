@@ -8,6 +8,7 @@ import (
 
 	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/failover"
+	"github.com/fogo-db/fogo/internal/controlplane/lostreport"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/operations"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
@@ -32,6 +33,7 @@ type Observer struct {
 	wmu      sync.Mutex
 	retry    map[string]*retryState // instance ID -> backoff after a failed reconciliation
 	inflight map[string]bool        // lock keys whose worker still runs
+	keepErr  map[string]string      // instance ID -> the last failure of its lost-transaction slot's upkeep
 	workers  sync.WaitGroup
 
 	// The Automatic policy (the pass's goroutine only).
@@ -64,7 +66,7 @@ const (
 // NewObserver returns an observer.
 func NewObserver(st *store.Store, cl *cluster.Manager, ops *operations.Runner) *Observer {
 	return &Observer{st: st, cl: cl, ops: ops, states: map[string]string{}, retry: map[string]*retryState{},
-		inflight: map[string]bool{}, graceUnit: time.Minute, downSince: map[string]time.Time{}, held: map[string]string{}}
+		inflight: map[string]bool{}, keepErr: map[string]string{}, graceUnit: time.Minute, downSince: map[string]time.Time{}, held: map[string]string{}}
 }
 
 // Run observes and reconciles every interval until ctx ends, then waits for its workers.
@@ -364,7 +366,8 @@ func (o *Observer) noteResult(rec *model.Instance, err error, log func(msg strin
 }
 
 // reconcile starts an instance that should run, or rejoins a fenced former primary once its upstream is a
-// running primary; a primary's admin login gets the rights fogo gives it (once per instance record).
+// running primary; a primary's admin login gets the rights fogo gives it (once per instance record), and its
+// lost-transaction slot follows its geo-secondary.
 func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 	// Re-read under the lock: an operation may have changed it since the list was taken.
 	cur, err := o.cl.GetInstance(rec.ID)
@@ -406,7 +409,29 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 	if err := o.cl.EnsureRunning(ctx, cur); err != nil {
 		return err
 	}
-	return o.cl.EnsureAdminRights(ctx, cur)
+	if err := o.cl.EnsureAdminRights(ctx, cur); err != nil {
+		return err
+	}
+	// The slot's upkeep never holds the instance's reconciliation back: a failure (a long transaction delays
+	// making the slot) is logged once and tried again at the next pass.
+	o.noteKeep(cur, o.cl.KeepLostSlot(ctx, cur))
+	return nil
+}
+
+// noteKeep logs a lost-transaction slot's upkeep failing, once per distinct error, and its recovery.
+func (o *Observer) noteKeep(rec *model.Instance, err error) {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	last, failed := o.keepErr[rec.ID]
+	switch {
+	case err == nil && failed:
+		delete(o.keepErr, rec.ID)
+		o.cl.Logger().Info("lost-transaction slot kept again", "instance", rec.ID, "database", rec.Database)
+	case err != nil && err.Error() != last:
+		o.keepErr[rec.ID] = err.Error()
+		o.cl.Logger().Warn("the lost-transaction slot could not be kept; a forced failover's report may then say "+
+			"it is incomplete", "instance", rec.ID, "database", rec.Database, "err", err)
+	}
 }
 
 // liftStaleFence un-fences a group primary that a forced failover fenced but that never lost its role: the
@@ -452,8 +477,17 @@ func (o *Observer) liftStaleFence(ctx context.Context, cur *model.Instance) (boo
 			return false, fmt.Errorf("lift the fence of %s: geo-secondary %s in recovery: %v %v", cur.ID, sec.ID, inRecovery, err)
 		}
 	}
-	cur.NeedsRejoin = false
-	if err := o.cl.SaveInstance(cur); err != nil {
+	// No failover happened: nothing was lost, and a pending lost-transaction report has nothing to say.
+	err = o.st.Update(func(tx *store.Tx) error {
+		if cur.LostReport != "" {
+			if err := lostreport.Discard(tx, cur.LostReport, cur.Database); err != nil {
+				return err
+			}
+		}
+		cur.NeedsRejoin, cur.LostReport = false, ""
+		return tx.Put(store.Instances, cur.ID, cur)
+	})
+	if err != nil {
 		return false, fmt.Errorf("lift the fence of %s: %w", cur.ID, err)
 	}
 	o.cl.Logger().Warn("a forced failover ended without new roles and left the primary fenced; fence lifted",

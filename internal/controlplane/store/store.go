@@ -38,14 +38,19 @@ const (
 	Secrets = "secrets"
 	// Agents holds the database hosts registered in cluster mode (model.Agent).
 	Agents = "agents"
+	// LostReports holds the lost-transaction report of each forced failover's databases; LostReportChunks the
+	// transactions they list (sealed: they hold users' rows), in pieces small enough for one etcd request.
+	LostReports      = "lostReports"
+	LostReportChunks = "lostReportChunks"
 )
 
-var allBuckets = []string{Servers, Databases, Instances, Groups, Operations, Ports, Meta, LinkedServices, LinkConnections, Secrets, Agents}
+var allBuckets = []string{Servers, Databases, Instances, Groups, Operations, Ports, Meta, LinkedServices, LinkConnections, Secrets, Agents,
+	LostReports, LostReportChunks}
 
 // sealedBuckets are the buckets whose values are sealed whole. Nothing else in the store is secret: operations keep
 // resource ids, plans and ARM errors; instances keep directories, ports and roles; link connections keep names and
-// table mappings.
-var sealedBuckets = map[string]bool{Servers: true, LinkedServices: true, Secrets: true}
+// table mappings; a lost-transaction report keeps counts and positions (its rows are in LostReportChunks).
+var sealedBuckets = map[string]bool{Servers: true, LinkedServices: true, Secrets: true, LostReportChunks: true}
 
 // ErrNotFound is returned by MustGet when a key is absent.
 var ErrNotFound = errors.New("not found")

@@ -25,6 +25,9 @@ type Settings struct {
 	// only (hostssl) when TLS is set, else over plain TCP (host), for trusted networks only. ListenAddresses must
 	// include an address they can reach.
 	AllowFrom []netip.Prefix
+	// Isolated lets only the superuser log in (no other login, no replication) and makes transactions read-only by
+	// default: a fenced former primary started only so that fogo can read it.
+	Isolated bool
 }
 
 // baseSettings are what every fogo instance needs (DESIGN.md, "Running Postgres").
@@ -60,7 +63,7 @@ const includeLine = "include_if_exists = 'fogo.conf'\n"
 // Configure writes fogo.conf, pg_hba.conf, the passfile, the TLS files and standby.signal as settings say. It
 // takes effect at the next start, or at a reload for reloadable settings.
 func (i *Instance) Configure(s Settings) error {
-	hba, err := hbaConf(i.SuperUser, s.AllowFrom, s.TLS != nil) // checked before anything is written
+	hba, err := hbaConf(i.SuperUser, s.AllowFrom, s.TLS != nil, s.Isolated) // checked before anything is written
 	if err != nil {
 		return fmt.Errorf("configure %s: %w", i.Dir, err)
 	}
@@ -95,6 +98,9 @@ func (i *Instance) Configure(s Settings) error {
 	}
 	for k, v := range s.Extra {
 		conf[k] = v
+	}
+	if s.Isolated {
+		conf["default_transaction_read_only"] = "on"
 	}
 	keys := make([]string, 0, len(conf))
 	for k := range conf {

@@ -103,13 +103,20 @@ func InstallHostTLS(h Host, dir string, src TLSFiles) (*TLSFiles, error) {
 // hbaConf is pg_hba.conf: password (SCRAM) logins and replication for superUser from loopback, and from every
 // allowFrom network: over TLS only (hostssl) when withTLS, else over plain TCP (host), which is for trusted
 // networks only since nothing then protects the session's data.
-func hbaConf(superUser string, allowFrom []netip.Prefix, withTLS bool) (string, error) {
+func hbaConf(superUser string, allowFrom []netip.Prefix, withTLS, isolated bool) (string, error) {
 	var b strings.Builder
-	b.WriteString("# Written by fogo.\n" +
-		"host all all 127.0.0.1/32 scram-sha-256\n" +
-		"host all all ::1/128 scram-sha-256\n")
-	fmt.Fprintf(&b, "host replication %s 127.0.0.1/32 scram-sha-256\n", superUser)
-	fmt.Fprintf(&b, "host replication %s ::1/128 scram-sha-256\n", superUser)
+	b.WriteString("# Written by fogo.\n")
+	users := "all"
+	if isolated {
+		b.WriteString("# Isolated: only fogo's superuser may log in, and nothing may replicate.\n")
+		users = superUser
+	}
+	fmt.Fprintf(&b, "host all %s 127.0.0.1/32 scram-sha-256\n", users)
+	fmt.Fprintf(&b, "host all %s ::1/128 scram-sha-256\n", users)
+	if !isolated {
+		fmt.Fprintf(&b, "host replication %s 127.0.0.1/32 scram-sha-256\n", superUser)
+		fmt.Fprintf(&b, "host replication %s ::1/128 scram-sha-256\n", superUser)
+	}
 	kind := "host"
 	if withTLS {
 		kind = "hostssl"
@@ -119,8 +126,10 @@ func hbaConf(superUser string, allowFrom []netip.Prefix, withTLS bool) (string, 
 			return "", fmt.Errorf("allowed network %q is not a valid prefix", p)
 		}
 		cidr := p.Masked().String()
-		fmt.Fprintf(&b, "%s all all %s scram-sha-256\n", kind, cidr)
-		fmt.Fprintf(&b, "%s replication %s %s scram-sha-256\n", kind, superUser, cidr)
+		fmt.Fprintf(&b, "%s all %s %s scram-sha-256\n", kind, users, cidr)
+		if !isolated {
+			fmt.Fprintf(&b, "%s replication %s %s scram-sha-256\n", kind, superUser, cidr)
+		}
 	}
 	return b.String(), nil
 }

@@ -51,8 +51,8 @@ type Change struct {
 	// FULL); an update logs it only when the key changed. New is the row after.
 	Old []Column `json:"old,omitempty"`
 	New []Column `json:"new,omitempty"`
-	// AlsoTruncated are the other tables one TRUNCATE statement emptied with this one; TruncateFlags its
-	// "restart_seqs" or "cascade".
+	// AlsoTruncated are the other tables one TRUNCATE statement emptied with this one (quoted and qualified);
+	// TruncateFlags its "restart_seqs" or "cascade".
 	AlsoTruncated []string `json:"alsoTruncated,omitempty"`
 	TruncateFlags string   `json:"truncateFlags,omitempty"`
 }

@@ -166,7 +166,7 @@ func parseChange(s string) (Change, error) {
 		if len(tables) > 1 {
 			c.AlsoTruncated = make([]string, 0, len(tables)-1)
 			for _, t := range tables[1:] {
-				c.AlsoTruncated = append(c.AlsoTruncated, t[0]+"."+t[1])
+				c.AlsoTruncated = append(c.AlsoTruncated, quoteIdent(t[0])+"."+quoteIdent(t[1]))
 			}
 		}
 		c.TruncateFlags = strings.TrimSpace(p.rest())

@@ -29,7 +29,7 @@ func TestParseTextForm(t *testing.T) {
 				{Name: "a b", Type: "character varying", Value: str(" new-tuple: x")},
 				{Name: "x]:y", Type: "text[]", Value: str("{1}")}, {Name: "b", Type: "bit(3)", Value: str("101")}}}},
 		{`table public.a, public.b: TRUNCATE: restart_seqs cascade`,
-			Change{Schema: "public", Table: "a", Op: "truncate", AlsoTruncated: []string{"public.b"}, TruncateFlags: "restart_seqs cascade"}},
+			Change{Schema: "public", Table: "a", Op: "truncate", AlsoTruncated: []string{`"public"."b"`}, TruncateFlags: "restart_seqs cascade"}},
 		{`table public.a: TRUNCATE: (no-flags)`, Change{Schema: "public", Table: "a", Op: "truncate"}},
 		{`table public.u: INSERT: v[public."odd]:type"]:'x'`,
 			Change{Schema: "public", Table: "u", Op: "insert", New: []Column{{Name: "v", Type: `public."odd]:type"`, Value: str("x")}}}},
@@ -51,6 +51,34 @@ func TestParseTextForm(t *testing.T) {
 		"COMMIT 1 (at yesterday)"} {
 		if _, err := parseLine(bad); err == nil {
 			t.Fatalf("%s: parsed, want an error", bad)
+		}
+	}
+}
+
+// TestReplaySQL writes each kind of change as the statement that replays it, and says so when it cannot.
+func TestReplaySQL(t *testing.T) {
+	key := []string{"id"}
+	for _, c := range []struct {
+		change Change
+		want   string
+	}{
+		{Change{Schema: "public", Table: "t", Op: "insert", Key: key, New: []Column{{Name: "id", Value: str("1")}, {Name: "note", Value: str("it's")}, {Name: "n"}}},
+			`INSERT INTO "public"."t" ("id", "note", "n") VALUES ('1', 'it''s', NULL);`},
+		{Change{Schema: "public", Table: "t", Op: "update", Key: key, New: []Column{{Name: "id", Value: str("1")}, {Name: "big", Unchanged: true}, {Name: "note", Value: str("x")}}},
+			`UPDATE "public"."t" SET "id" = '1', "note" = 'x' WHERE "id" = '1';`},
+		{Change{Schema: "public", Table: "t", Op: "update", Key: key, Old: []Column{{Name: "id", Value: str("1")}}, New: []Column{{Name: "id", Value: str("2")}}},
+			`UPDATE "public"."t" SET "id" = '2' WHERE "id" = '1';`},
+		{Change{Schema: "s", Table: `a"b`, Op: "delete", Old: []Column{{Name: "id", Value: str("1")}, {Name: "v"}}},
+			`DELETE FROM "s"."a""b" WHERE "id" = '1' AND "v" IS NULL;`},
+		{Change{Schema: "public", Table: "nokey", Op: "update", New: []Column{{Name: "v", Value: str("b")}}},
+			`-- cannot replay an update of "public"."nokey": the table has no key, and the WAL did not log the old row`},
+		{Change{Schema: "public", Table: "nokey", Op: "delete"},
+			`-- cannot replay a delete from "public"."nokey": the table has no key, and the WAL did not log the old row`},
+		{Change{Schema: "public", Table: "a", Op: "truncate", AlsoTruncated: []string{`"public"."b"`}, TruncateFlags: "restart_seqs cascade"},
+			`TRUNCATE "public"."a", "public"."b" RESTART IDENTITY CASCADE;`},
+	} {
+		if got := statement(c.change); got != c.want {
+			t.Errorf("%+v:\n got %s\nwant %s", c.change, got, c.want)
 		}
 	}
 }

@@ -1,0 +1,133 @@
+package cluster
+
+// The lost-transaction report's two halves on instances: every primary keeps its lost-transaction slot, and a
+// former primary a forced failover fenced is read in isolation before its rewind.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/fogo-db/fogo/internal/controlplane/lostreport"
+	"github.com/fogo-db/fogo/internal/controlplane/model"
+	"github.com/fogo-db/fogo/internal/controlplane/store"
+	"github.com/fogo-db/fogo/internal/postgres/lostxact"
+)
+
+// keepTimeout bounds one upkeep of a lost-transaction slot. Making the slot waits for the transactions running at
+// that moment, so a long one makes it time out; it is made at a later pass.
+const keepTimeout = 2 * time.Second
+
+// KeepLostSlot keeps a running primary's lost-transaction slot at what its geo-secondaries replayed (see
+// lostxact.Keep), in the primary's database. Anything else is left alone.
+func (m *Manager) KeepLostSlot(ctx context.Context, rec *model.Instance) error {
+	if rec.Role != model.RolePrimary || rec.NeedsRejoin {
+		return nil
+	}
+	h := m.Handle(rec)
+	if _, running := h.Running(); !running || h.IsStandby() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, keepTimeout)
+	defer cancel()
+	conn, err := h.Connect(ctx, rec.Database)
+	if err != nil {
+		return fmt.Errorf("keep the lost-transaction slot of %s: %w", rec.ID, err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := lostxact.Keep(ctx, conn); err != nil {
+		return fmt.Errorf("keep the lost-transaction slot of %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// reportLost produces the lost-transaction report that waits for rec (a fenced former primary, stopped): it is
+// started in isolation (only fogo's superuser may log in, read-only by default), read against upstream's
+// timeline history, and stopped again. It returns nil once the report is stored, or once its attempts are spent
+// (the report then reads Failed with the reason, and the rewind goes on): in both cases rec's mark is cleared. It
+// returns an error while attempts remain, so that the rejoin is retried before anything is thrown away.
+func (m *Manager) reportLost(ctx context.Context, rec, upstream *model.Instance) error {
+	r, err := lostreport.Get(m.store, rec.LostReport, rec.Database)
+	if errors.Is(err, store.ErrNotFound) {
+		r = &lostreport.Report{Operation: rec.LostReport, Database: rec.Database, OldPrimary: rec.ID, NewPrimary: upstream.ID}
+	} else if err != nil {
+		return fmt.Errorf("lost-transaction report of %s: %w", rec.ID, err)
+	}
+	clear := func(tx *store.Tx) error {
+		var cur model.Instance
+		if err := tx.MustGet(store.Instances, rec.ID, &cur); err != nil {
+			return err
+		}
+		cur.LostReport = ""
+		return tx.Put(store.Instances, rec.ID, &cur)
+	}
+	if r.Status != lostreport.Pending {
+		rec.LostReport = ""
+		return m.store.Update(clear) // produced already; only the mark was left
+	}
+	res, readErr := m.readLost(ctx, rec, upstream)
+	if readErr == nil {
+		if err := lostreport.Save(m.store, r, res, clear); err != nil {
+			return fmt.Errorf("store the lost-transaction report of %s: %w", rec.ID, err)
+		}
+		rec.LostReport = ""
+		m.log.Warn("forced failover: lost-transaction report", "database", rec.Database, "operation", r.Operation,
+			"status", r.Status, "transactions", r.TransactionCount, "changes", r.ChangeCount)
+		return nil
+	}
+	final, err := lostreport.Fail(m.store, r, readErr, errors.Is(readErr, lostxact.ErrNoSlot), clear)
+	if err != nil {
+		return fmt.Errorf("record the failed lost-transaction report of %s: %w (it failed: %v)", rec.ID, err, readErr)
+	}
+	if !final {
+		return fmt.Errorf("lost-transaction report of %s (attempt %d of %d): %w", rec.ID, r.Attempts, lostreport.MaxAttempts, readErr)
+	}
+	rec.LostReport = ""
+	m.log.Error("forced failover: the lost-transaction report could not be produced; rewinding anyway",
+		"database", rec.Database, "operation", r.Operation, "err", readErr)
+	return nil
+}
+
+// readLost is the read itself: isolated start, divergence, decode, stop.
+func (m *Manager) readLost(ctx context.Context, rec, upstream *model.Instance) (lostxact.Result, error) {
+	h := m.Handle(rec)
+	s := m.settings(rec, nil)
+	s.Standby, s.Isolated = false, true
+	if err := h.Configure(s); err != nil {
+		return lostxact.Result{}, fmt.Errorf("configure the old primary in isolation: %w", err)
+	}
+	if err := h.Start(ctx); err != nil {
+		return lostxact.Result{}, fmt.Errorf("start the old primary in isolation: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := h.TryShuttingDownFastImmediate(sctx, 10*time.Second); err != nil {
+			m.log.Warn("stop the old primary after its lost-transaction report", "instance", rec.ID, "err", err)
+		}
+	}()
+	old, err := h.Connect(ctx, rec.Database)
+	if err != nil {
+		return lostxact.Result{}, fmt.Errorf("connect to the old primary: %w", err)
+	}
+	defer old.Close(context.Background())
+	var timeline uint32
+	if err := old.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&timeline); err != nil {
+		return lostxact.Result{}, fmt.Errorf("read the old primary's timeline: %w", err)
+	}
+	nw, err := m.Handle(upstream).Connect(ctx, upstream.Database)
+	if err != nil {
+		return lostxact.Result{}, fmt.Errorf("connect to the new primary: %w", err)
+	}
+	defer nw.Close(context.Background())
+	divergence, err := lostxact.Divergence(ctx, nw, timeline)
+	if err != nil {
+		return lostxact.Result{}, err
+	}
+	limits := m.cfg.LostLimits
+	if limits == (lostxact.Limits{}) {
+		limits = lostxact.DefaultLimits
+	}
+	return lostxact.Read(ctx, old, divergence, limits)
+}
