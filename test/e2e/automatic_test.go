@@ -105,6 +105,9 @@ func TestAutomaticFailoverAndFencing(t *testing.T) {
 		t.Fatalf("old primary after rejoin: %+v", rec)
 	}
 	expectHealth(t, f, "auto-fg", "auto-east", "replica", 200)
+	// The Automatic policy's failover is forced: the old primary was read before its rewind, once it could start
+	// again, and nothing replicated was lost.
+	f.expectNothingLost(t, "auto-west", "auto-fg", last["operationId"].(string))
 
 	metrics := f.do(http.MethodGet, "/metrics", nil)
 	if metrics.Status != 200 {

@@ -194,15 +194,21 @@ func TestKillFogoDuringFailover(t *testing.T) {
 	p2.waitLog(t, "pausing before step", 60*time.Second)
 	p2.kill(t)
 
-	p3 := startProcess(t, bin, dir, listen, low, token)
+	// Killed again before its rejoin step, where the old primary is read for the lost-transaction report.
+	p3 := startProcess(t, bin, dir, listen, low, token, "FOGO_TEST_PAUSE_BEFORE_STEP=ForcedFailover:rejoin")
+	p3.waitLog(t, "pausing before step", 60*time.Second)
+	p3.kill(t)
+	p3 = startProcess(t, bin, dir, listen, low, token)
 	if st := f.wait(forced); st["status"] != "Succeeded" {
 		t.Fatalf("forced failover after the restart: %v %v\n%s", st["status"], st["error"], p3.output())
 	}
 	if role(t, f, "crash-east", "crash-fg") != "Primary" || role(t, f, "crash-west", "crash-fg") != "Secondary" {
 		t.Fatal("roles after the resumed forced failover are not swapped")
 	}
-	// Everything was replicated before the forced failover (the writer had stopped), so nothing is lost.
+	// Everything was replicated before the forced failover (the writer had stopped), so nothing is lost, and the
+	// report, made by the resumed operation, says so.
 	checkAllPresent(t, f, "crash-east", "bank", ids)
+	f.expectNothingLost(t, "crash-east", "crash-fg", operationID(forced))
 	mustExec(t, f, "crash-east", "bank", "INSERT INTO ledger(note) VALUES ('east-after-forced')")
 	f.waitGroupState("crash-east", "crash-fg", "CATCH_UP")
 	f.waitRowOn(t, "crash-west", "bank", "east-after-forced")

@@ -141,8 +141,12 @@ func TestForcedFailoverToUnusableSecondaryIsUndone(t *testing.T) {
 	f.makeUnusable(t, "und-west", "und")
 	close(release)
 	f.expectOpCode(t, r, cannotPromote, 409)
-	if rec := f.instanceOf(t, "und-east", "und"); rec.NeedsRejoin || rec.Role != model.RolePrimary {
+	if rec := f.instanceOf(t, "und-east", "und"); rec.NeedsRejoin || rec.LostReport != "" || rec.Role != model.RolePrimary {
 		t.Fatalf("old primary after the undone failover: %+v", rec)
+	}
+	// Nothing was lost, so the report the fence opened is gone.
+	if l := f.do(http.MethodGet, fgPath("und-east", "und-fg")+"/lostTransactions", nil); l.Status != 200 || len(l.Body["value"].([]any)) != 0 {
+		t.Fatalf("lost-transaction reports after the undone failover: %d %s", l.Status, l.Raw)
 	}
 	if role(t, f, "und-east", "und-fg") != "Primary" {
 		t.Fatal("an undone failover changed the roles")
@@ -200,6 +204,17 @@ func TestTryPlannedFallsBackWhenPrimaryIsDown(t *testing.T) {
 	}
 	waitWritableAt(t, rw, "tpd", westPort, 10*time.Second)
 	checkAllPresentAt(t, rw, "tpd", ids)
+	// The fallback is a forced failover: it has its report, which waits for the old primary (it cannot start: its
+	// port is taken, as when its host is down), and the operation says so.
+	op := f.lastFailoverOp(t, "tpd-fg")
+	r := f.do(http.MethodGet, fgPath("tpd-west", "tpd-fg")+"/lostTransactions/"+op, nil)
+	db := r.Body["properties"].(map[string]any)["databases"].([]any)[0].(map[string]any)
+	if db["status"] != "Pending" {
+		t.Fatalf("lost-transaction report while the old primary cannot start: %s", r.Raw)
+	}
+	if w := fmt.Sprint(st["properties"].(map[string]any)["warnings"]); !strings.Contains(w, "waits for the old primary") {
+		t.Fatalf("the operation does not say the report waits: %s", w)
+	}
 }
 
 // TestForcedFailoverStopsAStuckPrimary (finding 10): the old primary's postmaster is frozen (SIGSTOP), so the

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -147,8 +149,12 @@ func TestForcedFailoverReportsExactlyTheLostTransactions(t *testing.T) {
 	f.killInstance(t, "lost-east", "shop")
 
 	r := f.do(http.MethodPost, fgPath("lost-west", "lost-fg")+"/forceFailoverAllowDataLoss", nil)
-	if st := f.wait(r); st["status"] != "Succeeded" {
+	st := f.wait(r)
+	if st["status"] != "Succeeded" {
 		t.Fatalf("forced failover: %v %v", st["status"], st["error"])
+	}
+	if w := fmt.Sprint(st["properties"].(map[string]any)["warnings"]); !strings.Contains(w, "never reached the new primary") {
+		t.Fatalf("the operation status does not say what was lost: %s", w)
 	}
 	operation := f.lastFailoverOp(t, "lost-fg")
 	report := f.lostReport(t, "lost-west", "lost-fg", operation)
@@ -311,4 +317,109 @@ func (f *fogo) lastFailoverOp(t *testing.T, group string) string {
 	}
 	t.Fatalf("group %s has no last failover", group)
 	return ""
+}
+
+// expectNothingLost checks the lost-transaction report of the group's last failover (operation, or with "" the
+// group's last failover as the store has it): complete, and saying that nothing was lost.
+func (f *fogo) expectNothingLost(t *testing.T, server, group, operation string) {
+	t.Helper()
+	if operation == "" {
+		operation = f.lastFailoverOp(t, group)
+	}
+	report := f.lostReport(t, server, group, operation)
+	for _, d := range report["properties"].(map[string]any)["databases"].([]any) {
+		db := d.(map[string]any)
+		if db["status"] != "Complete" || db["transactionCount"].(float64) != 0 || !strings.HasPrefix(db["message"].(string), "Nothing was lost") {
+			t.Fatalf("lost-transaction report of %v: %v %v %q", db["database"], db["status"], db["transactionCount"], db["message"])
+		}
+	}
+}
+
+// operationID is the ID of the operation a 202 answer started (the last segment of its Azure-AsyncOperation URL).
+func operationID(r response) string {
+	u := r.Header.Get("Azure-AsyncOperation")
+	u, _, _ = strings.Cut(u, "?")
+	return u[strings.LastIndexByte(u, '/')+1:]
+}
+
+// TestLostReportThatCannotBeProducedStillRewinds: the old primary's lost-transaction slot is gone when it is read
+// (removed while the forced failover waits before its rejoin step). The report says plainly that it could not be
+// produced, so does the operation, and the old primary is rewound and streams again all the same.
+func TestLostReportThatCannotBeProducedStillRewinds(t *testing.T) {
+	f := startFogo(t)
+	f.groupWithLedger("nrp-east", "nrp-west", "nrp-fg", "nrp")
+	eastRec := f.instanceOf(t, "nrp-east", "nrp")
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	f.app.Ops.PauseBeforeStep = func(op *model.Operation, step string) {
+		if op.Kind == model.OpForced && step == "rejoin" {
+			once.Do(func() { close(reached); <-release })
+		}
+	}
+	// The slot exists once the observer has seen the geo-secondary stream.
+	slot := filepath.Join(eastRec.Dir, "pg_replslot", lostxact.Slot)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(slot); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the primary has no lost-transaction slot")
+		}
+	}
+	r := f.do(http.MethodPost, fgPath("nrp-west", "nrp-fg")+"/forceFailoverAllowDataLoss", nil)
+	if r.Status != 202 {
+		t.Fatalf("forced failover: %d %s", r.Status, r.Raw)
+	}
+	select {
+	case <-reached:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the forced failover never reached its rejoin step")
+	}
+	if _, running := f.app.Cluster.Handle(eastRec).Running(); running {
+		t.Fatal("the fenced old primary runs")
+	}
+	if err := os.RemoveAll(slot); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	st := f.wait(r)
+	if st["status"] != "Succeeded" {
+		t.Fatalf("forced failover: %v %v", st["status"], st["error"])
+	}
+	if w := fmt.Sprint(st["properties"].(map[string]any)["warnings"]); !strings.Contains(w, "could not be produced") {
+		t.Fatalf("the operation does not say the report could not be produced: %s", w)
+	}
+	report := f.lostReport(t, "nrp-west", "nrp-fg", operationID(r))
+	db := report["properties"].(map[string]any)["databases"].([]any)[0].(map[string]any)
+	if db["status"] != "Failed" || !strings.Contains(db["message"].(string), "no lost-transaction slot") ||
+		!strings.Contains(db["message"].(string), "rewound anyway") {
+		t.Fatalf("report: %v %q", db["status"], db["message"])
+	}
+	f.waitGroupState("nrp-west", "nrp-fg", "CATCH_UP")
+	mustExec(t, f, "nrp-west", "nrp", "INSERT INTO ledger(note) VALUES ('after')")
+	f.waitRowOn(t, "nrp-east", "nrp", "after")
+
+	// A planned failover has no report; neither has an ID that is not an operation's; the resource is read-only.
+	planned := f.do(http.MethodPost, fgPath("nrp-east", "nrp-fg")+"/failover", nil)
+	if st := f.wait(planned); st["status"] != "Succeeded" {
+		t.Fatalf("planned failover: %v %v", st["status"], st["error"])
+	}
+	base := fgPath("nrp-east", "nrp-fg") + "/lostTransactions"
+	for _, c := range []struct {
+		method, path, code string
+		status             int
+	}{
+		{http.MethodGet, base + "/" + operationID(planned), "ResourceNotFound", 404},
+		{http.MethodGet, base + "/..%2F..%2Fsecrets", "ResourceNotFound", 404},
+		{http.MethodGet, fgPath("nrp-east", "nope-fg") + "/lostTransactions", "ResourceNotFound", 404},
+		{http.MethodPost, base, "UnsupportedHttpMethod", 405},
+		{http.MethodDelete, base + "/" + operationID(r), "UnsupportedHttpMethod", 405},
+	} {
+		if got := f.do(c.method, c.path, nil); got.Status != c.status || got.errCode() != c.code {
+			t.Errorf("%s %s: %d %s, want %d %s", c.method, c.path, got.Status, got.Raw, c.status, c.code)
+		}
+	}
+	if l := f.do(http.MethodGet, base, nil); l.Status != 200 || len(l.Body["value"].([]any)) != 1 {
+		t.Fatalf("the group's reports: %d %s, want the forced failover's alone", l.Status, l.Raw)
+	}
 }

@@ -288,6 +288,7 @@ func (m *Manager) Seed(ctx context.Context, rec, upstream *model.Instance) error
 		if err := up.EnsurePhysicalSlot(ctx, rec.SlotName); err != nil {
 			return fmt.Errorf("seed %s: create slot on %s: %w", rec.ID, upstream.ID, err)
 		}
+		m.ensureLostSlot(ctx, upstream)
 		if err := h.BaseBackup(ctx, m.handleFrom(upstream, rec.Host).SourceConnInfo(), rec.SlotName); err != nil {
 			return fmt.Errorf("seed %s: base backup from %s: %w", rec.ID, upstream.ID, err)
 		}
@@ -326,6 +327,7 @@ func (m *Manager) Rejoin(ctx context.Context, rec, upstream *model.Instance) err
 	if err := up.EnsurePhysicalSlot(ctx, rec.SlotName); err != nil {
 		return fmt.Errorf("rejoin %s: create slot on %s: %w", rec.ID, upstream.ID, err)
 	}
+	m.ensureLostSlot(ctx, upstream)
 	if err := up.Checkpoint(ctx); err != nil {
 		return fmt.Errorf("rejoin %s: checkpoint on %s: %w", rec.ID, upstream.ID, err)
 	}

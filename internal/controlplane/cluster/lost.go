@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/fogo-db/fogo/internal/controlplane/lostreport"
@@ -40,6 +41,28 @@ func (m *Manager) KeepLostSlot(ctx context.Context, rec *model.Instance) error {
 		return fmt.Errorf("keep the lost-transaction slot of %s: %w", rec.ID, err)
 	}
 	return nil
+}
+
+// prepareTimeout bounds making the slot when a geo-secondary is seeded or an old primary rejoins; the observer's
+// upkeep makes it later if it timed out.
+const prepareTimeout = 10 * time.Second
+
+// ensureLostSlot makes the lost-transaction slot on the primary rec before a geo-secondary starts copying from it
+// (a seed, a rejoin), so that the slot is never past what the geo-secondary will have. It does not fail the
+// caller: a slot that cannot be made now (a long transaction delays it) is made by the observer's upkeep, and
+// until the geo-secondary has replayed past it a forced failover's report reads Incomplete.
+func (m *Manager) ensureLostSlot(ctx context.Context, rec *model.Instance) {
+	ctx, cancel := context.WithTimeout(ctx, prepareTimeout)
+	defer cancel()
+	conn, err := m.Handle(rec).Connect(ctx, rec.Database)
+	if err == nil {
+		err = lostxact.Prepare(ctx, conn)
+		conn.Close(context.Background())
+	}
+	if err != nil {
+		m.log.Warn("the lost-transaction slot could not be made yet; the observer makes it later", "instance", rec.ID,
+			"database", rec.Database, "err", err)
+	}
 }
 
 // reportLost produces the lost-transaction report that waits for rec (a fenced former primary, stopped): it is
@@ -76,7 +99,7 @@ func (m *Manager) reportLost(ctx context.Context, rec, upstream *model.Instance)
 			"status", r.Status, "transactions", r.TransactionCount, "changes", r.ChangeCount)
 		return nil
 	}
-	final, err := lostreport.Fail(m.store, r, readErr, errors.Is(readErr, lostxact.ErrNoSlot), clear)
+	final, err := lostreport.Fail(m.store, r, readErr, failureKind(ctx, readErr), clear)
 	if err != nil {
 		return fmt.Errorf("record the failed lost-transaction report of %s: %w (it failed: %v)", rec.ID, err, readErr)
 	}
@@ -89,6 +112,31 @@ func (m *Manager) reportLost(ctx context.Context, rec, upstream *model.Instance)
 	return nil
 }
 
+// transient marks a failure that says nothing of the old primary's WAL.
+type transient struct{ error }
+
+func (t transient) Unwrap() error { return t.error }
+
+// failureKind judges a failed read: a missing slot fails again for sure; a failure marked transient, or one that
+// ran out of time, is retried without counting.
+func failureKind(ctx context.Context, err error) lostreport.Failure {
+	var tr transient
+	switch {
+	case errors.Is(err, lostxact.ErrNoSlot):
+		return lostreport.Lasting
+	case errors.As(err, &tr), ctx.Err() != nil, errors.Is(err, context.DeadlineExceeded):
+		return lostreport.Transient
+	}
+	return lostreport.Counted
+}
+
+// portTaken reports a start that failed because something else listens on the instance's port (in the embedded
+// mode, how a host that is not back looks).
+func portTaken(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "Address already in use") || strings.Contains(s, "could not create any TCP/IP sockets")
+}
+
 // readLost is the read itself: isolated start, divergence, decode, stop.
 func (m *Manager) readLost(ctx context.Context, rec, upstream *model.Instance) (lostxact.Result, error) {
 	h := m.Handle(rec)
@@ -98,7 +146,11 @@ func (m *Manager) readLost(ctx context.Context, rec, upstream *model.Instance) (
 		return lostxact.Result{}, fmt.Errorf("configure the old primary in isolation: %w", err)
 	}
 	if err := h.Start(ctx); err != nil {
-		return lostxact.Result{}, fmt.Errorf("start the old primary in isolation: %w", err)
+		err = fmt.Errorf("start the old primary in isolation: %w", err)
+		if portTaken(err) {
+			return lostxact.Result{}, transient{err}
+		}
+		return lostxact.Result{}, err
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -118,7 +170,7 @@ func (m *Manager) readLost(ctx context.Context, rec, upstream *model.Instance) (
 	}
 	nw, err := m.Handle(upstream).Connect(ctx, upstream.Database)
 	if err != nil {
-		return lostxact.Result{}, fmt.Errorf("connect to the new primary: %w", err)
+		return lostxact.Result{}, transient{fmt.Errorf("connect to the new primary: %w", err)}
 	}
 	defer nw.Close(context.Background())
 	divergence, err := lostxact.Divergence(ctx, nw, timeline)

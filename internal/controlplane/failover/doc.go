@@ -36,7 +36,9 @@
 // its processes, each bounded; a kill or a failure to stop is an operation warning); Promote — a failure before any
 // geo-secondary left recovery (judged from standby.signal once it is stopped) is undone: the old primary is
 // un-fenced and started again, the roles are unchanged; Record, Release, then a best-effort Rejoin; the reconciler
-// retries the rejoin until it succeeds. tryPlannedBeforeForcedFailover runs a planned failover with a bounded
+// retries the rejoin until it succeeds. The fence also opens the old primary's lost-transaction report (package
+// lostreport): the rejoin reads the old primary in isolation before it rewinds it, and the operation's warnings
+// say what the report found. tryPlannedBeforeForcedFailover runs a planned failover with a bounded
 // catch-up and falls back to a forced one when that is rolled back or refused because a primary is not running.
 // Every operation first checks that the group is still at the epoch it was planned at, so a stale one acts on
 // nothing.

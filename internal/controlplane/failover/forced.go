@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -64,7 +65,29 @@ func (x *execution) forced(ctx context.Context) error {
 	if err := x.promoteForced(ctx, news); err != nil {
 		return x.undoForced(ctx, olds, news, err)
 	}
-	return x.recordReleaseRejoin(ctx, "Forced", false)
+	if err := x.recordReleaseRejoin(ctx, "Forced", false); err != nil {
+		return err
+	}
+	return x.noteLost()
+}
+
+// noteLost adds to the operation's warnings what its lost-transaction reports say (the rejoin produced them, or
+// they wait for an old primary that is not back), each once: a resumed operation does not repeat them.
+func (x *execution) noteLost() error {
+	reports, err := lostreport.OfOperation(x.o.st, x.run.Op.ID)
+	if err != nil {
+		return err
+	}
+	for _, r := range reports {
+		note := r.Note()
+		if note == "" || slices.Contains(x.run.Op.Warnings, note) {
+			continue
+		}
+		if err := x.run.Warn(note); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // CannotBecomePrimary is the catalogue's refusal of a failover toward a geo-secondary that cannot enter the

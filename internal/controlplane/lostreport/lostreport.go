@@ -220,6 +220,22 @@ func summary(res lostxact.Result) string {
 	return s
 }
 
+// Note is what a forced failover's operation status says of the report, or "" when nothing was lost.
+func (r *Report) Note() string {
+	where := "the failover group's lostTransactions/" + r.Operation
+	switch {
+	case r.Status == Pending:
+		return fmt.Sprintf("database '%s': the lost-transaction report waits for the old primary, which is read before "+
+			"it rejoins (see %s)", r.Database, where)
+	case r.Status == Failed || r.Status == Incomplete:
+		return fmt.Sprintf("database '%s': %s (see %s)", r.Database, r.Message, where)
+	case r.TransactionCount > 0:
+		return fmt.Sprintf("database '%s': %d transaction(s) the old primary committed never reached the new primary; "+
+			"%s lists them, with their rows", r.Database, r.TransactionCount, where)
+	}
+	return ""
+}
+
 // Discard removes a pending report in tx: its forced failover was undone, so the old primary lost nothing.
 func Discard(tx *store.Tx, operation, database string) error {
 	var cur Report
@@ -229,17 +245,35 @@ func Discard(tx *store.Tx, operation, database string) error {
 	return tx.Delete(store.LostReports, key(operation, database))
 }
 
-// Fail records an attempt that could not produce the report. It returns true when the attempts are spent, or at
-// once for a lasting cause: the report then reads Failed with the reason, and the caller goes on (the rewind
-// happens anyway), with also run in the same transaction.
-func Fail(st *store.Store, r *Report, cause error, lasting bool, also func(*store.Tx) error) (bool, error) {
-	r.Attempts++
-	final := lasting || r.Attempts >= MaxAttempts
-	if final {
+// Failure kinds, for Fail.
+type Failure int
+
+const (
+	// Transient says nothing of the old primary's WAL (its port is taken, the new primary did not answer): the
+	// attempt is not counted.
+	Transient Failure = iota
+	// Counted may be lasting: after MaxAttempts of them the report is Failed.
+	Counted
+	// Lasting is certain to fail again (the old primary has no slot): the report is Failed at once.
+	Lasting
+)
+
+// Fail records an attempt that could not produce the report. It returns true when the attempts are spent: the
+// report then reads Failed with the reason, and the caller goes on (the rewind happens anyway), with also run in
+// the same transaction.
+func Fail(st *store.Store, r *Report, cause error, kind Failure, also func(*store.Tx) error) (bool, error) {
+	if kind != Transient {
+		r.Attempts++
+	}
+	final := kind == Lasting || r.Attempts >= MaxAttempts
+	switch {
+	case final:
 		r.Status = Failed
 		r.Message = fmt.Sprintf("The lost-transaction report could not be produced: %v. The old primary was rewound "+
 			"anyway, so whatever it committed that the new primary did not receive is gone and cannot be listed.", cause)
-	} else {
+	case kind == Transient:
+		r.Message = fmt.Sprintf("The old primary cannot be read yet (retried with its rejoin): %v.", cause)
+	default:
 		r.Message = fmt.Sprintf("Reading the old primary failed (attempt %d of %d, retried with its rejoin): %v.",
 			r.Attempts, MaxAttempts, cause)
 	}

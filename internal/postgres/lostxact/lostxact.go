@@ -119,6 +119,11 @@ func Keep(ctx context.Context, conn *pgx.Conn) (Kept, error) {
 		k.Dropped = dropped
 		return k, nil
 	}
+	// A slot max_slot_wal_keep_size invalidated keeps nothing: it is made again from here.
+	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+		WHERE slot_name = $1 AND wal_status = 'lost' AND NOT active`, Slot); err != nil {
+		return k, fmt.Errorf("drop the invalidated lost-transaction slot: %w", err)
+	}
 	if err := Prepare(ctx, conn); err != nil {
 		return k, err
 	}
