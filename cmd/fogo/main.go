@@ -17,7 +17,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCommand(), agentCommand(), certsCommand(), benchCommand(), tryClusterCommand())
+	root.AddCommand(serveCommand(), agentCommand(), certsCommand(), benchCommand(), tryClusterCommand(), chaosCommand())
 	addClientCommands(root)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "ERROR:", err)
