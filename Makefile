@@ -2,7 +2,7 @@
 GO ?= go
 DATA_DIR ?= ./fogo-data
 
-.PHONY: run build test vet bench-failover fuzz fuzz-corpus
+.PHONY: run build test vet bench-failover fuzz fuzz-corpus chaos
 
 build:
 	$(GO) build -o bin/fogo ./cmd/fogo
@@ -54,3 +54,8 @@ test: export FOGO_REQUIRE_NETNS := 1
 
 bench-failover: build
 	./bin/fogo bench failover
+
+# The full fault campaign (docs/chaos.md): FAULTS faults, SEED to repeat a sequence (default: from the clock).
+FAULTS ?= 50
+chaos: build
+	./bin/fogo chaos --faults $(FAULTS) $(if $(SEED),--seed $(SEED))

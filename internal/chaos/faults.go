@@ -115,17 +115,31 @@ func (c *campaign) waitBack(ctx context.Context, dir string, pid int, within tim
 }
 
 func killPrimary(ctx context.Context, c *campaign) (outcome, error) {
-	p, _, err := c.roles(ctx)
+	return killInstance(ctx, c, true)
+}
+
+func killStandby(ctx context.Context, c *campaign) (outcome, error) {
+	return killInstance(ctx, c, false)
+}
+
+// killInstance kills -9 the primary's postmaster or the geo-secondary's, and waits until fogo has started it
+// again; the watcher knows it is down meanwhile.
+func killInstance(ctx context.Context, c *campaign, primary bool) (outcome, error) {
+	p, s, err := c.roles(ctx)
 	if err != nil {
 		return outcome{}, err
 	}
-	c.watch.set(func(w *watcher) { w.sourceDown = time.Now() })
-	if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil {
+	victim, mark := s, func(w *watcher, t time.Time) { w.standbyDown = t }
+	if primary {
+		victim, mark = p, func(w *watcher, t time.Time) { w.sourceDown = t }
+	}
+	c.watch.set(func(w *watcher) { mark(w, time.Now()) })
+	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
 		return outcome{}, err
 	}
-	err = c.waitBack(ctx, p.Dir, p.PID, 60*time.Second)
-	c.watch.set(func(w *watcher) { w.sourceDown = time.Time{} })
-	return outcome{detail: fmt.Sprintf("postmaster %d", p.PID)}, err
+	err = c.waitBack(ctx, victim.Dir, victim.PID, 60*time.Second)
+	c.watch.set(func(w *watcher) { mark(w, time.Time{}) })
+	return outcome{detail: fmt.Sprintf("postmaster %d", victim.PID)}, err
 }
 
 func freezePrimary(minS, maxS int) faultFunc {
@@ -144,20 +158,6 @@ func freezePrimary(minS, maxS int) faultFunc {
 	}
 }
 
-func killStandby(ctx context.Context, c *campaign) (outcome, error) {
-	_, s, err := c.roles(ctx)
-	if err != nil {
-		return outcome{}, err
-	}
-	c.watch.set(func(w *watcher) { w.standbyDown = time.Now() })
-	if err := syscall.Kill(s.PID, syscall.SIGKILL); err != nil {
-		return outcome{}, err
-	}
-	err = c.waitBack(ctx, s.Dir, s.PID, 60*time.Second)
-	c.watch.set(func(w *watcher) { w.standbyDown = time.Time{} })
-	return outcome{detail: fmt.Sprintf("postmaster %d", s.PID)}, err
-}
-
 // cutStreaming kills the geo-secondary's WAL receiver, or blocks it (SIGSTOP) for 2-5 s: less than the group's
 // heartbeat, since a stopped receiver still reads "streaming" in pg_stat_wal_receiver.
 func cutStreaming(ctx context.Context, c *campaign) (outcome, error) {
@@ -165,9 +165,13 @@ func cutStreaming(ctx context.Context, c *campaign) (outcome, error) {
 	if err != nil {
 		return outcome{}, err
 	}
-	wr := walReceiver(s)
+	// The group may read CATCH_UP from the observer's last pass while the receiver restarts: wait for one.
+	wr := 0
+	for deadline := time.Now().Add(15 * time.Second); wr == 0 && time.Now().Before(deadline); sleep(ctx, 50*time.Millisecond) {
+		wr = walReceiver(s)
+	}
 	if wr == 0 {
-		return outcome{}, errors.New("the geo-secondary has no WAL receiver")
+		return outcome{}, errors.New("the geo-secondary has had no WAL receiver for 15 s")
 	}
 	if c.rng.IntN(2) == 0 {
 		if err := syscall.Kill(wr, syscall.SIGKILL); err != nil {
@@ -222,9 +226,12 @@ func (c *campaign) induceLoss(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	senders := walSenders(p)
+	var senders []int
+	for deadline := time.Now().Add(15 * time.Second); len(senders) == 0 && time.Now().Before(deadline); sleep(ctx, 50*time.Millisecond) {
+		senders = walSenders(p)
+	}
 	if len(senders) == 0 {
-		return "", errors.New("the primary has no WAL sender")
+		return "", errors.New("the primary has had no WAL sender for 15 s")
 	}
 	for _, pid := range senders {
 		_ = syscall.Kill(pid, syscall.SIGSTOP)

@@ -78,24 +78,30 @@ func (p *scanner) errf(format string, args ...any) error {
 	return fmt.Errorf("test_decoding line %q at byte %d: %s", truncate(p.s, 200), p.i, fmt.Sprintf(format, args...))
 }
 
+// quoted reads the rest of a literal opened by q, in which a doubled q stands for itself.
+func (p *scanner) quoted(q byte) (string, error) {
+	var b strings.Builder
+	for p.i < len(p.s) {
+		c := p.s[p.i]
+		p.i++
+		if c != q {
+			b.WriteByte(c)
+			continue
+		}
+		if p.i < len(p.s) && p.s[p.i] == q {
+			p.i++
+			b.WriteByte(q)
+			continue
+		}
+		return b.String(), nil
+	}
+	return "", p.errf("unterminated %c-quoted text", q)
+}
+
 // ident reads one identifier as quote_identifier writes it.
 func (p *scanner) ident() (string, error) {
 	if p.eat(`"`) {
-		var b strings.Builder
-		for p.i < len(p.s) {
-			c := p.s[p.i]
-			p.i++
-			if c != '"' {
-				b.WriteByte(c)
-				continue
-			}
-			if p.eat(`"`) {
-				b.WriteByte('"')
-				continue
-			}
-			return b.String(), nil
-		}
-		return "", p.errf("unterminated quoted name")
+		return p.quoted('"')
 	}
 	start := p.i
 	for p.i < len(p.s) {
@@ -236,23 +242,8 @@ func (p *scanner) typeName() (string, error) {
 
 // value reads a single-quoted literal, a bit string, or a bare token (numbers, true, false).
 func (p *scanner) value() (string, error) {
-	bits := p.eat("B'")
-	if bits || p.eat("'") {
-		var b strings.Builder
-		for p.i < len(p.s) {
-			c := p.s[p.i]
-			p.i++
-			if c != '\'' {
-				b.WriteByte(c)
-				continue
-			}
-			if p.eat("'") {
-				b.WriteByte('\'')
-				continue
-			}
-			return b.String(), nil
-		}
-		return "", p.errf("unterminated literal")
+	if p.eat("B'") || p.eat("'") {
+		return p.quoted('\'')
 	}
 	start := p.i
 	for p.i < len(p.s) && p.s[p.i] != ' ' {
