@@ -292,7 +292,7 @@ func (l *Link) Run(ctx context.Context) error {
 	return err
 }
 
-func (l *Link) run(ctx context.Context) error {
+func (l *Link) run(ctx context.Context) (err error) {
 	dbCfg, err := pgx.ParseConfig(l.cfg.Source)
 	if err != nil {
 		return fmt.Errorf("link %s: source connection string: %w", l.cfg.Name, err)
@@ -305,6 +305,7 @@ func (l *Link) run(ctx context.Context) error {
 	// A run ends only once its source backends have: a statement it interrupted (CREATE PUBLICATION, say) must not
 	// commit under the next run, nor its walsender hold the slot the next run (or whoever stopped the link) uses.
 	defer logrepl.CloseAndWait(context.Background(), db.PgConn())
+	defer l.failedNow(ctx, &err)
 	tables, err := l.describe(ctx, db)
 	if err != nil {
 		return err
@@ -362,6 +363,7 @@ func (l *Link) run(ctx context.Context) error {
 		return fmt.Errorf("link %s: %w", l.cfg.Name, err)
 	}
 	defer rc.Close(context.Background()) // waits until the walsender has released the slot
+	defer l.failedNow(ctx, &err)
 	if cp == 0 {
 		if cp, err = l.snapshot(ctx, db, rc, healthy); err != nil {
 			return err
@@ -389,6 +391,16 @@ func (l *Link) run(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// failedNow says in the status that the run failed, before the closes deferred earlier wait for the source's
+// backends to end: on a frozen or cut-off source each waits up to 15 s, and the status must not read Streaming
+// meanwhile.
+func (l *Link) failedNow(ctx context.Context, err *error) {
+	if *err != nil && ctx.Err() == nil {
+		msg := (*err).Error()
+		l.setStatus(func(s *Status) { s.Phase, s.Err = "Failed", msg })
+	}
 }
 
 // dropSlot drops the link's slot on the source, once no walsender uses it.

@@ -68,6 +68,9 @@ type Manager struct {
 	// Base, when set, bounds every link started from then on (SetBase): in cluster mode the lease the links run
 	// under, so that a process whose lease is in doubt stops its links at once, before another process runs them.
 	Base context.Context
+	// SourceSilence is how long a link waiting at the failover-safe gate lets its primary go without answering
+	// before it gives up the run (0: 30 s, the link's own source timeout); tests shorten it.
+	SourceSilence time.Duration
 }
 
 // SetBase bounds the links started from now on by ctx (cluster mode: the lease they run under).
@@ -392,7 +395,15 @@ var errSourceMoved = errors.New("the failover group's primary or geo-secondary c
 func (m *Manager) gate(def Def, primary, secondary string) func(ctx context.Context, end lsn.LSN) error {
 	var mu sync.Mutex
 	var flushed lsn.LSN // what the secondary reported last; it only grows
+	silence := m.SourceSilence
+	if silence <= 0 {
+		silence = 30 * time.Second
+	}
 	return func(ctx context.Context, end lsn.LSN) error {
+		// While it waits, the link reads nothing from its source, so it cannot tell a frozen or cut-off primary
+		// from a slow geo-secondary: the primary is asked now and then, and a run whose primary stays silent
+		// ends (its status then says so) instead of showing Running over a source that is gone.
+		answered, asked := time.Now(), time.Now()
 		for {
 			mu.Lock()
 			known := flushed >= end
@@ -409,6 +420,18 @@ func (m *Manager) gate(def Def, primary, secondary string) func(ctx context.Cont
 			}
 			if secondary == "" {
 				return nil // no geo-secondary: no failover can lose what the link applied
+			}
+			if time.Since(asked) > 2*time.Second {
+				asked = time.Now()
+				pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				_, perr := m.cl.Handle(&t.primary).IsInRecovery(pctx)
+				cancel()
+				if perr == nil {
+					answered = time.Now()
+				} else if quiet := time.Since(answered); quiet > silence {
+					return fmt.Errorf("the source has not answered for %s while the link waited for its geo-secondary: %w",
+						quiet.Round(time.Second), perr)
+				}
 			}
 			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			got, err := m.cl.Handle(&t.secondary).ReceiveLSN(qctx)
