@@ -19,14 +19,15 @@ test:
 	$(MAKE) fuzz FUZZTIME=5s
 
 # The fuzz targets (package:target): what clients and callers send before fogo trusts them (the gateway's startup
-# phase and replication commands, the ARM and Synapse request bodies) and what a source server streams (pgoutput).
+# phase and replication commands, the ARM and Synapse request bodies) and what a source server streams (pgoutput)
+# or an old primary's slot gives (test_decoding's lines, for the lost-transaction report).
 # `go test` runs each one's seeds and committed corpus (testdata/fuzz) as a test; `make fuzz` also fuzzes each for
 # FUZZTIME (the test command: 5s each; a longer run: make fuzz FUZZTIME=5m). A failure writes the input that
 # caused it to the package's testdata/fuzz/<target>/, which then fails `go test` until fixed.
 FUZZTIME ?= 1m
 FUZZ_TARGETS = \
 	./internal/gateway:FuzzStartupPhase ./internal/gateway:FuzzReplicationCommand \
-	./internal/postgres/logrepl:FuzzDecode \
+	./internal/postgres/logrepl:FuzzDecode ./internal/postgres/lostxact:FuzzParseLine \
 	./internal/controlplane/validate:FuzzServerPut ./internal/controlplane/validate:FuzzDatabasePut \
 	./internal/controlplane/validate:FuzzFailoverGroupPut \
 	./internal/api/synapse:FuzzRequestBodies

@@ -238,6 +238,11 @@ func TestLostTransactionsAfterAForcedFailover(t *testing.T) {
 		t.Fatalf("read again: %d transactions, %d changes, %q, %v; want the same %d (nothing consumed)",
 			again.TransactionCount, again.ChangeCount, again.Incomplete, err, res.TransactionCount)
 	}
+	// A slot past the divergence point (made after the geo-secondary had fallen behind) cannot see what lies
+	// between the two: the report says it may be incomplete.
+	if inc, err := lostxact.Read(ctx, old, divergence-1, lostxact.DefaultLimits); err != nil || !strings.Contains(inc.Incomplete, "1 bytes past") {
+		t.Fatalf("read with the slot past the divergence point: %q %v", inc.Incomplete, err)
+	}
 	small, err := lostxact.Read(ctx, old, divergence, lostxact.Limits{Transactions: 5, Changes: 3})
 	if err != nil || !small.Truncated || len(small.Transactions) != 5 || small.TransactionCount != 15 || small.ChangeCount != changes {
 		t.Fatalf("read within limits: %d listed of %d, %d changes, truncated %v, %v", len(small.Transactions),

@@ -101,7 +101,11 @@ func (p *scanner) quoted(q byte) (string, error) {
 // ident reads one identifier as quote_identifier writes it.
 func (p *scanner) ident() (string, error) {
 	if p.eat(`"`) {
-		return p.quoted('"')
+		name, err := p.quoted('"')
+		if err == nil && name == "" {
+			err = p.errf("an empty name") // PostgreSQL has none
+		}
+		return name, err
 	}
 	start := p.i
 	for p.i < len(p.s) {
