@@ -73,7 +73,18 @@ func pickKinds(asked []string, n int) ([]string, error) {
 }
 
 // roles finds the primary instance (where the read-write listener lands) and the geo-secondary (the other one).
+// An instance may be restarting (a WAL receiver's kill restarts its whole standby; the group can read CATCH_UP
+// from the observer's last pass meanwhile), so both are waited for, bounded.
 func (c *campaign) roles(ctx context.Context) (primary, standby instance, err error) {
+	for deadline := time.Now().Add(20 * time.Second); ; sleep(ctx, 100*time.Millisecond) {
+		primary, standby, err = c.findRoles(ctx)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return primary, standby, err
+		}
+	}
+}
+
+func (c *campaign) findRoles(ctx context.Context) (primary, standby instance, err error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	conn, err := c.dial(cctx, c.rw)
