@@ -75,5 +75,6 @@ fogo runs PostgreSQL as the postgres OS user.`,
 	f.BoolVar(&cfg.Keep, "keep", false, "keep the temporary data directory")
 	f.IntVar(&cfg.PortLow, "port-low", 27000, "the first of 100 ports the campaign's fogo uses (instances, endpoints, API)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	f.StringVar(&cfg.Mode, "mode", "embedded", "embedded (fogo serve alone) or cluster (etcd, an agent per region and a controller in network namespaces, as try-cluster makes them)")
 	return cmd
 }

@@ -14,7 +14,7 @@ import (
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
-	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +40,9 @@ type Config struct {
 	PortLow int
 	// Progress receives a line per fault; nil discards them.
 	Progress io.Writer
+	// Mode is "embedded" (the default: `fogo serve` alone) or "cluster" (etcd, an agent per region and a
+	// controller in network namespaces, as fogo try-cluster makes them; root, Linux, etcd-server).
+	Mode string
 }
 
 // Names used on the API.
@@ -58,13 +61,10 @@ const (
 type campaign struct {
 	cfg      Config
 	rng      *mrand.Rand
-	dataDir  string
-	apiAddr  string
-	token    string
+	world    world
 	password string
 	api      *cli.Client
-	fogo     *fogoProc
-	rw       string // the read-write listener, host:port
+	rw       string // the read-write listener: host:port, or a multi-host list h1:p1,h2:p2 (cluster mode)
 	ledger   *ledger
 	watch    *watcher
 	progress io.Writer
@@ -84,38 +84,24 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	c := &campaign{cfg: cfg, rng: mrand.New(mrand.NewPCG(uint64(cfg.Seed), 0x636861)), ledger: newLedger(),
-		apiAddr: fmt.Sprintf("127.0.0.1:%d", cfg.PortLow+99), token: randomHex(16), password: "Ch4os-" + randomHex(8),
-		progress: cfg.Progress}
+		password: "Ch4os-" + randomHex(8), progress: cfg.Progress}
 	if c.progress == nil {
 		c.progress = io.Discard
 	}
-	c.dataDir = cfg.DataDir
-	if c.dataDir == "" {
-		dir, err := os.MkdirTemp("", "fogo-chaos-")
-		if err != nil {
-			return nil, err
-		}
-		// Instances run as the postgres OS user when fogo runs as root: they must reach their directories.
-		if err := os.Chmod(dir, 0o755); err != nil {
-			return nil, err
-		}
-		c.dataDir = dir
-		if !cfg.Keep {
-			defer os.RemoveAll(dir)
-		}
+	switch cfg.Mode {
+	case "", "embedded":
+		c.world = &embedded{cfg: cfg}
+	case "cluster":
+		c.world = &clustered{cfg: cfg, progress: c.progress}
+	default:
+		return nil, fmt.Errorf("unknown mode %q: embedded or cluster", cfg.Mode)
 	}
-	c.api = &cli.Client{Endpoint: "http://" + c.apiAddr, Token: c.token, PollInterval: 100 * time.Millisecond}
-	defer c.killStrays()
-	if err := c.startFogo(ctx); err != nil {
+	defer c.world.close()
+	if c.api, err = c.world.start(ctx); err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err := c.stopFogo(); err != nil {
-			fmt.Fprintln(c.progress, "chaos:", err)
-		}
-	}()
 	if err := c.setUp(ctx); err != nil {
-		return nil, fmt.Errorf("set up (seed %d): %w\nfogo's log:\n%s", cfg.Seed, err, c.fogo.output())
+		return nil, fmt.Errorf("set up (seed %d): %w\nfogo's log:\n%s", cfg.Seed, err, c.world.logTail())
 	}
 
 	wctx, stopWriters := context.WithCancel(ctx)
@@ -142,7 +128,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		fmt.Fprintln(c.progress, fr.line())
 		if !fr.OK {
 			fmt.Fprintf(c.progress, "chaos: fault %d (%s) broke an invariant; reproduce with --seed %d\nfogo's log:\n%s\n",
-				i+1, kind, cfg.Seed, c.fogo.output())
+				i+1, kind, cfg.Seed, c.world.logTail())
 			break
 		}
 	}
@@ -242,7 +228,7 @@ func (c *campaign) setUp(ctx context.Context) error {
 
 // setUpLink streams the ledger into DuckDB through a link that follows the group.
 func (c *campaign) setUpLink(ctx context.Context) error {
-	host, port := splitHostPort(c.rw)
+	host, port := splitHostPort(strings.Split(c.rw, ",")[0])
 	steps := []struct {
 		method, path string
 		body         any
@@ -278,11 +264,15 @@ func (c *campaign) groupPath(server string) string {
 	return c.serverPath(server) + "/failoverGroups/" + group
 }
 
-// dial opens a session as the admin login through endpoint (host:port).
+// dial opens a session as the admin login through endpoint: host:port, or a libpq multi-host list h1:p1,h2:p2.
 func (c *campaign) dial(ctx context.Context, endpoint string) (*pgx.Conn, error) {
-	host, port := splitHostPort(endpoint)
-	return pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable connect_timeout=5",
-		host, port, login, c.password, database))
+	var hosts, ports []string
+	for _, ep := range strings.Split(endpoint, ",") {
+		h, p := splitHostPort(ep)
+		hosts, ports = append(hosts, h), append(ports, p)
+	}
+	return pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=%s connect_timeout=5",
+		strings.Join(hosts, ","), strings.Join(ports, ","), login, c.password, database, c.world.sslmode()))
 }
 
 func splitHostPort(ep string) (string, string) {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/fogo-db/fogo/internal/cli"
 )
 
@@ -54,22 +56,22 @@ func (c *campaign) waitCatchUp(ctx context.Context, within time.Duration) error 
 
 // checkOnePrimary: of the instances that run, exactly one takes writes, and the read-write listener lands on it.
 func (c *campaign) checkOnePrimary(ctx context.Context) error {
-	var writable []int
+	var writable []string
 	for _, in := range c.instances() {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		conn, err := c.dial(cctx, fmt.Sprintf("127.0.0.1:%d", in.Port))
+		conn, err := c.dial(cctx, in.addr())
 		if err == nil {
 			var recovery, readOnly bool
 			err = conn.QueryRow(cctx, "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')::bool").Scan(&recovery, &readOnly)
 			if err == nil && !recovery && !readOnly {
-				writable = append(writable, in.Port)
+				writable = append(writable, in.addr())
 			}
 			conn.Close(context.Background())
 		}
 		cancel()
 	}
 	if len(writable) != 1 {
-		return fmt.Errorf("%d instances take writes (ports %v), want exactly one", len(writable), writable)
+		return fmt.Errorf("%d instances take writes (%v), want exactly one", len(writable), writable)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -78,14 +80,28 @@ func (c *campaign) checkOnePrimary(ctx context.Context) error {
 		return fmt.Errorf("the read-write listener: %w", err)
 	}
 	defer conn.Close(context.Background())
-	var port int
-	if err := conn.QueryRow(cctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+	at, err := serverAddr(cctx, conn)
+	if err != nil {
 		return err
 	}
-	if port != writable[0] {
-		return fmt.Errorf("the read-write listener lands on port %d, the writable primary is on %d", port, writable[0])
+	if at != writable[0] {
+		return fmt.Errorf("the read-write listener lands on %s, the writable primary is %s", at, writable[0])
 	}
 	return nil
+}
+
+// serverAddr is the address and port of the instance a session landed on, as host:port.
+func serverAddr(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var addr *string
+	var port int
+	if err := conn.QueryRow(ctx, "SELECT host(inet_server_addr()), inet_server_port()").Scan(&addr, &port); err != nil {
+		return "", err
+	}
+	host := "127.0.0.1"
+	if addr != nil {
+		host = *addr
+	}
+	return fmt.Sprintf("%s:%d", host, port), nil
 }
 
 // missingOnPrimary returns which of ids the primary (through the read-write listener) does not have.

@@ -91,22 +91,21 @@ func (c *campaign) findRoles(ctx context.Context) (primary, standby instance, er
 	if err != nil {
 		return primary, standby, fmt.Errorf("find the primary: %w", err)
 	}
-	var port int
-	err = conn.QueryRow(cctx, "SELECT inet_server_port()").Scan(&port)
+	at, err := serverAddr(cctx, conn)
 	conn.Close(context.Background())
 	if err != nil {
 		return primary, standby, fmt.Errorf("find the primary: %w", err)
 	}
 	found := 0
 	for _, in := range c.instances() {
-		if in.Port == port {
+		if in.addr() == at {
 			primary, found = in, found+1
 		} else {
 			standby, found = in, found+2
 		}
 	}
 	if found != 3 {
-		return primary, standby, fmt.Errorf("the primary (port %d) and the geo-secondary are not both running: %+v", port, c.instances())
+		return primary, standby, fmt.Errorf("the primary (%s) and the geo-secondary are not both running: %+v", at, c.instances())
 	}
 	return primary, standby, nil
 }
@@ -342,8 +341,8 @@ func killFogoDuring(action string) faultFunc {
 			}
 		}
 		c.watch.set(func(w *watcher) { w.fogoDown = true })
-		c.killFogo()
-		err = c.startFogo(ctx)
+		c.world.killFogo()
+		err = c.world.startFogo(ctx)
 		c.watch.set(func(w *watcher) { w.fogoDown = false; w.sourceDown = time.Time{} })
 		out.detail += "fogo killed at step " + step
 		if err != nil {

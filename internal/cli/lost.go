@@ -156,8 +156,8 @@ func rowText(cols []lostxact.Column) string {
 			v = "(unchanged)"
 		case c.Value != nil:
 			v = *c.Value
-			if len(v) > 60 {
-				v = v[:60] + "…"
+			if r := []rune(v); len(r) > 60 {
+				v = string(r[:60]) + "…"
 			}
 			v = strings.NewReplacer("\t", `\t`, "\n", `\n`, "\r", `\r`).Replace(v)
 		}

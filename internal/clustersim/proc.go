@@ -102,6 +102,19 @@ func (p *Proc) Running() bool {
 	}
 }
 
+// Kill ends the process with SIGKILL (its whole process group): no cleanup of its own runs, as when its host
+// loses power. It returns once the process has exited (bounded).
+func (p *Proc) Kill() {
+	if !p.Running() {
+		return
+	}
+	_ = p.Host.Kill9(p.cmd)
+	select {
+	case <-p.exited:
+	case <-time.After(stopTimeout):
+	}
+}
+
 // Stop ends the process: SIGTERM to its group, then, after stopTimeout, SIGKILL. It returns once it has exited
 // (bounded). An agent's instances keep running (Cluster.Close stops them).
 func (p *Proc) Stop() {

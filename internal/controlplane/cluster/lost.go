@@ -77,7 +77,7 @@ func (m *Manager) reportLost(ctx context.Context, rec, upstream *model.Instance)
 	} else if err != nil {
 		return fmt.Errorf("lost-transaction report of %s: %w", rec.ID, err)
 	}
-	clear := func(tx *store.Tx) error {
+	unmark := func(tx *store.Tx) error {
 		var cur model.Instance
 		if err := tx.MustGet(store.Instances, rec.ID, &cur); err != nil {
 			return err
@@ -87,11 +87,11 @@ func (m *Manager) reportLost(ctx context.Context, rec, upstream *model.Instance)
 	}
 	if r.Status != lostreport.Pending {
 		rec.LostReport = ""
-		return m.store.Update(clear) // produced already; only the mark was left
+		return m.store.Update(unmark) // produced already; only the mark was left
 	}
 	res, readErr := m.readLost(ctx, rec, upstream)
 	if readErr == nil {
-		if err := lostreport.Save(m.store, r, res, clear); err != nil {
+		if err := lostreport.Save(m.store, r, res, unmark); err != nil {
 			return fmt.Errorf("store the lost-transaction report of %s: %w", rec.ID, err)
 		}
 		rec.LostReport = ""
@@ -99,7 +99,7 @@ func (m *Manager) reportLost(ctx context.Context, rec, upstream *model.Instance)
 			"status", r.Status, "transactions", r.TransactionCount, "changes", r.ChangeCount)
 		return nil
 	}
-	final, err := lostreport.Fail(m.store, r, readErr, failureKind(ctx, readErr), clear)
+	final, err := lostreport.Fail(m.store, r, readErr, failureKind(ctx, readErr), unmark)
 	if err != nil {
 		return fmt.Errorf("record the failed lost-transaction report of %s: %w (it failed: %v)", rec.ID, err, readErr)
 	}
