@@ -121,7 +121,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	for i, kind := range sequence {
 		if ctx.Err() != nil {
-			return res, ctx.Err()
+			break
 		}
 		fr := c.runFault(ctx, i+1, kind)
 		res.Faults = append(res.Faults, fr)
@@ -134,7 +134,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	res.Acked, res.InDoubt, res.Lost = c.ledger.counts()
 	res.finish()
-	return res, nil
+	return res, ctx.Err() // interrupted: what ran so far, and why it stopped
 }
 
 // runFault injects one fault, waits for the recovery and checks every invariant.
