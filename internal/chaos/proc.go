@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fogo-db/fogo/internal/cli"
+	"github.com/fogo-db/fogo/internal/proctree"
 )
 
 // world is where the campaign's fogo runs: one `fogo serve` (the embedded mode), or a cluster in network
@@ -206,7 +207,7 @@ func instancesUnder(roots map[string]string) []instance {
 			}
 			pid, _ := strconv.Atoi(strings.TrimSpace(lines[0]))
 			port, _ := strconv.Atoi(strings.TrimSpace(lines[3]))
-			if pid <= 0 || !alive(pid) {
+			if pid <= 0 || !proctree.Alive(pid) {
 				continue
 			}
 			out = append(out, instance{Dir: d, PID: pid, Host: host, Port: port})
@@ -215,60 +216,12 @@ func instancesUnder(roots map[string]string) []instance {
 	return out
 }
 
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(raw)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2] != 'Z'
-	}
-	return true
-}
-
-// children returns the processes whose parent is pid, with their command lines.
-func children(pid int) map[int]string {
-	out := map[int]string{}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child))
-		if err != nil {
-			continue
-		}
-		s := string(raw)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) < 2 {
-			continue
-		}
-		if ppid, _ := strconv.Atoi(f[1]); ppid == pid {
-			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", child))
-			out[child] = strings.ReplaceAll(string(cmdline), "\x00", " ")
-		}
-	}
-	return out
-}
-
 // signalAll sends sig to an instance's postmaster and every process it started.
-func signalAll(in instance, sig syscall.Signal) {
-	_ = syscall.Kill(in.PID, sig)
-	for pid := range children(in.PID) {
-		_ = syscall.Kill(pid, sig)
-	}
-}
+func signalAll(in instance, sig syscall.Signal) { proctree.Signal(in.PID, sig) }
 
 // walReceiver returns the pid of an instance's WAL receiver, or 0.
 func walReceiver(in instance) int {
-	for pid, cmd := range children(in.PID) {
+	for pid, cmd := range proctree.Children(in.PID) {
 		if strings.Contains(cmd, "walreceiver") {
 			return pid
 		}
@@ -279,7 +232,7 @@ func walReceiver(in instance) int {
 // walSenders returns the pids of an instance's WAL senders (the geo-secondary's, and the links').
 func walSenders(in instance) []int {
 	var out []int
-	for pid, cmd := range children(in.PID) {
+	for pid, cmd := range proctree.Children(in.PID) {
 		if strings.Contains(cmd, "walsender") {
 			out = append(out, pid)
 		}

@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,40 +12,21 @@ import (
 	"github.com/fogo-db/fogo/internal/controlplane/links"
 	"github.com/fogo-db/fogo/internal/link"
 	"github.com/fogo-db/fogo/internal/link/target"
+	"github.com/fogo-db/fogo/internal/proctree"
 )
 
 // freezeTree stops (SIGSTOP) a postmaster and every process it started, and returns what resumes them; the test's
 // cleanup resumes them too.
 func freezeTree(t *testing.T, pid int) (resume func()) {
 	t.Helper()
-	pids := []int{pid}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child))
-		if err != nil {
-			continue
-		}
-		s := string(raw)
-		if f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]); len(f) > 1 && f[1] == strconv.Itoa(pid) {
-			pids = append(pids, child)
-		}
-	}
-	for _, p := range pids {
-		_ = syscall.Kill(p, syscall.SIGSTOP)
-	}
-	done := false
+	pids := proctree.Signal(pid, syscall.SIGSTOP)
+	var once sync.Once
 	resume = func() {
-		if done {
-			return
-		}
-		done = true
-		for _, p := range pids {
-			_ = syscall.Kill(p, syscall.SIGCONT)
-		}
+		once.Do(func() {
+			for _, p := range pids {
+				_ = syscall.Kill(p, syscall.SIGCONT)
+			}
+		})
 	}
 	t.Cleanup(resume)
 	return resume
