@@ -145,13 +145,8 @@ func (c *campaign) checkReport(ctx context.Context, operations []string) error {
 			reported[id] = true
 		}
 	}
+	ids := c.ledger.expected()
 	c.ledger.mu.Lock()
-	var ids []int64
-	for id := range c.ledger.acked {
-		if !c.ledger.lost[id] {
-			ids = append(ids, id)
-		}
-	}
 	for id := range c.ledger.inDoubt {
 		ids = append(ids, id)
 	}

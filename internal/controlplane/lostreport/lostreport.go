@@ -189,6 +189,11 @@ func Save(st *store.Store, r *Report, res lostxact.Result, also func(*store.Tx) 
 		r.Status = Incomplete
 		r.Message += " The report may be incomplete: " + res.Incomplete + "."
 	}
+	return put(st, r, also)
+}
+
+// put stores r, and runs also (when set) in the same transaction.
+func put(st *store.Store, r *Report, also func(*store.Tx) error) error {
 	return st.Update(func(tx *store.Tx) error {
 		if err := tx.Put(store.LostReports, key(r.Operation, r.Database), r); err != nil {
 			return err
@@ -277,14 +282,8 @@ func Fail(st *store.Store, r *Report, cause error, kind Failure, also func(*stor
 		r.Message = fmt.Sprintf("Reading the old primary failed (attempt %d of %d, retried with its rejoin): %v.",
 			r.Attempts, MaxAttempts, cause)
 	}
-	err := st.Update(func(tx *store.Tx) error {
-		if err := tx.Put(store.LostReports, key(r.Operation, r.Database), r); err != nil {
-			return err
-		}
-		if final && also != nil {
-			return also(tx)
-		}
-		return nil
-	})
-	return final, err
+	if !final {
+		also = nil
+	}
+	return final, put(st, r, also)
 }

@@ -75,9 +75,15 @@ func Prepare(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("lost-transaction slot: %w", err)
 	}
 	if !slot {
-		if _, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'test_decoding')", Slot); err != nil && !isDuplicate(err) {
-			return fmt.Errorf("create the lost-transaction slot: %w", err)
-		}
+		return create(ctx, conn)
+	}
+	return nil
+}
+
+// create makes the slot (one made meanwhile is fine).
+func create(ctx context.Context, conn *pgx.Conn) error {
+	if _, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'test_decoding')", Slot); err != nil && !isDuplicate(err) {
+		return fmt.Errorf("create the lost-transaction slot: %w", err)
 	}
 	return nil
 }
@@ -103,29 +109,41 @@ type Kept struct {
 // from before is dropped so that it keeps no WAL.
 func Keep(ctx context.Context, conn *pgx.Conn) (Kept, error) {
 	var k Kept
-	var replayed *string
-	err := conn.QueryRow(ctx, `SELECT count(*), count(r.replay_lsn), min(r.replay_lsn)::text
+	var replayed, slot *string // slot: the lost-transaction slot's wal_status, NULL when it does not exist
+	err := conn.QueryRow(ctx, `SELECT count(*), count(r.replay_lsn), min(r.replay_lsn)::text,
+			(SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1)
 		FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
-		WHERE s.slot_type = 'physical'`).Scan(&k.Standbys, &k.Connected, &replayed)
+		WHERE s.slot_type = 'physical'`, Slot).Scan(&k.Standbys, &k.Connected, &replayed, &slot)
 	if err != nil {
 		return k, fmt.Errorf("read the geo-secondaries' progress: %w", err)
 	}
-	if k.Standbys == 0 {
+	drop := func() (bool, error) {
 		var dropped bool
-		if err := conn.QueryRow(ctx, `SELECT count(pg_drop_replication_slot(slot_name)) > 0 FROM pg_replication_slots
-			WHERE slot_name = $1 AND NOT active`, Slot).Scan(&dropped); err != nil {
-			return k, fmt.Errorf("drop the lost-transaction slot: %w", err)
+		err := conn.QueryRow(ctx, `SELECT count(pg_drop_replication_slot(slot_name)) > 0 FROM pg_replication_slots
+			WHERE slot_name = $1 AND NOT active`, Slot).Scan(&dropped)
+		if err != nil {
+			return false, fmt.Errorf("drop the lost-transaction slot: %w", err)
 		}
-		k.Dropped = dropped
-		return k, nil
+		return dropped, nil
 	}
-	// A slot max_slot_wal_keep_size invalidated keeps nothing: it is made again from here.
-	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-		WHERE slot_name = $1 AND wal_status = 'lost' AND NOT active`, Slot); err != nil {
-		return k, fmt.Errorf("drop the invalidated lost-transaction slot: %w", err)
-	}
-	if err := Prepare(ctx, conn); err != nil {
+	switch {
+	case k.Standbys == 0:
+		if slot != nil {
+			k.Dropped, err = drop()
+		}
 		return k, err
+	case slot != nil && *slot == "lost":
+		// A slot max_slot_wal_keep_size invalidated keeps nothing: it is made again from here.
+		if dropped, err := drop(); err != nil {
+			return k, err
+		} else if dropped {
+			slot = nil
+		}
+	}
+	if slot == nil {
+		if err := create(ctx, conn); err != nil {
+			return k, err
+		}
 	}
 	if k.Connected < k.Standbys || replayed == nil {
 		at, err := slotAt(ctx, conn)
