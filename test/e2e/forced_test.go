@@ -215,6 +215,14 @@ func TestTryPlannedFallsBackWhenPrimaryIsDown(t *testing.T) {
 	if w := fmt.Sprint(st["properties"].(map[string]any)["warnings"]); !strings.Contains(w, "waits for the old primary") {
 		t.Fatalf("the operation does not say the report waits: %s", w)
 	}
+	// It keeps waiting: a port taken says nothing of the old primary's WAL, so the reconciler's retries (1, 2,
+	// 4 s apart) do not count as attempts that would end the report Failed and rewind it.
+	for deadline := time.Now().Add(12 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		r := f.do(http.MethodGet, fgPath("tpd-west", "tpd-fg")+"/lostTransactions/"+op, nil)
+		if st := r.Body["properties"].(map[string]any)["databases"].([]any)[0].(map[string]any)["status"]; st != "Pending" {
+			t.Fatalf("the report of an old primary that cannot start yet became %v: %s", st, r.Raw)
+		}
+	}
 }
 
 // TestForcedFailoverStopsAStuckPrimary (finding 10): the old primary's postmaster is frozen (SIGSTOP), so the
