@@ -28,6 +28,26 @@ type Client struct {
 	HTTP  *http.Client
 	// LeaderRev, when set, gives the caller's leadership revision, sent with every call (see LeaderFence).
 	LeaderRev func() int64
+	// Base, when set, also ends the calls that take no context of their own (see Within).
+	Base context.Context
+}
+
+// Within returns a copy of c whose calls that take no context (the instance.Host file and process questions)
+// also end with ctx, within their own bound: work that yields its lock to a failover stops at once, even in the
+// middle of a question to a host that does not answer.
+func (c *Client) Within(ctx context.Context) *Client {
+	cp := *c
+	cp.Base = ctx
+	return &cp
+}
+
+// background is the context of a call that takes none: Base, or none, bounded by timeout.
+func (c *Client) background(timeout time.Duration) (context.Context, context.CancelFunc) {
+	base := c.Base
+	if base == nil {
+		base = context.Background()
+	}
+	return context.WithTimeout(base, timeout)
 }
 
 var _ instance.Host = (*Client)(nil)
@@ -82,7 +102,9 @@ func (c *Client) call(ctx context.Context, op string, req request) (*response, e
 }
 
 func (c *Client) pathOp(op, path string) (*response, error) {
-	return c.call(context.Background(), op, request{Path: path})
+	ctx, cancel := c.background(callTimeout)
+	defer cancel()
+	return c.call(ctx, op, request{Path: path})
 }
 
 // Ping checks that the agent answers with this token.
@@ -111,7 +133,7 @@ func (c *Client) ReadFile(path string) ([]byte, error) {
 
 // WriteFile writes a file on the agent's host.
 func (c *Client) WriteFile(path string, data []byte, mode os.FileMode) error {
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout+time.Duration(len(data)/(10<<20))*time.Second)
+	ctx, cancel := c.background(callTimeout + time.Duration(len(data)/(10<<20))*time.Second)
 	defer cancel()
 	_, err := c.call(ctx, opWriteFile, request{Path: path, Data: data, Mode: uint32(mode.Perm())})
 	return err
@@ -164,7 +186,9 @@ func (c *Client) RemoveStaleLock(dir string) error {
 
 // Signal signals dir's postmaster on the agent's host.
 func (c *Client) Signal(dir string, sig syscall.Signal) error {
-	_, err := c.call(context.Background(), opSignal, request{Path: dir, Signal: sig})
+	ctx, cancel := c.background(callTimeout)
+	defer cancel()
+	_, err := c.call(ctx, opSignal, request{Path: dir, Signal: sig})
 	return err
 }
 

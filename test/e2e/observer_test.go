@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/fogo-db/fogo/internal/app"
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 )
 
@@ -170,6 +172,77 @@ func TestStuckInstanceDoesNotDelayOtherGroups(t *testing.T) {
 	// The stuck start completes: its group serves again.
 	close(unblock)
 	waitWritableAt(t, f.listenerOf("sig-east", "sig-stuck", "readWriteEndpoint"), "stuck", stuck.Port, 30*time.Second)
+}
+
+// TestStuckReconcileYieldsToForcedFailover: the reconciler is starting the group's dead primary and hangs there
+// (a test hook blocks it as a call to a host that does not answer would, until its context ends), holding the
+// group's lock. A forced failover asked meanwhile preempts it: it finishes long before the reconciliation's own
+// bound (reconcileTimeout, 2 minutes), and the reconciliation ends because of the failover, not by timing out.
+// Before, the failover waited for the whole bound.
+func TestStuckReconcileYieldsToForcedFailover(t *testing.T) {
+	f := startFogo(t)
+	f.groupWithLedger("syf-east", "syf-west", "syf-fg", "syf")
+	old := f.instanceOf(t, "syf-east", "syf")
+	entered, unblock := make(chan struct{}, 1), make(chan struct{})
+	cause := make(chan error, 1)
+	f.app.Cluster.SetStartHook(func(ctx context.Context, rec *model.Instance) error {
+		if rec.ID != old.ID {
+			return nil
+		}
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-unblock:
+			return nil
+		case <-ctx.Done():
+			select {
+			case cause <- context.Cause(ctx):
+			default:
+			}
+			return ctx.Err()
+		}
+	})
+	t.Cleanup(func() {
+		f.app.Cluster.SetStartHook(nil)
+		select {
+		case <-unblock:
+		default:
+			close(unblock)
+		}
+	})
+	f.killInstance(t, "syf-east", "syf")
+	select {
+	case <-entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reconciler never tried to start the dead primary")
+	}
+
+	r := f.do(http.MethodPost, fgPath("syf-west", "syf-fg")+"/forceFailoverAllowDataLoss", nil)
+	if r.Status != 202 {
+		t.Fatalf("forced failover: %d %s", r.Status, r.Raw)
+	}
+	// Well under the reconciliation's 2-minute bound, which the failover used to wait out.
+	deadline := time.Now().Add(60 * time.Second)
+	for role(t, f, "syf-west", "syf-fg") != "Primary" {
+		if time.Now().After(deadline) {
+			t.Fatal("the forced failover waited for the stuck reconciliation")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st := f.wait(r); st["status"] != "Succeeded" {
+		t.Fatalf("forced failover: %v", st)
+	}
+	select {
+	case err := <-cause:
+		if !errors.Is(err, cluster.ErrPreempted) {
+			t.Fatalf("the stuck reconciliation ended with %v, want the failover's preemption", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stuck reconciliation did not end")
+	}
+	waitWritableAt(t, f.listenerOf("syf-west", "syf-fg", "readWriteEndpoint"), "syf", f.instancePort(t, "syf-west", "syf"), 30*time.Second)
 }
 
 // TestStaleFenceIsLifted (finding 5): a forced failover that ended without new roles and without undoing its fence

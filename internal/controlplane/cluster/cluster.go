@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/agent"
 	"github.com/fogo-db/fogo/internal/controlplane/armid"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/controlplane/store"
@@ -50,7 +51,7 @@ type Manager struct {
 	log   *slog.Logger
 
 	mu     sync.Mutex
-	locks  map[string]*sync.Mutex
+	locks  map[string]*groupLock
 	silent map[string]silence // agent name -> its last failure to answer (see HostAnswers)
 
 	startHook atomic.Pointer[StartHook]
@@ -79,7 +80,7 @@ func (m *Manager) instancesDir() string {
 
 // New returns a manager over st.
 func New(cfg Config, st *store.Store) *Manager {
-	return &Manager{cfg: cfg, store: st, log: cfg.Logger, locks: map[string]*sync.Mutex{}}
+	return &Manager{cfg: cfg, store: st, log: cfg.Logger, locks: map[string]*groupLock{}}
 }
 
 // Logger is the manager's logger.
@@ -88,31 +89,94 @@ func (m *Manager) Logger() *slog.Logger { return m.log }
 // Bin returns the PostgreSQL binaries in use.
 func (m *Manager) Bin() *pgbin.Bin { return m.cfg.Bin }
 
-func (m *Manager) lockFor(key string) *sync.Mutex {
+// groupLock serialises work on one group. Operations take it with Lock and wait; background work (the
+// reconciler, the link keeper) takes it with TryLock and yields it: an operation that wants it cancels the
+// background holder's context, so a reconciliation stuck on a host that does not answer (a dial to a cut-off
+// host waits for its context) never delays a failover.
+type groupLock struct {
+	mu sync.Mutex
+
+	state   sync.Mutex
+	wanted  int                     // operations waiting in Lock: TryLock refuses meanwhile
+	preempt context.CancelCauseFunc // the background holder's, nil when none holds it
+}
+
+// ErrPreempted is the cause of a background holder's context once an operation wants its lock.
+var ErrPreempted = errors.New("an operation needs the group's lock")
+
+func (m *Manager) lockFor(key string) *groupLock {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	l, ok := m.locks[key]
 	if !ok {
-		l = &sync.Mutex{}
+		l = &groupLock{}
 		m.locks[key] = l
 	}
 	return l
 }
 
-// Lock serialises work on one group (or one standalone database); it returns the unlock function.
-func (m *Manager) Lock(key string) func() {
+// Lock serialises work on one group (or one standalone database); it returns the unlock function. Background
+// work (TryLock) does not start while it waits.
+func (m *Manager) Lock(key string) func() { return m.lock(key, false) }
+
+// LockNow is Lock for a failover: a background holder is asked to yield at once (its context ends), so that a
+// reconciliation waiting on a host that does not answer cannot hold the failover back for its whole bound.
+func (m *Manager) LockNow(key string) func() { return m.lock(key, true) }
+
+func (m *Manager) lock(key string, preempt bool) func() {
 	l := m.lockFor(key)
-	l.Lock()
-	return l.Unlock
+	l.state.Lock()
+	l.wanted++
+	if preempt && l.preempt != nil {
+		l.preempt(ErrPreempted)
+	}
+	l.state.Unlock()
+	l.mu.Lock()
+	l.state.Lock()
+	l.wanted--
+	l.state.Unlock()
+	return l.mu.Unlock
 }
 
-// TryLock is Lock that gives up at once when someone else holds it.
-func (m *Manager) TryLock(key string) (func(), bool) {
+// TryLock takes the lock for background work, or gives up at once when someone holds it or an operation waits
+// for it. The work must run under the returned context, which ends (cause ErrPreempted) as soon as an operation
+// wants the lock, and release it with the returned function.
+func (m *Manager) TryLock(ctx context.Context, key string) (context.Context, func(), bool) {
 	l := m.lockFor(key)
-	if !l.TryLock() {
-		return nil, false
+	l.state.Lock()
+	defer l.state.Unlock()
+	if l.wanted > 0 || !l.mu.TryLock() {
+		return ctx, nil, false
 	}
-	return l.Unlock, true
+	ctx, cancel := context.WithCancelCause(ctx)
+	l.preempt = cancel
+	return ctx, func() {
+		l.state.Lock()
+		l.preempt = nil
+		l.state.Unlock()
+		cancel(nil)
+		l.mu.Unlock()
+	}, true
+}
+
+// Preempted reports whether ctx (from TryLock) ended because an operation wants the lock.
+func Preempted(ctx context.Context) bool { return errors.Is(context.Cause(ctx), ErrPreempted) }
+
+// Committed returns a context for background work past its point of no return (a rewind under way, a standby
+// stopped for a slot copy): it keeps ctx's deadline and ends with ctx, except when ctx ends by preemption. The
+// failover then waits for that work, which is bounded by the deadline.
+func Committed(ctx context.Context) (context.Context, context.CancelFunc) {
+	base, cancelDeadline := context.WithoutCancel(ctx), context.CancelFunc(func() {})
+	if dl, ok := ctx.Deadline(); ok {
+		base, cancelDeadline = context.WithDeadline(base, dl)
+	}
+	c, cancel := context.WithCancelCause(base)
+	stop := context.AfterFunc(ctx, func() {
+		if !Preempted(ctx) {
+			cancel(context.Cause(ctx))
+		}
+	})
+	return c, func() { stop(); cancel(nil); cancelDeadline() }
 }
 
 // SuperPassword is the internal superuser's password (for fogo's own connections, e.g. link workers).
@@ -132,6 +196,16 @@ func (m *Manager) Handle(rec *model.Instance) *instance.Instance {
 		}
 	}
 	return i
+}
+
+// HandleWithin is Handle whose questions to an agent's host that take no context (is it running, is it a
+// standby) also end with ctx: background work that yields its lock stops at once.
+func (m *Manager) HandleWithin(ctx context.Context, rec *model.Instance) *instance.Instance {
+	h := m.Handle(rec)
+	if cl, ok := h.On.(*agent.Client); ok {
+		h.On = cl.Within(ctx)
+	}
+	return h
 }
 
 // NewInstanceRecord allocates an ID, a data directory and a port for a new instance, and stores the record.
@@ -313,7 +387,7 @@ func (m *Manager) Seed(ctx context.Context, rec, upstream *model.Instance) error
 // Rejoin turns a former primary into a standby of upstream: stop, report what a forced failover lost (see
 // reportLost), rewind if diverged, configure, start.
 func (m *Manager) Rejoin(ctx context.Context, rec, upstream *model.Instance) error {
-	h, up := m.Handle(rec), m.Handle(upstream)
+	h, up := m.HandleWithin(ctx, rec), m.HandleWithin(ctx, upstream)
 	if _, running := h.Running(); running {
 		if err := h.TryShuttingDownFastImmediate(ctx, 10*time.Second); err != nil {
 			return fmt.Errorf("rejoin %s: stop: %w", rec.ID, err)
@@ -331,6 +405,14 @@ func (m *Manager) Rejoin(ctx context.Context, rec, upstream *model.Instance) err
 	if err := up.Checkpoint(ctx); err != nil {
 		return fmt.Errorf("rejoin %s: checkpoint on %s: %w", rec.ID, upstream.ID, err)
 	}
+	// From the rewind on, a failover that wants the group's lock waits: a rewind cut short leaves a data
+	// directory that neither starts nor rewinds again.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("rejoin %s: %w", rec.ID, context.Cause(ctx))
+	}
+	ctx, cancel := Committed(ctx)
+	defer cancel()
+	h = m.HandleWithin(ctx, rec)
 	res, err := h.Rewind(ctx, m.handleFrom(upstream, rec.Host).SourceConnInfo())
 	if err != nil {
 		return fmt.Errorf("rejoin %s: rewind from %s: %w", rec.ID, upstream.ID, err)
@@ -359,7 +441,7 @@ func (m *Manager) EnsureRunning(ctx context.Context, rec *model.Instance) error 
 	if rec.NeedsRejoin || (rec.Role == model.RoleStandby && !rec.Seeded) {
 		return nil
 	}
-	h := m.Handle(rec)
+	h := m.HandleWithin(ctx, rec)
 	if rec.Role == model.RolePrimary && h.IsStandby() {
 		return m.finishPromotion(ctx, rec)
 	}
@@ -393,7 +475,7 @@ func (m *Manager) EnsureRunning(ctx context.Context, rec *model.Instance) error 
 // finishPromotion starts a recorded primary that still holds standby.signal as the standby it is (so that its
 // promotion opens a new timeline, as any promotion does) and promotes it, then writes its primary configuration.
 func (m *Manager) finishPromotion(ctx context.Context, rec *model.Instance) error {
-	h := m.Handle(rec)
+	h := m.HandleWithin(ctx, rec)
 	m.log.Warn("finishing the promotion of a recorded primary", "instance", rec.ID, "database", rec.Database)
 	if err := h.Start(ctx); err != nil {
 		return fmt.Errorf("finish the promotion of %s: start: %w", rec.ID, err)
@@ -418,7 +500,7 @@ func (m *Manager) EnsureAdminRights(ctx context.Context, rec *model.Instance) er
 	if rec.AdminRights >= AdminRightsVersion || rec.Role != model.RolePrimary || rec.NeedsRejoin {
 		return nil
 	}
-	h := m.Handle(rec)
+	h := m.HandleWithin(ctx, rec)
 	if _, running := h.Running(); !running || h.IsStandby() {
 		return nil
 	}

@@ -39,7 +39,7 @@ func (m *Manager) StopFenced(ctx context.Context, rec *model.Instance) (string, 
 			return how, err
 		}
 	}
-	h := m.Handle(rec)
+	h := m.HandleWithin(ctx, rec)
 	if _, running := h.Running(); !running {
 		return StoppedAlready, nil
 	}

@@ -26,7 +26,7 @@ func (m *Manager) KeepLostSlot(ctx context.Context, rec *model.Instance) error {
 	if rec.Role != model.RolePrimary || rec.NeedsRejoin {
 		return nil
 	}
-	h := m.Handle(rec)
+	h := m.HandleWithin(ctx, rec)
 	if _, running := h.Running(); !running || h.IsStandby() {
 		return nil
 	}
@@ -139,7 +139,7 @@ func portTaken(err error) bool {
 
 // readLost is the read itself: isolated start, divergence, decode, stop.
 func (m *Manager) readLost(ctx context.Context, rec, upstream *model.Instance) (lostxact.Result, error) {
-	h := m.Handle(rec)
+	h := m.HandleWithin(ctx, rec)
 	s := m.settings(rec, nil)
 	s.Standby, s.Isolated = false, true
 	if err := h.Configure(s); err != nil {
@@ -155,7 +155,7 @@ func (m *Manager) readLost(ctx context.Context, rec, upstream *model.Instance) (
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		if err := h.TryShuttingDownFastImmediate(sctx, 10*time.Second); err != nil {
+		if err := m.HandleWithin(sctx, rec).TryShuttingDownFastImmediate(sctx, 10*time.Second); err != nil {
 			m.log.Warn("stop the old primary after its lost-transaction report", "instance", rec.ID, "err", err)
 		}
 	}()

@@ -130,7 +130,7 @@ func (o *Orchestrator) run(ctx context.Context, run *operations.Run) error {
 	if err := run.Params(&p); err != nil {
 		return fmt.Errorf("read failover plan: %w", err)
 	}
-	unlock := o.cl.Lock(p.Group)
+	unlock := o.cl.LockNow(p.Group)
 	defer unlock()
 	x := &execution{o: o, run: run, plan: &p}
 	// A stale operation (planned at an epoch the group has left) must not touch an instance.

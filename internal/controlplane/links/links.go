@@ -543,11 +543,11 @@ func (m *Manager) syncCopy(ctx context.Context, def Def, checkpoint lsn.LSN, ks 
 	hs := m.cl.Handle(&t.secondary)
 	if _, running := hs.Running(); !running {
 		if ks.restartStandby { // the keeper stopped it: starting it again is its job
-			unlock, ok := m.cl.TryLock(t.group.Key())
+			lctx, unlock, ok := m.cl.TryLock(ctx, t.group.Key())
 			if !ok {
 				return fmt.Errorf("the geo-secondary %s did not start after the slot copy; an operation runs", t.secondary.ID)
 			}
-			err := hs.Start(ctx)
+			err := hs.Start(lctx)
 			unlock()
 			if err != nil {
 				return fmt.Errorf("the geo-secondary %s did not start after the slot copy: %w", t.secondary.ID, err)
@@ -603,7 +603,7 @@ func (m *Manager) syncCopy(ctx context.Context, def Def, checkpoint lsn.LSN, ks 
 // in between. (Not capped at the link's checkpoint: an idle link's slot confirms, and moves its restart point,
 // past its last checkpoint, and nothing the link needs lies between.)
 func (m *Manager) copySlot(ctx context.Context, def Def, t *topology, slot string, ks *keeperState) error {
-	unlock, ok := m.cl.TryLock(t.group.Key())
+	ctx, unlock, ok := m.cl.TryLock(ctx, t.group.Key())
 	if !ok {
 		return nil // an operation runs; next time
 	}
@@ -621,6 +621,12 @@ func (m *Manager) copySlot(ctx context.Context, def Def, t *topology, slot strin
 	if err != nil {
 		return fmt.Errorf("copy the slot: %w", err)
 	}
+	// Stopped, the standby must start again before a failover may have it: from here on a failover waits.
+	if err := ctx.Err(); err != nil {
+		return context.Cause(ctx)
+	}
+	ctx, cancel := cluster.Committed(ctx)
+	defer cancel()
 	if err := hs.Stop(ctx, "fast"); err != nil {
 		return err
 	}
@@ -656,11 +662,11 @@ func (m *Manager) DropOwned(ctx context.Context, def Def) error {
 	}
 	if t.secondary.ID != "" {
 		for {
-			unlock, ok := m.cl.TryLock(t.group.Key())
+			lctx, unlock, ok := m.cl.TryLock(ctx, t.group.Key())
 			if ok {
 				hs := m.cl.Handle(&t.secondary)
 				if _, running := hs.Running(); running {
-					if err := link.DropOwned(ctx, hs.ConnString(def.Database), def.Name, def.Slot, false); err != nil {
+					if err := link.DropOwned(lctx, hs.ConnString(def.Database), def.Name, def.Slot, false); err != nil {
 						errs = append(errs, fmt.Errorf("its copy on the geo-secondary: %w", err))
 					}
 				}

@@ -16,12 +16,14 @@ import (
 
 // Observer keeps the replication state of every group database, observed from PostgreSQL, and reconciles
 // instances: it starts instances that should run (after a crash or a fogo restart) and rejoins fenced former
-// primaries as standbys. It only takes locks with TryLock, so a running operation always has precedence.
+// primaries as standbys. It only takes locks with TryLock, so a running operation always has precedence, and a
+// failover preempts a reconciliation under way (cluster.Manager.LockNow).
 //
 // Groups are independent: each pass hands every group's (or standalone database's) reconciliation to a worker of
 // its own and does not wait for it, and probes the groups concurrently with bounded queries. A slow or stuck
 // instance (a start that hangs, a frozen postmaster) delays neither the other groups nor the Automatic policy,
-// whose clock is read on every pass. A reconciliation holds its lock for at most reconcileTimeout.
+// whose clock is read on every pass. A reconciliation holds its lock for at most reconcileTimeout, and yields it
+// to a failover at once but in a rewind.
 type Observer struct {
 	st  *store.Store
 	cl  *cluster.Manager
@@ -183,7 +185,7 @@ func (o *Observer) launch(ctx context.Context, key string, recs []*model.Instanc
 			if ctx.Err() != nil || o.backingOff(rec.ID) {
 				continue
 			}
-			unlock, ok := o.cl.TryLock(key)
+			lctx, unlock, ok := o.cl.TryLock(ctx, key)
 			if !ok {
 				return
 			}
@@ -191,10 +193,14 @@ func (o *Observer) launch(ctx context.Context, key string, recs []*model.Instanc
 			if rec.Reseed || (rec.Role == model.RoleStandby && !rec.Seeded) {
 				bound = reseedTimeout // a base backup of a whole database: its own, longer bound
 			}
-			rctx, cancel := context.WithTimeout(ctx, bound)
+			rctx, cancel := context.WithTimeout(lctx, bound)
 			err := o.reconcile(rctx, rec)
+			preempted := cluster.Preempted(rctx)
 			cancel()
 			unlock()
+			if preempted {
+				return // a failover wants the lock: not a failure; the next pass tries again
+			}
 			o.noteResult(rec, err, log)
 		}
 	}()
@@ -397,7 +403,7 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 		if err != nil {
 			return err
 		}
-		h := o.cl.Handle(up)
+		h := o.cl.HandleWithin(ctx, up)
 		if _, running := h.Running(); !running || h.IsStandby() {
 			return nil
 		}

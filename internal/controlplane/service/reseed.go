@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/controlplane/cluster"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 )
 
@@ -43,7 +44,7 @@ func (o *Observer) reseedIfLost(ctx context.Context, cur *model.Instance) error 
 		// the group's lock, which the failover that is coming needs, for its whole timeout.
 		return nil
 	}
-	uh := o.cl.Handle(up)
+	uh := o.cl.HandleWithin(ctx, up)
 	if _, running := uh.Running(); !running || uh.IsStandby() || up.Role != model.RolePrimary || up.NeedsRejoin {
 		return nil // only a running primary can tell, and seed
 	}
@@ -51,7 +52,7 @@ func (o *Observer) reseedIfLost(ctx context.Context, cur *model.Instance) error 
 		o.cl.Logger().Warn("seeding a geo-secondary that its group's operation left unseeded", "instance", cur.ID,
 			"database", cur.Database, "primary", up.ID)
 	} else if !cur.Reseed {
-		if !o.cl.Handle(cur).IsStandby() {
+		if !o.cl.HandleWithin(ctx, cur).IsStandby() {
 			return nil // not a standby on disk: never wipe it
 		}
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -70,7 +71,11 @@ func (o *Observer) reseedIfLost(ctx context.Context, cur *model.Instance) error 
 		// The verdict is saved: the next pass reseeds under reseedTimeout, not this pass's reconcileTimeout.
 		return nil
 	}
-	if err := o.cl.Seed(ctx, cur, up); err != nil {
+	// A base backup under way is not thrown away for a failover, which could not promote this copy anyway: the
+	// failover waits for it (bounded by reseedTimeout).
+	sctx, cancel := cluster.Committed(ctx)
+	defer cancel()
+	if err := o.cl.Seed(sctx, cur, up); err != nil {
 		return fmt.Errorf("reseed %s: %w", cur.ID, err)
 	}
 	o.cl.Logger().Info("geo-secondary seeded again", "instance", cur.ID, "database", cur.Database)
