@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fogo-db/fogo/internal/app"
 	"github.com/fogo-db/fogo/internal/controlplane/model"
 	"github.com/fogo-db/fogo/internal/postgres/lostxact"
 )
@@ -421,5 +422,68 @@ func TestLostReportThatCannotBeProducedStillRewinds(t *testing.T) {
 	}
 	if l := f.do(http.MethodGet, base, nil); l.Status != 200 || len(l.Body["value"].([]any)) != 1 {
 		t.Fatalf("the group's reports: %d %s, want the forced failover's alone", l.Status, l.Raw)
+	}
+}
+
+// TestLostSlotIsMadeWithTheSeed: the lost-transaction slot is made on the primary when its geo-secondary is seeded,
+// not only by the observer's upkeep. Here the observer never runs after the start (its interval is an hour), so
+// nothing else makes it: a forced failover right after the group's creation still gets a complete report that
+// lists exactly the one transaction the geo-secondary never received.
+func TestLostSlotIsMadeWithTheSeed(t *testing.T) {
+	f := startFogo(t, func(o *app.Options) { o.ReconcileInterval = time.Hour })
+	f.createServer("lss-east", "eastus")
+	f.createServer("lss-west", "westus")
+	f.createDB("lss-east", "lss", "eastus")
+	mustExec(t, f, "lss-east", "lss", "CREATE TABLE ledger(id bigint PRIMARY KEY, note text)")
+	f.mustSucceed(f.createGroup("lss-east", "lss-west", "lss-fg", "lss"), 201)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	primary, err := f.app.Cluster.Handle(f.instanceOf(t, "lss-east", "lss")).Connect(ctx, "lss")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer primary.Close(context.Background())
+	var slots int
+	if err := primary.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", lostxact.Slot).Scan(&slots); err != nil || slots != 1 {
+		t.Fatalf("the lost-transaction slot after the seed: %d (%v)", slots, err)
+	}
+
+	// One row the geo-secondary replays, then one it never receives.
+	mustExec(t, f, "lss-east", "lss", "INSERT INTO ledger VALUES (1, 'kept')")
+	standby, err := f.app.Cluster.Handle(f.instanceOf(t, "lss-west", "lss")).Connect(ctx, "lss")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer standby.Close(context.Background())
+	for {
+		var n int
+		if err := standby.QueryRow(ctx, "SELECT count(*) FROM ledger WHERE id = 1").Scan(&n); err == nil && n == 1 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the geo-secondary never replayed the first row")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	standby.Close(context.Background())
+	f.cutStreaming(t, "lss-west", "lss")
+	mustExec(t, f, "lss-east", "lss", "INSERT INTO ledger VALUES (2, 'lost')")
+	f.killInstance(t, "lss-east", "lss")
+
+	r := f.do(http.MethodPost, fgPath("lss-west", "lss-fg")+"/forceFailoverAllowDataLoss", nil)
+	if st := f.wait(r); st["status"] != "Succeeded" {
+		t.Fatalf("forced failover: %v %v", st["status"], st["error"])
+	}
+	report := f.lostReport(t, "lss-west", "lss-fg", operationID(r))
+	db := report["properties"].(map[string]any)["databases"].([]any)[0].(map[string]any)
+	raw, _ := json.Marshal(db["transactions"])
+	var txns []lostxact.Txn
+	if err := json.Unmarshal(raw, &txns); err != nil {
+		t.Fatal(err)
+	}
+	if db["status"] != "Complete" || len(txns) != 1 || len(txns[0].Changes) != 1 ||
+		txns[0].Changes[0].Op != "insert" || colValue(txns[0].Changes[0].New, "id") != "2" {
+		t.Fatalf("report: %v %v %s", db["status"], db["message"], raw)
 	}
 }

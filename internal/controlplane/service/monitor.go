@@ -36,6 +36,7 @@ type Observer struct {
 	retry    map[string]*retryState // instance ID -> backoff after a failed reconciliation
 	inflight map[string]bool        // lock keys whose worker still runs
 	keepErr  map[string]string      // instance ID -> the last failure of its lost-transaction slot's upkeep
+	keptAt   map[string]time.Time   // instance ID -> its lost-transaction slot's last upkeep that succeeded
 	workers  sync.WaitGroup
 
 	// The Automatic policy (the pass's goroutine only).
@@ -68,7 +69,7 @@ const (
 // NewObserver returns an observer.
 func NewObserver(st *store.Store, cl *cluster.Manager, ops *operations.Runner) *Observer {
 	return &Observer{st: st, cl: cl, ops: ops, states: map[string]string{}, retry: map[string]*retryState{},
-		inflight: map[string]bool{}, keepErr: map[string]string{}, graceUnit: time.Minute, downSince: map[string]time.Time{}, held: map[string]string{}}
+		inflight: map[string]bool{}, keepErr: map[string]string{}, keptAt: map[string]time.Time{}, graceUnit: time.Minute, downSince: map[string]time.Time{}, held: map[string]string{}}
 }
 
 // Run observes and reconciles every interval until ctx ends, then waits for its workers.
@@ -420,8 +421,24 @@ func (o *Observer) reconcile(ctx context.Context, rec *model.Instance) error {
 	}
 	// The slot's upkeep never holds the instance's reconciliation back: a failure (a long transaction delays
 	// making the slot) is logged once and tried again at the next pass.
-	o.noteKeep(cur, o.cl.KeepLostSlot(ctx, cur))
+	if o.keepDue(cur.ID) {
+		o.noteKeep(cur, o.cl.KeepLostSlot(ctx, cur))
+	}
 	return nil
+}
+
+// keepEvery spaces out the lost-transaction slot's upkeep on a primary (a connection and a query or two each
+// time). A slot that follows its geo-secondary a few seconds late only keeps a few seconds more WAL: the report
+// decodes from the point where the timelines diverged, whichever slot position before it it starts from.
+const keepEvery = 5 * time.Second
+
+// keepDue reports whether the instance's slot upkeep is due: keepEvery after the last one that succeeded, or at
+// once after a failure.
+func (o *Observer) keepDue(id string) bool {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	_, failed := o.keepErr[id]
+	return failed || time.Since(o.keptAt[id]) >= keepEvery
 }
 
 // noteKeep logs a lost-transaction slot's upkeep failing, once per distinct error, and its recovery.
@@ -429,6 +446,9 @@ func (o *Observer) noteKeep(rec *model.Instance, err error) {
 	o.wmu.Lock()
 	defer o.wmu.Unlock()
 	last, failed := o.keepErr[rec.ID]
+	if err == nil {
+		o.keptAt[rec.ID] = time.Now()
+	}
 	switch {
 	case err == nil && failed:
 		delete(o.keepErr, rec.ID)
