@@ -79,7 +79,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.PortLow == 0 {
 		cfg.PortLow = 27000
 	}
-	kinds, err := pickKinds(cfg.Kinds, cfg.Faults)
+	kinds, err := pickKinds(cfg.Kinds, cfg.Faults, cfg.Mode == "cluster")
 	if err != nil {
 		return nil, err
 	}

@@ -41,10 +41,14 @@ var faults = map[string]faultFunc{
 	"kill-fogo-forced":    killFogoDuring("forceFailoverAllowDataLoss"),
 	"link-target-restart": linkTargetRestart,
 	"concurrent-api":      concurrentAPI,
+	"host-loss":           hostLoss,
 }
 
+// clusterOnly are the fault kinds that need hosts of their own (the cluster mode).
+var clusterOnly = map[string]bool{"host-loss": true}
+
 // Kinds lists the fault kinds. freeze-primary-long (a primary frozen past the link's heartbeat) is left out of
-// campaigns of fewer than 30 faults unless asked for.
+// campaigns of fewer than 30 faults unless asked for; host-loss is drawn in the cluster mode only.
 func Kinds() []string {
 	var out []string
 	for k := range faults {
@@ -54,11 +58,11 @@ func Kinds() []string {
 	return out
 }
 
-func pickKinds(asked []string, n int) ([]string, error) {
+func pickKinds(asked []string, n int, cluster bool) ([]string, error) {
 	if len(asked) == 0 {
 		var out []string
 		for _, k := range Kinds() {
-			if k != "freeze-primary-long" || n >= 30 {
+			if (k != "freeze-primary-long" || n >= 30) && (cluster || !clusterOnly[k]) {
 				out = append(out, k)
 			}
 		}
@@ -67,6 +71,9 @@ func pickKinds(asked []string, n int) ([]string, error) {
 	for _, k := range asked {
 		if _, ok := faults[k]; !ok {
 			return nil, fmt.Errorf("unknown fault kind %q (kinds: %s)", k, strings.Join(Kinds(), ", "))
+		}
+		if clusterOnly[k] && !cluster {
+			return nil, fmt.Errorf("fault kind %q needs --mode cluster", k)
 		}
 	}
 	return asked, nil
@@ -453,3 +460,36 @@ func concurrentAPI(ctx context.Context, c *campaign) (outcome, error) {
 }
 
 func last(path string) string { return path[strings.LastIndexByte(path, '/')+1:] }
+
+// hostLoss (the cluster mode) cuts the primary's host off the network: its agent cannot renew its lease, fences
+// the primary and exits. A forced failover is asked meanwhile (it waits for the lease to lapse, never for the
+// host); then the host is healed, its agent started again as a supervisor would, and the old primary rejoins,
+// read for its lost-transaction report first.
+func hostLoss(ctx context.Context, c *campaign) (outcome, error) {
+	hl, ok := c.world.(hostLoser)
+	if !ok {
+		return outcome{}, errors.New("host-loss needs the cluster mode")
+	}
+	p, _, err := c.roles(ctx)
+	if err != nil {
+		return outcome{}, err
+	}
+	heal, name, err := hl.cutHostOf(p.addr())
+	if err != nil {
+		return outcome{}, err
+	}
+	c.watch.set(func(w *watcher) { w.sourceDown = time.Now() })
+	cut := time.Now()
+	url, _, ferr := c.failoverAndFollow(ctx, "forceFailoverAllowDataLoss")
+	took := time.Since(cut)
+	herr := heal(ctx)
+	c.watch.set(func(w *watcher) { w.sourceDown = time.Time{} })
+	out := outcome{detail: fmt.Sprintf("%s cut; forced failover done %s after the cut", name, took.Round(time.Millisecond))}
+	if url != "" {
+		out.reports = append(out.reports, operationID(url))
+	}
+	if herr != nil {
+		herr = fmt.Errorf("heal %s: %w", name, herr)
+	}
+	return out, errors.Join(ferr, herr)
+}

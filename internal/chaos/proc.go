@@ -39,6 +39,13 @@ type world interface {
 	logTail() string
 }
 
+// hostLoser is a world whose instances run on hosts of their own, which can be cut off the network.
+type hostLoser interface {
+	// cutHostOf cuts off the host of the instance listening on addr, and returns the host's name and how to heal
+	// it: the network back, and its agent running again.
+	cutHostOf(addr string) (heal func(ctx context.Context) error, name string, err error)
+}
+
 // embedded runs `fogo serve` as a child process on a data directory of its own.
 type embedded struct {
 	cfg     Config

@@ -39,17 +39,25 @@ func TestSummary(t *testing.T) {
 	}
 }
 
-// TestPickKinds: the long freeze only in long campaigns unless asked for; an unknown kind is refused with the list.
+// TestPickKinds: the long freeze only in long campaigns unless asked for; a host loss only in the cluster mode; an
+// unknown kind is refused with the list.
 func TestPickKinds(t *testing.T) {
-	short, _ := pickKinds(nil, 10)
-	long, _ := pickKinds(nil, 30)
-	if len(long) != len(Kinds()) || len(short) != len(Kinds())-1 {
+	short, _ := pickKinds(nil, 10, false)
+	long, _ := pickKinds(nil, 30, false)
+	longCluster, _ := pickKinds(nil, 30, true)
+	if len(longCluster) != len(Kinds()) || len(long) != len(Kinds())-1 || len(short) != len(Kinds())-2 {
 		t.Fatalf("%d kinds in a short campaign, %d in a long one, of %d", len(short), len(long), len(Kinds()))
 	}
-	if got, err := pickKinds([]string{"freeze-primary-long"}, 1); err != nil || len(got) != 1 {
+	if got, err := pickKinds([]string{"freeze-primary-long"}, 1, false); err != nil || len(got) != 1 {
 		t.Fatalf("asked for: %v %v", got, err)
 	}
-	if _, err := pickKinds([]string{"unplug"}, 1); err == nil || !strings.Contains(err.Error(), "kill-primary") {
+	if _, err := pickKinds([]string{"unplug"}, 1, false); err == nil || !strings.Contains(err.Error(), "kill-primary") {
 		t.Fatalf("unknown kind: %v", err)
+	}
+	if _, err := pickKinds([]string{"host-loss"}, 1, false); err == nil || !strings.Contains(err.Error(), "--mode cluster") {
+		t.Fatalf("host-loss in the embedded mode: %v", err)
+	}
+	if got, err := pickKinds([]string{"host-loss"}, 1, true); err != nil || len(got) != 1 {
+		t.Fatalf("host-loss in the cluster mode: %v %v", got, err)
 	}
 }

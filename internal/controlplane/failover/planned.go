@@ -329,6 +329,13 @@ func (x *execution) rejoinAll(ctx context.Context, mustSucceed bool) error {
 		if !o.NeedsRejoin {
 			return nil
 		}
+		if !mustSucceed {
+			// A host that does not answer (cut off, down) would hold the operation for its calls' timeouts; the
+			// reconciler rejoins the old primary once its host is back.
+			if err := x.o.cl.HostAnswers(ctx, o); err != nil {
+				return fmt.Errorf("rejoin %s: its host does not answer: %w", o.ID, err)
+			}
+		}
 		if err := x.o.cl.Rejoin(ctx, o, n); err != nil {
 			return err
 		}

@@ -532,12 +532,14 @@ func (o *Observer) stateOf(ctx context.Context, sec *model.Instance, busy bool) 
 	case !sec.Seeded:
 		return model.StatePending
 	}
-	h := o.cl.Handle(sec)
+	// One bound for every question, the host's too: an API read of the group observes here when the last pass did
+	// not (the roles just swapped), and a host cut off must not hold it for an agent call's whole timeout.
+	cctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	h := o.cl.HandleWithin(cctx, sec)
 	if _, running := h.Running(); !running {
 		return model.StateSuspended
 	}
-	cctx, cancel := context.WithTimeout(ctx, probeTimeout)
-	defer cancel()
 	st, err := h.WalReceiverStatus(cctx)
 	if err != nil || st.Status != "streaming" {
 		return model.StateSuspended
