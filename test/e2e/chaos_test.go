@@ -16,9 +16,9 @@ import (
 // chaosSeeds are the short campaigns' seeds: fixed sequences, so that a failure in CI is the same run again, chosen
 // for their spread. Embedded, 10 faults: link-target-restart, kill-primary, planned, kill-fogo-planned,
 // kill-primary, cut-streaming, kill-standby, freeze-primary, forced, kill-fogo-forced. Cluster, 6 faults:
-// kill-fogo-planned, kill-fogo-forced, cut-streaming, kill-primary, kill-standby, concurrent-api.
+// host-loss, planned, kill-fogo-planned, freeze-primary, cut-streaming, kill-fogo-forced.
 // FOGO_CHAOS_SEED runs another.
-var chaosSeeds = map[string]int64{"embedded": 14, "cluster": 1}
+var chaosSeeds = map[string]int64{"embedded": 14, "cluster": 24}
 
 // runShortCampaign runs n faults of a campaign in mode and fails the test unless every invariant held.
 func runShortCampaign(t *testing.T, mode string, n int) {
