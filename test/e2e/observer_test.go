@@ -127,35 +127,9 @@ func TestStuckInstanceDoesNotDelayOtherGroups(t *testing.T) {
 	f.putAutomaticGroup("sig-east", "sig-west", "sig-free", 1, "free")
 
 	stuck := f.instanceOf(t, "sig-east", "stuck")
-	entered, unblock := make(chan struct{}, 1), make(chan struct{})
-	f.app.Cluster.SetStartHook(func(ctx context.Context, rec *model.Instance) error {
-		if rec.ID != stuck.ID {
-			return nil
-		}
-		select {
-		case entered <- struct{}{}:
-		default:
-		}
-		select {
-		case <-unblock:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	})
-	t.Cleanup(func() {
-		select {
-		case <-unblock:
-		default:
-			close(unblock)
-		}
-	})
+	h := f.hangStart(t, stuck.ID)
 	f.killInstance(t, "sig-east", "stuck")
-	select {
-	case <-entered:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the reconciler never tried to start the stuck instance")
-	}
+	h.waitEntered(t)
 
 	freePort := f.instancePort(t, "sig-east", "free")
 	f.killInstance(t, "sig-east", "free")
@@ -170,7 +144,7 @@ func TestStuckInstanceDoesNotDelayOtherGroups(t *testing.T) {
 	waitWritableAt(t, f.listenerOf("sig-west", "sig-free", "readWriteEndpoint"), "free", f.instancePort(t, "sig-west", "free"), 30*time.Second)
 
 	// The stuck start completes: its group serves again.
-	close(unblock)
+	h.release()
 	waitWritableAt(t, f.listenerOf("sig-east", "sig-stuck", "readWriteEndpoint"), "stuck", stuck.Port, 30*time.Second)
 }
 
@@ -183,41 +157,9 @@ func TestStuckReconcileYieldsToForcedFailover(t *testing.T) {
 	f := startFogo(t)
 	f.groupWithLedger("syf-east", "syf-west", "syf-fg", "syf")
 	old := f.instanceOf(t, "syf-east", "syf")
-	entered, unblock := make(chan struct{}, 1), make(chan struct{})
-	cause := make(chan error, 1)
-	f.app.Cluster.SetStartHook(func(ctx context.Context, rec *model.Instance) error {
-		if rec.ID != old.ID {
-			return nil
-		}
-		select {
-		case entered <- struct{}{}:
-		default:
-		}
-		select {
-		case <-unblock:
-			return nil
-		case <-ctx.Done():
-			select {
-			case cause <- context.Cause(ctx):
-			default:
-			}
-			return ctx.Err()
-		}
-	})
-	t.Cleanup(func() {
-		f.app.Cluster.SetStartHook(nil)
-		select {
-		case <-unblock:
-		default:
-			close(unblock)
-		}
-	})
+	h := f.hangStart(t, old.ID)
 	f.killInstance(t, "syf-east", "syf")
-	select {
-	case <-entered:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the reconciler never tried to start the dead primary")
-	}
+	h.waitEntered(t)
 
 	r := f.do(http.MethodPost, fgPath("syf-west", "syf-fg")+"/forceFailoverAllowDataLoss", nil)
 	if r.Status != 202 {
@@ -235,7 +177,7 @@ func TestStuckReconcileYieldsToForcedFailover(t *testing.T) {
 		t.Fatalf("forced failover: %v", st)
 	}
 	select {
-	case err := <-cause:
+	case err := <-h.ended:
 		if !errors.Is(err, cluster.ErrPreempted) {
 			t.Fatalf("the stuck reconciliation ended with %v, want the failover's preemption", err)
 		}
@@ -264,5 +206,52 @@ func TestStaleFenceIsLifted(t *testing.T) {
 	}
 	if _, standby, err := tryWhere(f.listenerOf("slf-east", "slf-fg", "readOnlyEndpoint"), "slf"); err != nil || !standby {
 		t.Fatalf("the geo-secondary is not a standby any more: standby %v err %v", standby, err)
+	}
+}
+
+// startHang is a start of one instance that the reconciler's start hook blocks, as a call to a host that does not
+// answer would, until release or until the reconciliation's context ends.
+type startHang struct {
+	entered chan struct{}
+	unblock chan struct{}
+	once    sync.Once
+	ended   chan error // why the context ended, once it did
+}
+
+// hangStart installs the hang for the instance id; the test's end releases it and removes the hook.
+func (f *fogo) hangStart(t *testing.T, id string) *startHang {
+	h := &startHang{entered: make(chan struct{}, 1), unblock: make(chan struct{}), ended: make(chan error, 1)}
+	f.app.Cluster.SetStartHook(func(ctx context.Context, rec *model.Instance) error {
+		if rec.ID != id {
+			return nil
+		}
+		select {
+		case h.entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-h.unblock:
+			return nil
+		case <-ctx.Done():
+			select {
+			case h.ended <- context.Cause(ctx):
+			default:
+			}
+			return ctx.Err()
+		}
+	})
+	t.Cleanup(func() { f.app.Cluster.SetStartHook(nil); h.release() })
+	return h
+}
+
+func (h *startHang) release() { h.once.Do(func() { close(h.unblock) }) }
+
+// waitEntered waits until the reconciler is in the hung start.
+func (h *startHang) waitEntered(t *testing.T) {
+	t.Helper()
+	select {
+	case <-h.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reconciler never tried to start the instance")
 	}
 }
