@@ -117,14 +117,20 @@ type transient struct{ error }
 
 func (t transient) Unwrap() error { return t.error }
 
-// failureKind judges a failed read: a missing slot fails again for sure; a failure marked transient, or one that
-// ran out of time, is retried without counting.
+// failureKind judges a failed read: a missing slot fails again for sure; a failure marked transient, one cut short
+// (fogo stopping, a failover preempting the reconciliation) or one of an inner bound (a start's) is retried without
+// counting. A read that ran out its caller's whole bound counts: retried for ever, a lost WAL too large to decode
+// within it would keep the old primary from rejoining for good.
 func failureKind(ctx context.Context, err error) lostreport.Failure {
 	var tr transient
 	switch {
 	case errors.Is(err, lostxact.ErrNoSlot):
 		return lostreport.Lasting
-	case errors.As(err, &tr), ctx.Err() != nil, errors.Is(err, context.DeadlineExceeded):
+	case errors.As(err, &tr):
+		return lostreport.Transient
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return lostreport.Counted
+	case ctx.Err() != nil, errors.Is(err, context.DeadlineExceeded):
 		return lostreport.Transient
 	}
 	return lostreport.Counted

@@ -60,6 +60,10 @@ const (
 	// reconcileTimeout bounds one instance's reconciliation (a start with crash recovery, a rejoin with pg_rewind),
 	// and so how long it holds its group's lock.
 	reconcileTimeout = 2 * time.Minute
+	// lostReadTimeout bounds the rejoin of an old primary whose lost-transaction report is still to be read: the
+	// decoding of everything it committed past the divergence (a minute or two for ten million rows), then the
+	// rewind. Three reads that run it out give up on the report, and the old primary is rewound anyway.
+	lostReadTimeout = 30 * time.Minute
 	// settleTimeout bounds how long Tick waits for the reconciliations it started.
 	settleTimeout = 30 * time.Second
 	// probeTimeout bounds one question to an instance.
@@ -193,6 +197,9 @@ func (o *Observer) launch(ctx context.Context, key string, recs []*model.Instanc
 			bound := reconcileTimeout
 			if rec.Reseed || (rec.Role == model.RoleStandby && !rec.Seeded) {
 				bound = reseedTimeout // a base backup of a whole database: its own, longer bound
+			}
+			if rec.NeedsRejoin && rec.LostReport != "" {
+				bound = lostReadTimeout // the old primary's WAL past the divergence is decoded first
 			}
 			rctx, cancel := context.WithTimeout(lctx, bound)
 			err := o.reconcile(rctx, rec)
