@@ -22,8 +22,9 @@ import (
 // Groups are independent: each pass hands every group's (or standalone database's) reconciliation to a worker of
 // its own and does not wait for it, and probes the groups concurrently with bounded queries. A slow or stuck
 // instance (a start that hangs, a frozen postmaster) delays neither the other groups nor the Automatic policy,
-// whose clock is read on every pass. A reconciliation holds its lock for at most reconcileTimeout, and yields it
-// to a failover at once but in a rewind.
+// whose clock is read on every pass. A reconciliation holds its lock for at most its bound (reconcileTimeout;
+// longer for a reseed or a lost-transaction report to read), and yields it to a failover at once, but in a rewind
+// or a reseed's base backup.
 type Observer struct {
 	st  *store.Store
 	cl  *cluster.Manager
