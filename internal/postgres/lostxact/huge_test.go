@@ -36,20 +36,7 @@ func TestLostReportOfAHugeTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := connect(t, ctx, standby)
-	exec(t, ctx, s, "ALTER SYSTEM SET primary_conninfo = ''")
-	exec(t, ctx, s, "SELECT pg_reload_conf()")
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		var receivers int
-		if err := s.QueryRow(ctx, "SELECT count(*) FROM pg_stat_wal_receiver").Scan(&receivers); err != nil {
-			t.Fatal(err)
-		}
-		if receivers == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the standby's WAL receiver did not stop")
-		}
-	}
+	cutStream(t, ctx, s)
 	var oldTimeline uint32
 	if err := p.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&oldTimeline); err != nil {
 		t.Fatal(err)
@@ -58,16 +45,7 @@ func TestLostReportOfAHugeTransaction(t *testing.T) {
 	exec(t, ctx, p, "INSERT INTO big SELECT g, 'lost row ' || g FROM generate_series(1, $1::bigint) g", rows)
 	wal := scanLSN(t, ctx, p, "SELECT pg_current_wal_flush_lsn()::text")
 	t.Logf("%d rows inserted in one transaction in %s", rows, time.Since(started).Round(time.Millisecond))
-	if err := primary.Kill(ctx, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := standby.Promote(ctx); err != nil {
-		t.Fatal(err)
-	}
-	divergence, err := lostxact.Divergence(ctx, s, oldTimeline)
-	if err != nil {
-		t.Fatal(err)
-	}
+	divergence := forceFailover(t, ctx, primary, standby, s, oldTimeline)
 	if err := primary.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

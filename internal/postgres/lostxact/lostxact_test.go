@@ -33,6 +33,42 @@ func exec(t *testing.T, ctx context.Context, c *pgx.Conn, sql string, args ...an
 	}
 }
 
+// forceFailover kills the primary (kill -9), promotes the standby (connection s) and returns where its new
+// timeline left oldTimeline.
+func forceFailover(t *testing.T, ctx context.Context, primary, standby *instance.Instance, s *pgx.Conn, oldTimeline uint32) lsn.LSN {
+	t.Helper()
+	if err := primary.Kill(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := standby.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	divergence, err := lostxact.Divergence(ctx, s, oldTimeline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return divergence
+}
+
+// cutStream stops the standby (connection s) from receiving WAL and waits until its WAL receiver is gone.
+func cutStream(t *testing.T, ctx context.Context, s *pgx.Conn) {
+	t.Helper()
+	exec(t, ctx, s, "ALTER SYSTEM SET primary_conninfo = ''")
+	exec(t, ctx, s, "SELECT pg_reload_conf()")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var receivers int
+		if err := s.QueryRow(ctx, "SELECT count(*) FROM pg_stat_wal_receiver").Scan(&receivers); err != nil {
+			t.Fatal(err)
+		}
+		if receivers == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the standby's WAL receiver did not stop")
+		}
+	}
+}
+
 func scanLSN(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) lsn.LSN {
 	t.Helper()
 	var s string
@@ -108,21 +144,7 @@ func TestLostTransactionsAfterAForcedFailover(t *testing.T) {
 	waitReplay()
 
 	// The stream is cut: what the primary acknowledges from here on is lost.
-	exec(t, ctx, s, "ALTER SYSTEM SET primary_conninfo = ''")
-	exec(t, ctx, s, "SELECT pg_reload_conf()")
-	for {
-		var receivers int
-		if err := s.QueryRow(ctx, "SELECT count(*) FROM pg_stat_wal_receiver").Scan(&receivers); err != nil {
-			t.Fatal(err)
-		}
-		if receivers == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the standby's WAL receiver did not stop")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	cutStream(t, ctx, s)
 	if k, err := lostxact.Keep(ctx, p); err != nil || k.Connected != 0 || k.At != slotAt {
 		t.Fatalf("Keep with the standby gone: %+v %v, want the slot left at %s", k, err, slotAt)
 	}
@@ -151,17 +173,7 @@ func TestLostTransactionsAfterAForcedFailover(t *testing.T) {
 	inFlight := connect(t, ctx, primary)
 	exec(t, ctx, inFlight, "BEGIN")
 	exec(t, ctx, inFlight, "INSERT INTO ledger VALUES (999, 'in flight')")
-	if err := primary.Kill(ctx, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-
-	if err := standby.Promote(ctx); err != nil {
-		t.Fatal(err)
-	}
-	divergence, err := lostxact.Divergence(ctx, s, oldTimeline)
-	if err != nil {
-		t.Fatal(err)
-	}
+	divergence := forceFailover(t, ctx, primary, standby, s, oldTimeline)
 	if divergence < slotAt || divergence >= end {
 		t.Fatalf("divergence %s, want between the slot (%s) and the old primary's end (%s)", divergence, slotAt, end)
 	}
