@@ -317,11 +317,11 @@ func (m *Manager) Rejoin(ctx context.Context, rec, upstream *model.Instance) err
 	}
 	// From the rewind on, a failover that wants the group's lock waits: a rewind cut short leaves a data
 	// directory that neither starts nor rewinds again.
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("rejoin %s: %w", rec.ID, context.Cause(ctx))
-	}
-	ctx, cancel := Committed(ctx)
+	ctx, cancel, err := Committed(ctx)
 	defer cancel()
+	if err != nil {
+		return fmt.Errorf("rejoin %s: %w", rec.ID, err)
+	}
 	h = m.HandleWithin(ctx, rec)
 	res, err := h.Rewind(ctx, m.handleFrom(upstream, rec.Host).SourceConnInfo())
 	if err != nil {

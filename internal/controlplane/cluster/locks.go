@@ -81,10 +81,14 @@ func (m *Manager) TryLock(ctx context.Context, key string) (context.Context, fun
 // Preempted reports whether ctx (from TryLock) ended because an operation wants the lock.
 func Preempted(ctx context.Context) bool { return errors.Is(context.Cause(ctx), ErrPreempted) }
 
-// Committed returns a context for background work past its point of no return (a rewind under way, a standby
-// stopped for a slot copy): it keeps ctx's deadline and ends with ctx, except when ctx ends by preemption. The
-// failover then waits for that work, which is bounded by the deadline.
-func Committed(ctx context.Context) (context.Context, context.CancelFunc) {
+// Committed returns a context for background work past its point of no return (a rewind, a reseed's base backup,
+// a standby stopped for a slot copy): it keeps ctx's deadline and ends with ctx, except when ctx ends by
+// preemption. The failover then waits for that work, which is bounded by the deadline. Work not begun yet does not
+// begin: if ctx has already ended (preempted or not), Committed returns its cause.
+func Committed(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if ctx.Err() != nil {
+		return ctx, func() {}, context.Cause(ctx)
+	}
 	base, cancelDeadline := context.WithoutCancel(ctx), context.CancelFunc(func() {})
 	if dl, ok := ctx.Deadline(); ok {
 		base, cancelDeadline = context.WithDeadline(base, dl)
@@ -95,5 +99,5 @@ func Committed(ctx context.Context) (context.Context, context.CancelFunc) {
 			cancel(context.Cause(ctx))
 		}
 	})
-	return c, func() { stop(); cancel(nil); cancelDeadline() }
+	return c, func() { stop(); cancel(nil); cancelDeadline() }, nil
 }

@@ -99,7 +99,10 @@ func TestCommittedIgnoresOnlyPreemption(t *testing.T) {
 	ctx, unlock, _ := m.TryLock(context.Background(), "g")
 	dctx, cancelD := context.WithTimeout(ctx, time.Hour)
 	defer cancelD()
-	c, cancel := Committed(dctx)
+	c, cancel, err := Committed(dctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer cancel()
 	if dl, ok := c.Deadline(); !ok || time.Until(dl) < 59*time.Minute {
 		t.Fatalf("committed context lost the deadline: %v %v", dl, ok)
@@ -113,7 +116,10 @@ func TestCommittedIgnoresOnlyPreemption(t *testing.T) {
 	unlock()
 
 	parent, stop := context.WithCancelCause(context.Background())
-	c2, cancel2 := Committed(parent)
+	c2, cancel2, err := Committed(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer cancel2()
 	shutdown := errors.New("fogo stops")
 	stop(shutdown)

@@ -622,11 +622,11 @@ func (m *Manager) copySlot(ctx context.Context, def Def, t *topology, slot strin
 		return fmt.Errorf("copy the slot: %w", err)
 	}
 	// Stopped, the standby must start again before a failover may have it: from here on a failover waits.
-	if err := ctx.Err(); err != nil {
-		return context.Cause(ctx)
-	}
-	ctx, cancel := cluster.Committed(ctx)
+	ctx, cancel, err := cluster.Committed(ctx)
 	defer cancel()
+	if err != nil {
+		return err
+	}
 	if err := hs.Stop(ctx, "fast"); err != nil {
 		return err
 	}

@@ -73,8 +73,11 @@ func (o *Observer) reseedIfLost(ctx context.Context, cur *model.Instance) error 
 	}
 	// A base backup under way is not thrown away for a failover, which could not promote this copy anyway: the
 	// failover waits for it (bounded by reseedTimeout).
-	sctx, cancel := cluster.Committed(ctx)
+	sctx, cancel, err := cluster.Committed(ctx)
 	defer cancel()
+	if err != nil {
+		return fmt.Errorf("reseed %s: %w", cur.ID, err)
+	}
 	if err := o.cl.Seed(sctx, cur, up); err != nil {
 		return fmt.Errorf("reseed %s: %w", cur.ID, err)
 	}
